@@ -1,0 +1,190 @@
+"""issues/<slug>/ -> Issue: metadata from issue.yaml, the essay from body.md, images beside them."""
+
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import Config, unknown_workshop_message
+from .errors import IssueError
+from .yamlfile import YamlDoc, describe, load_yaml, unknown_key_message
+
+ISSUES_DIR = "issues"
+ISSUE_KEYS = {"title", "subject", "preheader", "date", "workshop", "public", "greeting", "author"}
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One newsletter issue, ready to render."""
+
+    slug: str
+    dir: Path
+    title: str
+    subject: str
+    preheader: str
+    date: dt.date
+    workshop: str
+    body_md: str
+    public: bool = True
+    greeting: str = "Dear {name},"
+    author: str = ""
+    doc: YamlDoc | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def yaml_path(self) -> Path:
+        """issue.yaml of this issue."""
+        return self.dir / "issue.yaml"
+
+    @property
+    def body_path(self) -> Path:
+        """body.md of this issue."""
+        return self.dir / "body.md"
+
+
+def issues_dir(root: Path) -> Path:
+    """The folder that holds one sub-folder per issue."""
+    return root / ISSUES_DIR
+
+
+def list_slugs(root: Path) -> list[str]:
+    """Slugs of every folder in issues/ that has an issue.yaml, sorted."""
+    base = issues_dir(root)
+    if not base.is_dir():
+        return []
+    return sorted(d.name for d in base.iterdir() if (d / "issue.yaml").is_file())
+
+
+def _parse_date(value: Any, doc: YamlDoc) -> dt.date:
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    if isinstance(value, str):
+        try:
+            return dt.date.fromisoformat(value.strip())
+        except ValueError:
+            pass
+    raise IssueError(f"`date` must be a date written YYYY-MM-DD, got {value!r}", path=doc.path,
+                     line=doc.line("date"))
+
+
+def load_issue(root: Path, slug: str, config: Config | None = None) -> Issue:
+    """Read issues/<slug>/; raises IssueError naming the file and line of the first problem."""
+    slugs = list_slugs(root)
+    folder = issues_dir(root) / slug
+    if "/" in slug or "\\" in slug or slug.startswith(".") or not (folder / "issue.yaml").is_file():
+        if folder.is_dir():
+            raise IssueError("no issue.yaml in this issue folder", path=folder,
+                             hint="every issue needs issue.yaml (title, date, ...) and body.md")
+        close = difflib.get_close_matches(slug, slugs, n=1)
+        hint = f"did you mean `{close[0]}`? " if close else ""
+        hint += f"issues here: {', '.join(slugs)}" if slugs else "create one with `newsletter new \"Title\"`"
+        raise IssueError(f"unknown issue `{slug}`", path=issues_dir(root), hint=hint)
+    doc = load_yaml(folder / "issue.yaml", IssueError)
+    data = doc.data
+    for key in data:
+        if str(key) not in ISSUE_KEYS:
+            raise IssueError(unknown_key_message(str(key), ISSUE_KEYS), path=doc.path, line=doc.line(str(key)))
+
+    def text(key: str, default: str = "") -> str:
+        value = data.get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise IssueError(f"`{key}` must be text, not a {describe(value)}", path=doc.path, line=doc.line(key))
+        return " ".join(str(value).split())
+
+    title = text("title")
+    if not title:
+        raise IssueError("no `title`: every issue needs one (it is the email's heading)", path=doc.path,
+                         line=doc.line("title"), hint='add a line such as `title: "My essay"`')
+    if "date" not in data:
+        raise IssueError("no `date` (YYYY-MM-DD): it orders the issues", path=doc.path)
+    date = _parse_date(data["date"], doc)
+    workshop = text("workshop")
+    if workshop and config is not None and workshop not in config.workshops:
+        raise IssueError(unknown_workshop_message(workshop, config.workshops), path=doc.path,
+                         line=doc.line("workshop"))
+    public = data.get("public", True)
+    if not isinstance(public, bool):
+        raise IssueError(f"`public` must be true or false, got {public!r}", path=doc.path, line=doc.line("public"))
+    body_path = folder / "body.md"
+    try:
+        body = body_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise IssueError("missing body.md: the essay goes there, in Markdown", path=body_path) from None
+    except UnicodeDecodeError as exc:
+        raise IssueError(f"not UTF-8 text (byte {exc.start})", path=body_path,
+                         hint="save the file as UTF-8") from None
+    if not body.strip():
+        raise IssueError("body.md is empty", path=body_path)
+    return Issue(
+        slug=slug, dir=folder, title=title, subject=text("subject") or title, preheader=text("preheader"),
+        date=date, workshop=workshop, body_md=body.lstrip("\ufeff"), public=public,
+        greeting=text("greeting", "Dear {name},"), author=text("author"), doc=doc,
+    )
+
+
+def newest_slug(root: Path) -> str:
+    """The slug of the issue with the latest date (ties: the last slug)."""
+    slugs = list_slugs(root)
+    if not slugs:
+        raise IssueError("no issues yet", path=issues_dir(root), hint='create one with `newsletter new "Title"`')
+    dated = []
+    for slug in slugs:
+        doc = load_yaml(issues_dir(root) / slug / "issue.yaml", IssueError)
+        dated.append((_parse_date(doc.data.get("date", "0001-01-01"), doc), slug))
+    return max(dated)[1]
+
+
+def slugify(title: str) -> str:
+    """'Micro Moments: Life’s Heartbeat' -> 'micro-moments-lifes-heartbeat'."""
+    text = unicodedata.normalize("NFKD", title).encode("ascii", "ignore").decode()
+    text = re.sub(r"['’]", "", text.lower())
+    return re.sub(r"[^a-z0-9]+", "-", text).strip("-")[:80].rstrip("-")
+
+
+def create_issue(root: Path, title: str, config: Config, *, slug: str | None = None,
+                 date: dt.date | None = None) -> Path:
+    """Write issues/<slug>/issue.yaml and body.md for next week's essay; returns the folder."""
+    title = " ".join(title.split())
+    if not title:
+        raise IssueError("the title is empty", hint='newsletter new "Title of the essay"')
+    slug = slug or slugify(title)
+    if not slug or not re.fullmatch(r"[a-z0-9][a-z0-9-]*", slug):
+        raise IssueError(f"cannot make a folder name from {title!r}", hint="pass --slug my-essay")
+    folder = issues_dir(root) / slug
+    if folder.exists():
+        raise IssueError("this issue already exists", path=folder, hint="choose another title or pass --slug")
+    workshop = ""
+    last_date = None
+    if list_slugs(root):
+        latest = load_issue(root, newest_slug(root))
+        workshop, last_date = latest.workshop, latest.date
+    if date is None:
+        today = dt.date.today()
+        date = max(today, last_date + dt.timedelta(days=7)) if last_date else today
+    if not workshop and config.workshops:
+        workshop = next(iter(config.workshops))
+    folder.mkdir(parents=True)
+    quoted = title.replace("\\", "\\\\").replace('"', '\\"')
+    (folder / "issue.yaml").write_text(
+        f'title: "{quoted}"\n'
+        f'subject: "{quoted}"\n'
+        "preheader: TODO one sentence that shows after the subject in the inbox\n"
+        f"date: {date.isoformat()}\n"
+        + (f"workshop: {workshop}\n" if workshop else "# workshop: an id from newsletter.yaml\n"),
+        encoding="utf-8",
+    )
+    (folder / "body.md").write_text(
+        "TODO: the first paragraph of the essay.\n\n## A subheading\n\nMore paragraphs, separated by a blank line."
+        " *Emphasis*, **strong**, [links](https://example.org) and images (`![what it shows](photo.jpg)`,"
+        " the file beside this one) all work.\n",
+        encoding="utf-8",
+    )
+    return folder

@@ -1,0 +1,205 @@
+"""The pre-send quality gate: every problem of an issue, its config and its rendered output."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from .bundle import Issue
+from .config import Config
+from .errors import Problem
+from .render import TOKEN_TAG, RenderedEmail
+
+SUBJECT_MAX = 70
+PREHEADER_MAX = 150
+GENERIC_FONTS = {"serif", "sans-serif", "monospace", "cursive", "fantasy", "system-ui"}
+# RFC 2606 / 6761 names that never reach a real reader.
+_RESERVED = re.compile(
+    r"(?<![\w-])(?:[\w-]+\.)*(?:example\.(?:com|net|org)|[\w-]+\.(?:example|test|invalid|localhost))(?![\w-])",
+    re.IGNORECASE,
+)
+_PLACEHOLDER = re.compile(r"\bTODO\b")
+_URL_ATTR = re.compile(r"""\b(?:href|src)\s*=\s*["']([^"']+)["']""", re.IGNORECASE)
+
+
+def _walk(value: Any, keys: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], str]]:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _walk(v, (*keys, str(k)))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _walk(v, (*keys, str(i)))
+    elif isinstance(value, str):
+        yield keys, value
+
+
+def placeholder_problems(data: dict[str, Any], path: Path, line_of: Any) -> list[Problem]:
+    """Values still holding `TODO` or a reserved example domain."""
+    out = []
+    for keys, value in _walk(data):
+        dotted = ".".join(keys)
+        if _PLACEHOLDER.search(value):
+            out.append(Problem("error", f"`{dotted}` is still a placeholder ({value.strip()[:60]!r})",
+                               path, line_of(*keys)))
+        elif _RESERVED.search(value):
+            out.append(Problem("error", f"`{dotted}` uses the reserved example domain "
+                               f"`{_RESERVED.search(value).group(0)}`: put the real one",  # type: ignore[union-attr]
+                               path, line_of(*keys)))
+    return out
+
+
+def _line_in_file(path: Path, needle: str) -> int | None:
+    try:
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if needle in line:
+                return number
+    except OSError:
+        return None
+    return None
+
+
+def _relative_luminance(color: str) -> float:
+    h = color.lstrip("#")
+    if len(h) == 3:
+        h = "".join(c * 2 for c in h)
+    channels = [int(h[i:i + 2], 16) / 255 for i in (0, 2, 4)]
+    lin = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+    return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+
+def contrast_ratio(fg: str, bg: str) -> float:
+    """WCAG 2 contrast ratio of two hex colours."""
+    a, b = sorted((_relative_luminance(fg), _relative_luminance(bg)), reverse=True)
+    return (a + 0.05) / (b + 0.05)
+
+
+CONTRAST_PAIRS = [
+    ("text", "content"), ("heading", "content"), ("accent", "content"), ("muted", "background"),
+    ("button_text", "accent"), ("text", "cta_background"),
+    ("dark_text", "dark_content"), ("dark_accent", "dark_content"), ("dark_muted", "dark_background"),
+]
+
+
+def check_issue(config: Config, issue: Issue, rendered: RenderedEmail) -> list[Problem]:
+    """Every error and warning for sending this issue; errors first."""
+    problems: list[Problem] = []
+    cfg_path = config.path
+    problems += placeholder_problems(config.doc.data, cfg_path, config.line)
+    if issue.doc is not None:
+        problems += placeholder_problems(issue.doc.data, issue.yaml_path, issue.doc.line)
+    for number, line in enumerate(issue.body_md.splitlines(), 1):
+        if _PLACEHOLDER.search(line):
+            problems.append(Problem("error", "placeholder text `TODO` left in the essay", issue.body_path, number))
+
+    workshop = config.workshops.get(issue.workshop) if issue.workshop else None
+    if workshop is not None and not workshop.register_url:
+        problems.append(Problem("error", f"workshop `{workshop.id}` is promoted but has no `register_url`",
+                                cfg_path, config.line("workshops", workshop.id)))
+    if not issue.workshop:
+        problems.append(Problem("warning", "no `workshop`: this issue has no call-to-action block",
+                                issue.yaml_path))
+
+    # Links and images, found in the output so that layouts and config are covered too.
+    body_lines = {link.url: link.line for link in rendered.body.links + rendered.body.images}
+    seen: set[str] = set()
+    urls = _URL_ATTR.findall(rendered.html) + re.findall(r"\((https?://[^)\s]+)\)", rendered.text)
+    for image in rendered.body.images:
+        urls.append(image.url)
+    for url in urls:
+        url = url.strip()
+        if url in seen or url.startswith(("mailto:", "#")) or TOKEN_TAG in url:
+            if TOKEN_TAG in url and url not in seen and url.lower().startswith("http://"):
+                problems.append(Problem("error", f"`http://` link: use https:// ({url})", cfg_path,
+                                        config.line("base_url")))
+            seen.add(url)
+            continue
+        seen.add(url)
+        path, line = _origin(url, body_lines, issue, config)
+        scheme = urlsplit(url).scheme.lower()
+        if scheme == "http":
+            problems.append(Problem("error", f"`http://` link: use https:// ({url})", path, line))
+        elif not scheme:
+            if url in body_lines and any(i.url == url for i in rendered.body.images):
+                if not (issue.dir / url).is_file():
+                    problems.append(Problem("error", f"image file `{url}` not found beside body.md", path, line))
+                continue
+            problems.append(Problem("error", f"relative link `{url}`: links in email must be absolute https:// URLs",
+                                    path, line))
+            continue
+        elif scheme != "https":
+            problems.append(Problem("warning", f"link with an unusual scheme: {url}", path, line))
+        host = urlsplit(url).hostname or ""
+        if _RESERVED.fullmatch(host) and _line_in_file(cfg_path, host) is None:
+            # hosts written in newsletter.yaml are already reported once, as placeholders
+            problems.append(Problem("error", f"link to the reserved example domain `{host}`: {url}", path, line))
+    for image in rendered.body.images:
+        if not image.text:
+            problems.append(Problem("error", f"image `{image.url}` has no alt text: write ![what it shows]({image.url})",
+                                    issue.body_path, image.line))
+    for tag in re.findall(r"<img\b[^>]*>", rendered.html):
+        if not re.search(r"\balt\s*=", tag):
+            problems.append(Problem("error", f"an image in the layout has no alt attribute: {tag[:80]}",
+                                    config.root / "layouts"))
+
+    unsub = f"/unsubscribe/{TOKEN_TAG}"
+    for part, content in (("HTML", rendered.html), ("text", rendered.text)):
+        if unsub not in content:
+            problems.append(Problem("error", f"no unsubscribe link in the {part} part (use {{{{ unsubscribe_url }}}})",
+                                    config.root / "layouts"))
+    address = config.postal_address.strip()
+    if not address:
+        problems.append(Problem("error", "no postal address: the law (CAN-SPAM) requires one in every email",
+                                cfg_path, config.line("postal_address")))
+    else:
+        import html as html_lib
+
+        for part, content in (("HTML", html_lib.unescape(rendered.html)), ("text", rendered.text)):
+            if address not in content:
+                problems.append(Problem("error", f"the postal address is missing from the {part} part",
+                                        config.root / "layouts"))
+    if not re.search(r'<html[^>]*\blang="(?!und")[^"]+"', rendered.html):
+        problems.append(Problem("error", "the HTML has no `lang` (screen readers need it)", config.root / "layouts"))
+
+    if len(issue.subject) > SUBJECT_MAX:
+        problems.append(Problem("warning", f"subject is {len(issue.subject)} characters: inboxes cut it after "
+                                f"about {SUBJECT_MAX}", issue.yaml_path, _yaml_line(issue, "subject", "title")))
+    if not issue.preheader:
+        problems.append(Problem("warning", "no `preheader`: inboxes will show the first words of the email instead",
+                                issue.yaml_path))
+    elif len(issue.preheader) > PREHEADER_MAX:
+        problems.append(Problem("warning", f"preheader is {len(issue.preheader)} characters: keep it under "
+                                f"{PREHEADER_MAX}", issue.yaml_path, _yaml_line(issue, "preheader")))
+    for key, stack in config.fonts.items():
+        last = stack.split(",")[-1].strip().strip("'\"").lower()
+        if last not in GENERIC_FONTS:
+            problems.append(Problem("warning", f"font `{key}` should end in a generic family such as serif or "
+                                    "sans-serif", cfg_path, config.line("brand", "fonts", key)))
+    for fg, bg in CONTRAST_PAIRS:
+        ratio = contrast_ratio(config.colors[fg], config.colors[bg])
+        if ratio < 4.5:
+            problems.append(Problem("error", f"colours `{fg}` on `{bg}` have contrast {ratio:.1f}:1; "
+                                    "WCAG AA needs 4.5:1", cfg_path, config.line("brand", "colors", fg)))
+    problems += rendered.warnings
+    problems.sort(key=lambda p: p.level != "error")
+    return problems
+
+
+def _yaml_line(issue: Issue, *keys: str) -> int | None:
+    if issue.doc is None:
+        return None
+    for key in keys:
+        if issue.doc.line(key):
+            return issue.doc.line(key)
+    return None
+
+
+def _origin(url: str, body_lines: dict[str, int], issue: Issue, config: Config) -> tuple[Path, int | None]:
+    if url in body_lines:
+        return issue.body_path, body_lines[url]
+    line = _line_in_file(config.path, url)
+    if line:
+        return config.path, line
+    return config.root / "layouts", None

@@ -1,0 +1,94 @@
+"""The one error family of the library; cli.py turns each into a message and an exit code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class NewsletterError(Exception):
+    """Something the user can fix: a message, optionally where (file, line) and a hint."""
+
+    exit_code = 1
+
+    def __init__(
+        self, message: str, *, path: Path | str | None = None, line: int | None = None, hint: str = ""
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.path = path
+        self.line = line
+        self.hint = hint
+
+    def __str__(self) -> str:
+        where = ""
+        if self.path is not None:
+            where = f"{self.path}:{self.line}: " if self.line else f"{self.path}: "
+        text = f"{where}{self.message}"
+        if self.hint:
+            text += f"\n  hint: {self.hint}"
+        return text
+
+
+class ConfigError(NewsletterError):
+    """newsletter.yaml is missing, malformed or holds wrong values."""
+
+
+class IssueError(NewsletterError):
+    """An issue bundle (issues/<slug>/) is missing, malformed or incomplete."""
+
+
+class LayoutError(NewsletterError):
+    """A layout in layouts/ does not render or produces MJML that does not parse."""
+
+
+class SubscriberError(NewsletterError):
+    """The subscriber list or an import file cannot be used."""
+
+
+class LedgerError(NewsletterError):
+    """The unsubscribe ledger cannot be read or written."""
+
+
+class SendError(NewsletterError):
+    """A send cannot start or did not complete."""
+
+
+class TransportError(NewsletterError):
+    """SendGrid (or the network to it) refused or failed a request."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+        sent: bool = False,
+        body: bytes = b"",
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+        # True when the request may have reached SendGrid (its fate is then unknown).
+        self.sent = sent
+        self.body = body
+
+
+class Problem:
+    """One finding of `render` or `check`: level `error` or `warning`, with file and line when known."""
+
+    __slots__ = ("level", "message", "path", "line")
+
+    def __init__(self, level: str, message: str, path: Path | str | None = None, line: int | None = None) -> None:
+        self.level = level
+        self.message = message
+        self.path = path
+        self.line = line
+
+    def __str__(self) -> str:
+        where = ""
+        if self.path is not None:
+            where = f"{self.path}:{self.line}: " if self.line else f"{self.path}: "
+        return f"{self.level}: {where}{self.message}"
+
+    def __repr__(self) -> str:
+        return f"Problem({str(self)!r})"

@@ -1,0 +1,63 @@
+"""The steps the commands share: load config and issue, render, write the build files."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .bundle import Issue, load_issue, newest_slug
+from .config import Config, load_config
+from .errors import Problem
+from .render import SAMPLE_READER, RenderedEmail, personalize, render_issue
+from .tokens import make_token, secret_from_env
+
+
+@dataclass
+class BuildResult:
+    """What `render` wrote and what it noticed."""
+
+    rendered: RenderedEmail
+    paths: dict[str, Path]
+    html_bytes: int
+    warnings: list[Problem]
+
+
+def load(root: Path, slug: str | None) -> tuple[Config, Issue]:
+    """Config plus the issue named `slug` (the newest by date when None)."""
+    config = load_config(root)
+    issue = load_issue(root, slug or newest_slug(root), config)
+    return config, issue
+
+
+def write_atomic(path: Path, data: str) -> None:
+    """Write through a temp file and os.replace, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def build(root: Path, slug: str | None, out_dir: Path | None = None) -> BuildResult:
+    """Render an issue for the sample reader and write email.html, email.txt, email.mjml."""
+    config, issue = load(root, slug)
+    rendered = render_issue(config, issue)
+    secret, is_dev = secret_from_env(required=False)
+    token = make_token(secret, SAMPLE_READER["email"])
+    mjml, html, text = personalize(rendered, name=SAMPLE_READER["name"], token=token)
+    target = (out_dir if out_dir is not None else root / "build") / issue.slug
+    paths = {"html": target / "email.html", "text": target / "email.txt", "mjml": target / "email.mjml"}
+    write_atomic(paths["html"], html)
+    write_atomic(paths["text"], text)
+    write_atomic(paths["mjml"], mjml)
+    warnings = list(rendered.warnings)
+    if is_dev:
+        warnings.append(Problem("warning", "NEWSLETTER_SECRET is not set: the preview's unsubscribe link is signed "
+                                "with the development key (send refuses to run without a real one)"))
+    return BuildResult(rendered, paths, len(html.encode("utf-8")), warnings)

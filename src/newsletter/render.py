@@ -1,0 +1,231 @@
+"""Issue + layouts -> RenderedEmail (MJML, HTML, text); the only jinja2 and mjml importer."""
+
+from __future__ import annotations
+
+import html as html_lib
+import re
+import traceback
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from markupsafe import Markup
+
+from . import markup
+from .bundle import Issue
+from .config import Config
+from .errors import LayoutError, Problem
+
+LAYOUTS_DIR = "layouts"
+EMAIL_LAYOUT = "email.mjml"
+TEXT_LAYOUT = "email.txt"
+
+# Per-reader values are SendGrid substitution tags in the rendered parts: the issue is rendered once and
+# each reader's copy differs only by these. The name has one tag per part, so each part gets its own escaping.
+NAME_HTML_TAG = "%%nl_name_html%%"
+NAME_TEXT_TAG = "%%nl_name_text%%"
+TOKEN_TAG = "%%nl_unsub_token%%"
+DEFAULT_READER_NAME = "friend"
+SAMPLE_READER = {"email": "reader@example.net", "name": "Ada"}
+
+
+@dataclass
+class RenderedEmail:
+    """One issue rendered for every reader: parts still carry the per-reader substitution tags."""
+
+    issue: Issue
+    subject: str
+    preheader: str
+    mjml: str
+    html: str
+    text: str
+    body: markup.Body
+    warnings: list[Problem] = field(default_factory=list)
+
+
+def layouts_dir(root: Path) -> Path:
+    """Where the writer's Jinja2 + MJML layouts are."""
+    return root / LAYOUTS_DIR
+
+
+@lru_cache(maxsize=8)
+def _environment(folder: str) -> jinja2.Environment:
+    # Cached per folder so repeated renders (benchmark, preview) reuse compiled templates;
+    # auto_reload (the default) still picks up a layout the writer saves.
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(folder),
+        # select_autoescape matches the final suffix only: .mjml must be listed, .txt stays raw.
+        autoescape=jinja2.select_autoescape(enabled_extensions=("html", "htm", "xml", "mjml"),
+                                            default_for_string=False, default=False),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+def fill(text: str, values: dict[str, str]) -> str:
+    """Replace substitution tags the way SendGrid does for each reader."""
+    for tag, value in values.items():
+        text = text.replace(tag, value)
+    return text
+
+
+def reader_substitutions(name: str, token: str) -> dict[str, str]:
+    """The substitution values of one reader, each escaped for the part it lands in."""
+    name = " ".join(name.split()) or DEFAULT_READER_NAME
+    return {NAME_HTML_TAG: html_lib.escape(name, quote=True), NAME_TEXT_TAG: name, TOKEN_TAG: token}
+
+
+def _styles(config: Config) -> markup.Styles:
+    c = config.colors
+    return markup.Styles(text=c["text"], heading=c["heading"], accent=c["accent"], muted=c["muted"],
+                         heading_font=config.fonts["heading"], body_font=config.fonts["body"])
+
+
+def view_url(config: Config, issue: Issue) -> str:
+    """The web copy of the issue ("view in browser"), in the archive."""
+    return f"{config.archive_url}/{issue.slug}/"
+
+
+def _context(config: Config, issue: Issue, body: markup.Body, for_text: bool) -> dict[str, Any]:
+    styles = _styles(config)
+    workshop = config.workshops.get(issue.workshop) if issue.workshop else None
+    next_workshop = config.workshops.get(workshop.next) if workshop and workshop.next else None
+    name_tag = NAME_TEXT_TAG if for_text else NAME_HTML_TAG
+    greeting = issue.greeting.replace("{name}", name_tag) if issue.greeting else ""
+    pitch_text = pitch_html = ""
+    if workshop and workshop.pitch:
+        pitch_tokens = markup._MD.parse(workshop.pitch)
+        pitch_text = markup.to_text(pitch_tokens)
+        pitch_html = Markup(markup.inline_html(workshop.pitch, styles))
+    details = [d for d in (workshop.date, workshop.format, workshop.location, workshop.price)] if workshop else []
+    return {
+        "newsletter": config,
+        "issue": issue,
+        "title": issue.title,
+        "subject": issue.subject,
+        "preheader": issue.preheader,
+        "date": issue.date,
+        "date_display": f"{issue.date.day} {issue.date:%B %Y}",
+        "body": body.text if for_text else Markup(body.mjml),
+        "greeting": greeting,
+        "reader": {"name": name_tag},
+        "workshop": workshop,
+        "workshop_pitch": pitch_text if for_text else pitch_html,
+        "workshop_details": [d for d in details if d],
+        "next_workshop": next_workshop,
+        "colors": config.colors,
+        "fonts": config.fonts,
+        "unsubscribe_url": f"{config.base_url}/unsubscribe/{TOKEN_TAG}",
+        "view_url": view_url(config, issue),
+    }
+
+
+def _layout_frame(exc: BaseException, folder: Path) -> tuple[Path | None, int | None]:
+    """The layout file and line a Jinja2 runtime error came from (Jinja2 rewrites tracebacks to point there)."""
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        if frame.filename and Path(frame.filename).parent == folder:
+            return Path(frame.filename), frame.lineno
+    return None, None
+
+
+def _render_template(env: jinja2.Environment, folder: Path, name: str, context: dict[str, Any]) -> str:
+    try:
+        return env.get_template(name).render(context)
+    except jinja2.TemplateNotFound as exc:
+        raise LayoutError(f"layout `{exc.name}` not found", path=folder,
+                          hint=f"layouts/ needs {EMAIL_LAYOUT} and {TEXT_LAYOUT}") from None
+    except jinja2.TemplateSyntaxError as exc:
+        raise LayoutError(f"template syntax error: {exc.message}", path=exc.filename or folder / name,
+                          line=exc.lineno) from None
+    except jinja2.UndefinedError as exc:
+        path, line = _layout_frame(exc, folder)
+        missing = re.search(r"'([^']+)' (?:is undefined|has no attribute '([^']+)')", str(exc))
+        what = str(exc)
+        if missing:
+            what = (f"`{missing.group(2)}` is not a field of `{missing.group(1)}`" if missing.group(2)
+                    else f"`{missing.group(1)}` is not a template variable")
+        raise LayoutError(f"{what} ({exc})", path=path or folder / name, line=line,
+                          hint="variables: newsletter, issue, title, subject, preheader, body, greeting, reader, "
+                          "workshop, workshop_pitch, workshop_details, next_workshop, colors, fonts, "
+                          "unsubscribe_url, view_url") from None
+    except jinja2.TemplateError as exc:
+        path, line = _layout_frame(exc, folder)
+        raise LayoutError(f"layout error: {exc}", path=path or folder / name, line=line) from None
+
+
+def _compile(mjml_text: str) -> str:
+    from mjml import mjml2html
+
+    return str(mjml2html(mjml_text, disable_comments=True))
+
+
+def _blame_layout(env: jinja2.Environment, folder: Path, context: dict[str, Any], error: str) -> LayoutError:
+    """Find which layout broke the MJML: each partial is compiled on its own."""
+    for name in sorted(env.list_templates(extensions=["mjml"])):
+        if name == EMAIL_LAYOUT:
+            continue
+        fragment = _render_template(env, folder, name, context)
+        wrappers = ("<mjml><mj-body>{}</mj-body></mjml>",
+                    "<mjml><mj-body><mj-section><mj-column>{}</mj-column></mj-section></mj-body></mjml>")
+        failures = 0
+        for wrapper in wrappers:
+            try:
+                _compile(wrapper.format(fragment))
+            except ValueError:
+                failures += 1
+        if failures == len(wrappers):
+            return LayoutError(f"the MJML from this layout does not parse: {error}", path=folder / name,
+                               hint="check that every tag is closed and spelled as MJML spells it")
+    return LayoutError(f"the MJML does not parse: {error}", path=folder / EMAIL_LAYOUT,
+                       hint="check that every tag is closed and spelled as MJML spells it")
+
+
+def render_issue(config: Config, issue: Issue) -> RenderedEmail:
+    """Render an issue once for all readers (parts carry the per-reader substitution tags)."""
+    folder = layouts_dir(config.root)
+    if not folder.is_dir():
+        raise LayoutError("no layouts/ folder", path=folder, hint=f"it holds {EMAIL_LAYOUT} and {TEXT_LAYOUT}")
+    env = _environment(str(folder))
+    body = markup.convert(issue.body_md, _styles(config), view_url(config, issue))
+    html_context = _context(config, issue, body, for_text=False)
+    mjml_text = _render_template(env, folder, EMAIL_LAYOUT, html_context)
+    try:
+        html = _compile(mjml_text)
+    except ValueError as exc:
+        # The essay's own HTML is produced by markdown-it and always well formed, so a layout is at fault.
+        raise _blame_layout(env, folder, html_context, str(exc)) from None
+    text = _render_template(env, folder, TEXT_LAYOUT, _context(config, issue, body, for_text=True))
+    text = re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
+    rendered = RenderedEmail(issue=issue, subject=issue.subject, preheader=issue.preheader, mjml=mjml_text,
+                             html=html, text=text, body=body)
+    rendered.warnings = output_warnings(rendered)
+    return rendered
+
+
+def output_warnings(rendered: RenderedEmail) -> list[Problem]:
+    """Problems visible in the output itself (what mjml-python lets through silently)."""
+    out: list[Problem] = []
+    where = rendered.issue.dir.parent.parent / LAYOUTS_DIR
+    leftover = re.search(r"<mj-[a-z-]+", rendered.html)
+    if leftover:
+        out.append(Problem("error", f"unknown MJML tag `{leftover.group(0)}>` copied into the HTML (a typo?)", where))
+    for marker in ("{{", "{%"):
+        for part, content in (("HTML", rendered.html), ("text", rendered.text)):
+            if marker in content:
+                out.append(Problem("error", f"leftover `{marker}` in the {part} part", where))
+    size = len(rendered.html.encode("utf-8"))
+    if size >= 102 * 1024:
+        out.append(Problem("error", f"HTML is {size / 1024:.1f} KB: Gmail clips messages at 102 KB"))
+    elif size >= 80 * 1024:
+        out.append(Problem("warning", f"HTML is {size / 1024:.1f} KB: close to Gmail's 102 KB clip"))
+    return out
+
+
+def personalize(rendered: RenderedEmail, *, name: str, token: str) -> tuple[str, str, str]:
+    """(mjml, html, text) as one reader sees them: the substitution tags filled, escaped per part."""
+    values = reader_substitutions(name, token)
+    return fill(rendered.mjml, values), fill(rendered.html, values), fill(rendered.text, values)

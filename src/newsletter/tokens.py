@@ -1,0 +1,75 @@
+"""Signed unsubscribe tokens: HMAC-SHA256 over the address, keyed by NEWSLETTER_SECRET, URL-safe, versioned."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+
+from .errors import SendError
+
+SECRET_ENV = "NEWSLETTER_SECRET"
+# Used only for previews when no secret is set; `send` refuses to run with it.
+DEVELOPMENT_SECRET = "newsletter-development-key-NOT-for-sending"
+VERSION = "u1"
+_MAC_BYTES = 16  # 128 bits of HMAC-SHA256: unforgeable, and keeps each link short
+
+
+def normalize_email(address: str) -> str:
+    """Addresses compare case-insensitively after trimming."""
+    return address.strip().lower()
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _mac(secret: str, email: str) -> bytes:
+    msg = f"unsubscribe:{VERSION}:{email}".encode()
+    return hmac.new(secret.encode("utf-8"), msg, hashlib.sha256).digest()[:_MAC_BYTES]
+
+
+def make_token(secret: str, email: str) -> str:
+    """The token for `email`: `u1.<address>.<mac>`, both parts base64url without padding."""
+    email = normalize_email(email)
+    return f"{VERSION}.{_b64(email.encode('utf-8'))}.{_b64(_mac(secret, email))}"
+
+
+def verify_token(secret: str, token: str) -> str | None:
+    """The address a token was made for, or None when it is malformed, tampered or signed with another key."""
+    try:
+        version, payload, mac = token.split(".")
+        if version != VERSION:
+            return None
+        email = _unb64(payload).decode("utf-8")
+        given = _unb64(mac)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        return None
+    if email != normalize_email(email) or "@" not in email:
+        return None
+    return email if hmac.compare_digest(given, _mac(secret, email)) else None
+
+
+def secret_from_env(*, required: bool) -> tuple[str, bool]:
+    """(secret, is_development_key); raises SendError when `required` and the variable is unset."""
+    secret = os.environ.get(SECRET_ENV, "")
+    if secret:
+        return secret, False
+    if required:
+        raise SendError(
+            f"{SECRET_ENV} is not set: it signs every reader's unsubscribe link",
+            hint=f"export {SECRET_ENV}=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))') "
+            "and keep it: changing it breaks the links in mail already sent",
+        )
+    return DEVELOPMENT_SECRET, True
+
+
+def unsubscribe_url(base_url: str, token: str) -> str:
+    """<base_url>/unsubscribe/<token>."""
+    return f"{base_url.rstrip('/')}/unsubscribe/{token}"

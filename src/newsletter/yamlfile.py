@@ -1,0 +1,102 @@
+"""YAML files read safely, with the line of every key kept for error messages."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import NewsletterError
+
+try:  # the C loader is several times faster; fall back when libyaml is absent
+    from yaml import CSafeLoader as _Loader
+except ImportError:  # pragma: no cover
+    from yaml import SafeLoader as _Loader  # type: ignore[assignment]
+
+KeyPath = tuple[str, ...]
+
+
+@dataclass
+class YamlDoc:
+    """A parsed YAML mapping plus the line (1-based) where each key path appears."""
+
+    path: Path
+    data: dict[str, Any]
+    lines: dict[KeyPath, int] = field(default_factory=dict)
+
+    def line(self, *keys: str) -> int | None:
+        """The line of the deepest known key along `keys`."""
+        while keys:
+            if keys in self.lines:
+                return self.lines[keys]
+            keys = keys[:-1]
+        return None
+
+
+def _collect_lines(node: yaml.Node, prefix: KeyPath, out: dict[KeyPath, int]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                key = (*prefix, str(key_node.value))
+                out[key] = key_node.start_mark.line + 1
+                _collect_lines(value_node, key, out)
+
+
+def load_yaml(path: Path, error: type[NewsletterError]) -> YamlDoc:
+    """Read a YAML mapping; malformed YAML or a non-mapping raises `error` naming the file and line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error("file not found", path=path) from None
+    except UnicodeDecodeError as exc:
+        raise error(f"not UTF-8 text ({exc.reason} at byte {exc.start})", path=path) from None
+    except OSError as exc:
+        raise error(f"cannot read: {exc.strerror}", path=path) from None
+    try:
+        node = yaml.compose(text, Loader=_Loader)
+        data = yaml.load(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        problem = exc.problem or exc.context or "malformed YAML"
+        raise error(f"malformed YAML: {problem}", path=path, line=line,
+                    hint="check the indentation and quote values that contain ': ' or start with a symbol") from None
+    except yaml.YAMLError as exc:
+        raise error(f"malformed YAML: {exc}", path=path) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise error(
+            f"expected a mapping of `key: value` lines, found a {_kind(data)}", path=path, line=1
+        )
+    lines: dict[KeyPath, int] = {}
+    if node is not None:
+        _collect_lines(node, (), lines)
+    return YamlDoc(path=path, data=data, lines=lines)
+
+
+def _kind(value: Any) -> str:
+    return {list: "list", str: "single value", int: "number", float: "number", bool: "true/false"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def unknown_key_message(key: str, allowed: Iterable[str]) -> str:
+    """'unknown key `x`' plus the closest allowed key, when there is one."""
+    allowed = sorted(allowed)
+    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+    msg = f"unknown key `{key}`"
+    if close:
+        msg += f" (did you mean `{close[0]}`?)"
+    else:
+        msg += f"; known keys: {', '.join(allowed)}"
+    return msg
+
+
+def describe(value: Any) -> str:
+    """The type of a YAML value in the writer's words."""
+    return _kind(value)
