@@ -1,0 +1,52 @@
+"""email.html in a real headless Chromium at phone and desktop widths."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import SEED_SLUG, Cli
+
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync"]
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    if not shutil.which(CHROMIUM):
+        pytest.fail("Debian's chromium is required at /usr/bin/chromium (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield b
+        b.close()
+
+
+@pytest.mark.parametrize("width", [375, 600])
+def test_no_horizontal_scroll_and_cta_visible(browser, cli: Cli, project: Path, width: int) -> None:
+    assert cli("render").exit_code == 0
+    page = browser.new_page(viewport={"width": width, "height": 800})
+    try:
+        page.goto((project / "build" / SEED_SLUG / "email.html").as_uri())
+        scroll, client = page.evaluate(
+            "[document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+        assert scroll <= client, f"horizontal scroll at {width}px: {scroll} > {client}"
+        button = page.get_by_role("link", name="Reserve your place")
+        button.scroll_into_view_if_needed()
+        assert button.is_visible()
+        box = button.bounding_box()
+        assert box is not None
+        assert box["x"] >= 0 and box["x"] + box["width"] <= width
+        assert box["height"] >= 44, box
+        assert button.get_attribute("href") == "https://example.org/workshops/from-trauma-to-triumph"
+        font = page.evaluate(
+            "getComputedStyle(document.querySelector('.nl-text p')).fontSize")
+        assert font == "16px"
+    finally:
+        page.close()
