@@ -161,5 +161,148 @@ def new(root: Path, title: str, slug: str | None, date_text: str | None) -> None
     click.echo(f"write the essay in body.md, then: newsletter render --issue {folder.name}")
 
 
+@main.group()
+def subscribers() -> None:
+    """Manage the list (subscribers/subscribers.csv) against the unsubscribe ledger.
+
+    \b
+    Examples:
+      newsletter subscribers import ~/Downloads/mailchimp-export.csv
+      newsletter subscribers add ada@example.net --name "Ada"
+      newsletter subscribers count
+      newsletter subscribers list --suppressed
+      newsletter subscribers export readers.csv
+    """
+
+
+@subscribers.command("import")
+@click.argument("file", type=click.Path(path_type=Path))
+@command_options
+def subscribers_import(root: Path, file: Path) -> None:
+    """Import an export from Mailchimp, Substack, Buttondown, Kit or any CSV with an email column.
+
+    Addresses are validated (syntax, no DNS) and folded case-insensitively; addresses suppressed in the
+    ledger are not re-added. The list is rewritten atomically.
+    """
+    from .subscribers import SHOW_FIRST, import_file
+
+    r = import_file(root, file)
+    delim = {",": "comma", ";": "semicolon", "\t": "tab"}[r.delimiter]
+    guessed = " (guessed from its values)" if r.email_column_guessed else ""
+    names = f"; names from {', '.join(repr(n) for n in r.name_columns)}" if r.name_columns else ""
+    click.echo(f"read {r.rows} row(s) from {file} ({r.encoding}, {delim}-separated); "
+               f"addresses from column {r.email_column!r}{guessed}{names}")
+    click.echo(f"  added:           {r.added}")
+    click.echo(f"  already present: {r.already_present}")
+    click.echo(f"  duplicates:      {r.duplicates} (same address twice in the file)")
+    by = ", ".join(f"{k} {v}" for k, v in sorted(r.suppressed_by.items()))
+    click.echo(f"  suppressed:      {r.suppressed}" + (f" ({by}; not re-added: only `newsletter resubscribe` "
+                                                       "lifts a suppression)" if r.suppressed else ""))
+    click.echo(f"  invalid:         {len(r.invalid)}")
+    for line, value, reason in r.invalid[:SHOW_FIRST]:
+        click.echo(f"    line {line}: {value!r}: {reason}")
+    if len(r.invalid) > SHOW_FIRST:
+        click.echo(f"    ... and {len(r.invalid) - SHOW_FIRST} more")
+    if r.malformed:
+        click.echo(f"  malformed rows:  {len(r.malformed)} (skipped)")
+        for line, what in r.malformed[:SHOW_FIRST]:
+            click.echo(f"    line {line}: {what}")
+    if r.empty:
+        click.echo(f"  rows without an address: {r.empty}")
+    if r.added == 0 and r.already_present == 0 and r.suppressed == 0:
+        click.secho(f"error: {file}: nothing could be imported; the list is unchanged", err=True, fg="red")
+        sys.exit(1)
+
+
+@subscribers.command("add")
+@click.argument("email")
+@click.option("--name", default="", help="The reader's name, used in the greeting.")
+@command_options
+def subscribers_add(root: Path, email: str, name: str) -> None:
+    """Add one reader to the list."""
+    from .subscribers import add_subscriber
+
+    click.echo(f"added {add_subscriber(root, email, name)}")
+
+
+@subscribers.command("list")
+@click.option("--suppressed", is_flag=True, help="List the suppressed addresses (with their latest event).")
+@command_options
+def subscribers_list(root: Path, suppressed: bool) -> None:
+    """Print the active readers (or the suppressed ones), one per line."""
+    from .subscribers import iter_listing
+
+    for email, name, event in iter_listing(root, suppressed=suppressed):
+        click.echo("\t".join(x for x in (email, name, event if suppressed else "") if x))
+
+
+@subscribers.command("count")
+@command_options
+def subscribers_count(root: Path) -> None:
+    """Count active, suppressed (by event) and total readers."""
+    from .subscribers import count_subscribers
+
+    c = count_subscribers(root)
+    total_suppressed = sum(c.suppressed.values())
+    click.echo(f"active:     {c.active}")
+    detail = ", ".join(f"{k} {v}" for k, v in sorted(c.suppressed.items()))
+    click.echo(f"suppressed: {total_suppressed}" + (f" ({detail})" if detail else ""))
+    click.echo(f"total:      {c.total}" + (f" (and {c.duplicates} duplicate row(s) ignored)" if c.duplicates else ""))
+
+
+@subscribers.command("export")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--all", "include_suppressed", is_flag=True, help="Include suppressed addresses too.")
+@command_options
+def subscribers_export(root: Path, file: Path, include_suppressed: bool) -> None:
+    """Write the active readers, with every column, to FILE (CSV)."""
+    from .subscribers import export_subscribers
+
+    n = export_subscribers(root, file, include_suppressed=include_suppressed)
+    click.echo(f"wrote {n} reader(s) to {file}")
+
+
+def _ledger_append(root: Path, addresses: tuple[str, ...], event: str, source: str, detail: str) -> None:
+    from .ledger import Event, append_events, ledger_path, now_iso
+
+    bad = [a for a in addresses if "@" not in a or any(c.isspace() for c in a.strip())]
+    if bad:
+        raise click.BadParameter(f"not an address: {bad[0]!r}", param_hint="ADDR")
+    at = now_iso()
+    append_events(ledger_path(root), [Event(a, event, at, source, detail) for a in addresses])
+    for a in addresses:
+        click.echo(f"{event}: {a.strip().lower()} (recorded in {_show(ledger_path(root))})")
+
+
+@main.command()
+@click.argument("addresses", metavar="ADDR...", nargs=-1, required=True)
+@click.option("--reason", default="", help="Why (kept in the ledger's detail column).")
+@click.option("--event", type=click.Choice(["unsubscribe", "bounce", "spamreport", "invalid"]),
+              default="unsubscribe", show_default=True, help="The kind of suppression.")
+@command_options
+def unsubscribe(root: Path, addresses: tuple[str, ...], reason: str, event: str) -> None:
+    """Record that ADDR must never be mailed again (appended to subscribers/unsubscribes.csv).
+
+    \b
+    Example:
+      newsletter unsubscribe ada@example.net --reason "asked by reply"
+    """
+    _ledger_append(root, addresses, event, "cli", reason)
+
+
+@main.command()
+@click.argument("addresses", metavar="ADDR...", nargs=-1, required=True)
+@click.option("--note", default="", help="How they asked to come back (kept in the ledger).")
+@command_options
+def resubscribe(root: Path, addresses: tuple[str, ...], note: str) -> None:
+    """Lift a suppression, when the reader asked to come back.
+
+    \b
+    Example:
+      newsletter resubscribe ada@example.net --note "signed up again on the site"
+    """
+    _ledger_append(root, addresses, "resubscribe", "cli", note)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
