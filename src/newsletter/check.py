@@ -137,7 +137,8 @@ def check_issue(config: Config, issue: Issue, rendered: RenderedEmail) -> list[P
             problems.append(Problem("error", f"link to the reserved example domain `{host}`: {url}", path, line))
     for image in rendered.body.images:
         if not image.text:
-            problems.append(Problem("error", f"image `{image.url}` has no alt text: write ![what it shows]({image.url})",
+            hint = f"write ![what it shows]({image.url})"
+            problems.append(Problem("error", f"image `{image.url}` has no alt text: {hint}",
                                     issue.body_path, image.line))
     for tag in re.findall(r"<img\b[^>]*>", rendered.html):
         if not re.search(r"\balt\s*=", tag):

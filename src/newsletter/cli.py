@@ -189,6 +189,8 @@ def subscribers_import(root: Path, file: Path) -> None:
     r = import_file(root, file)
     delim = {",": "comma", ";": "semicolon", "\t": "tab"}[r.delimiter]
     guessed = " (guessed from its values)" if r.email_column_guessed else ""
+    if r.headerless:
+        guessed += "; the file has no header row, so its first line was imported too"
     names = f"; names from {', '.join(repr(n) for n in r.name_columns)}" if r.name_columns else ""
     click.echo(f"read {r.rows} row(s) from {file} ({r.encoding}, {delim}-separated); "
                f"addresses from column {r.email_column!r}{guessed}{names}")

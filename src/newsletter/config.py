@@ -325,7 +325,8 @@ def _load_sendgrid(p: _Problems, raw: dict[str, Any]) -> SendgridSettings:
     if raw.get("unsubscribe_mailto"):
         mailto = str(raw["unsubscribe_mailto"]).strip()
         if not SIMPLE_EMAIL.match(mailto):
-            p.add(("sendgrid", "unsubscribe_mailto"), f"`sendgrid.unsubscribe_mailto` is not an email address: {mailto!r}")
+            p.add(("sendgrid", "unsubscribe_mailto"),
+                  f"`sendgrid.unsubscribe_mailto` is not an email address: {mailto!r}")
         out["unsubscribe_mailto"] = mailto
     return SendgridSettings(**out)
 

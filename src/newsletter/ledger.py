@@ -25,6 +25,7 @@ EVENTS = ("unsubscribe", "bounce", "spamreport", "invalid", "resubscribe")
 UNREADABLE = "unreadable"  # the pseudo-event of a line that cannot be read: suppressing
 _EVENT = {e: e for e in EVENTS}  # interned event names: a million rows share five strings
 LOCK_TIMEOUT = 60.0
+_CHUNK = 1 << 20
 
 
 def ledger_path(root: Path) -> Path:
@@ -130,28 +131,20 @@ class Ledger:
             return 0
         except OSError as exc:
             raise LedgerError(f"cannot read the ledger: {exc.strerror}", path=self.path) from None
+        read = 0
+        tail = b""
         with fh:
             fh.seek(self._offset)
-            data = fh.read()
-        if not data:
-            self._tail_emails = set()
-            return 0
-        end = data.rfind(b"\n") + 1  # only complete lines advance the offset
-        complete, tail = data[:end], data[end:]
-        lines = complete.decode("utf-8", errors="replace").split("\n")[:-1] if end else []
-        latest = self.latest
-        number = self._line
-        for raw in lines:
-            number += 1
-            if number == 1 and raw.strip().lower().startswith("email,"):
-                continue
-            parts = raw.split(",") if '"' not in raw else next(csv.reader([raw]), [])
-            if len(parts) == 5 and parts[1] in _EVENT:
-                latest[parts[0].strip().lower()] = _EVENT[parts[1]]
-            elif raw.strip():
-                self._unreadable(parts, number, raw)
-        self._offset += end
-        self._line = number
+            # Chunked, so a million-event ledger never sits in memory as one string.
+            while chunk := fh.read(_CHUNK):
+                data = tail + chunk
+                end = data.rfind(b"\n") + 1  # only complete lines advance the offset
+                if not end:
+                    tail = data
+                    continue
+                read += self._apply(data[:end])
+                self._offset += end
+                tail = data[end:]
         self._tail_emails = set()
         if tail.strip():
             # A torn (or still being written) last line: suppress what it names, re-read it next time.
@@ -159,11 +152,29 @@ class Ledger:
             email = normalize_email(parts[0].strip('"'))
             if email:
                 self._tail_emails.add(email)
-            if number + 1 not in self._reported:
-                self._reported.add(number + 1)
+            if self._line + 1 not in self._reported:
+                self._reported.add(self._line + 1)
                 self.problems.append(Problem(
                     "warning", f"torn last line (a write was interrupted): {email or '?'} counted as suppressed",
-                    self.path, number + 1))
+                    self.path, self._line + 1))
+        return read
+
+    def _apply(self, block: bytes) -> int:
+        lines = block.decode("utf-8", errors="replace").split("\n")
+        lines.pop()  # the block ends in a newline
+        latest = self.latest
+        number = self._line
+        events = _EVENT
+        for raw in lines:
+            number += 1
+            parts = raw.split(",") if '"' not in raw else next(csv.reader([raw]), [])
+            if len(parts) == 5 and parts[1] in events:
+                latest[parts[0].strip().lower()] = events[parts[1]]
+            elif number == 1 and raw.strip().lower().startswith("email,"):
+                continue
+            elif raw.strip():
+                self._unreadable(parts, number, raw)
+        self._line = number
         return len(lines)
 
     def _unreadable(self, parts: list[str], number: int, raw: str) -> None:

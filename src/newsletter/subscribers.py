@@ -126,6 +126,7 @@ class ImportReport:
     delimiter: str = ","
     email_column: str = ""
     email_column_guessed: bool = False
+    headerless: bool = False
     name_columns: list[str] = field(default_factory=list)
     rows: int = 0
     added: int = 0
@@ -187,19 +188,21 @@ def import_file(root: Path, source: Path) -> ImportReport:
         raise SubscriberError(f"malformed CSV: {exc}", path=source, line=reader.line_num,
                               hint="an unclosed quote is the usual cause") from None
 
+    if any(LOOKS_LIKE_EMAIL.match(h) for h in header):
+        # No header row: the first line is a reader too.
+        records.insert(0, (1, header))
+        header = [f"column {i + 1}" for i in range(max(len(r) for _, r in records))]
+        report.headerless = True
     email_at = _column_index(header, EMAIL_COLUMNS)
     if email_at is None:
         email_at = next((i for i, h in enumerate(header) if "mail" in h.lower()), None)
     if email_at is None:
         # No telling header: the column whose values mostly look like addresses.
-        scores = Counter(i for _, row in records[:200] for i, v in enumerate(row) if LOOKS_LIKE_EMAIL.match(v))
-        if scores and scores.most_common(1)[0][1] >= max(1, len(records[:200]) // 2):
+        sample = records[:200]
+        scores = Counter(i for _, row in sample for i, v in enumerate(row) if LOOKS_LIKE_EMAIL.match(v))
+        if scores and scores.most_common(1)[0][1] >= max(1, len(sample) // 2):
             email_at = scores.most_common(1)[0][0]
             report.email_column_guessed = True
-        elif any(LOOKS_LIKE_EMAIL.match(h) for h in header):
-            raise SubscriberError(
-                "the first row holds addresses, not column names", path=source, line=1,
-                hint="add a header row such as `email,name` as the first line")
         else:
             raise SubscriberError(
                 f"no email column found; columns: {', '.join(repr(h) for h in header) or '(none)'}",
