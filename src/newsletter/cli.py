@@ -306,5 +306,157 @@ def resubscribe(root: Path, addresses: tuple[str, ...], note: str) -> None:
     _ledger_append(root, addresses, "resubscribe", "cli", note)
 
 
+@main.command()
+@click.option("--issue", "slug", required=True, metavar="SLUG", help="The issue to send.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (scripts, cron).")
+@click.option("--dry-run", is_flag=True, help="Do everything but the network: check, count, build every request.")
+@click.option("--to", "to", multiple=True, metavar="ADDR",
+              help="Send a test copy to ADDR only (repeatable); subject prefixed [Test]; not journaled.")
+@click.option("--at", "at_text", metavar="DATETIME",
+              help="Schedule through SendGrid (send_at), e.g. 2026-12-01T07:53 local time; within 72 h.")
+@click.option("--resend-in-doubt", is_flag=True,
+              help="Also re-send batches whose fate is unknown (request sent, no answer recorded).")
+@click.option("--sandbox", is_flag=True, help="SendGrid sandbox mode: validated by SendGrid, delivered to no one.")
+@click.option("--concurrency", type=click.IntRange(1, 16), help="Requests in flight (default from newsletter.yaml).")
+@command_options
+def send(root: Path, slug: str, yes: bool, dry_run: bool, to: tuple[str, ...], at_text: str | None,
+         resend_in_doubt: bool, sandbox: bool, concurrency: int | None) -> None:
+    """Send an issue to every reader who has not unsubscribed, in batches through SendGrid.
+
+    Safe to re-run: the send journal (subscribers/sends/<slug>.jsonl) makes a second run continue where
+    the first stopped, and never re-send an acknowledged batch. Needs SENDGRID_API_KEY and NEWSLETTER_SECRET.
+
+    \b
+    Examples:
+      newsletter send --issue micro-moments-of-connection --to me@my.domain
+      newsletter send --issue micro-moments-of-connection --dry-run
+      newsletter send --issue micro-moments-of-connection
+    """
+    from .send import SendOptions, dispatch, parse_at, prepare
+
+    for address in to:
+        if "@" not in address:
+            raise click.BadParameter(f"not an address: {address!r}", param_hint="--to")
+    at = parse_at(at_text) if at_text else None
+    options = SendOptions(slug=slug, dry_run=dry_run, to=to, at=at, resend_in_doubt=resend_in_doubt,
+                          sandbox=sandbox, concurrency=concurrency)
+    p = prepare(root, options)
+    for warning in p.warnings:
+        click.secho(warning, fg="yellow", err=True)
+    sender = f"{p.config.sender.name} <{p.config.sender.email}>"
+    click.echo(f"issue:      {p.issue.slug}")
+    click.echo(f"subject:    {p.subject}")
+    click.echo(f"from:       {sender}")
+    if to:
+        click.echo(f"test copy:  {', '.join(to)}")
+    else:
+        click.echo(f"readers:    {p.readers} (after suppression)")
+        click.echo(f"suppressed: {p.suppressed}")
+        if p.already_sent:
+            click.echo(f"already sent earlier: {p.already_sent} (this run continues where the last stopped)")
+        if p.in_doubt_skipped:
+            click.echo(f"in doubt:   {p.in_doubt_skipped} reader(s) from an earlier run, not re-sent "
+                       "(--resend-in-doubt to send them again)")
+        click.echo(f"batches:    {p.batches} (up to {p.batch_size} readers each)")
+    if at:
+        click.echo(f"scheduled:  {at.isoformat(timespec='minutes')}")
+    if dry_run:
+        click.echo("dry run: nothing will be sent")
+    elif not (yes or to) and not click.confirm("Send now?", default=False):
+        click.echo("not sent")
+        sys.exit(1)
+    report = dispatch(p, _progress_printer(p.readers, p.batches) if not (to or dry_run) else None)
+    _print_report(report, dry_run=dry_run, test=bool(to))
+    if not report.ok:
+        sys.exit(1)
+
+
+def _progress_printer(readers: int, batches: int):  # type: ignore[no-untyped-def]
+    """A progress bar on a terminal; a plain line every ~5% otherwise."""
+    import threading
+    import time
+
+    lock = threading.Lock()
+    start = time.perf_counter()
+    tty = sys.stderr.isatty()
+    state = {"last": -1}
+
+    def show(event) -> None:  # type: ignore[no-untyped-def]
+        with lock:
+            elapsed = max(time.perf_counter() - start, 1e-6)
+            rate = event.readers_done / elapsed
+            left = max(event.readers_total - event.readers_done, 0)
+            eta = left / rate if rate else 0
+            if tty:
+                width = 30
+                frac = event.readers_done / event.readers_total if event.readers_total else 1
+                bar = "#" * int(width * min(frac, 1)) + "-" * (width - int(width * min(frac, 1)))
+                click.echo(f"\r[{bar}] {event.readers_done}/{event.readers_total} readers, batch "
+                           f"{event.batches_done}/{event.batches_total}, {rate:,.0f}/s, ETA {eta:,.0f} s ",
+                           nl=False, err=True)
+                if event.readers_done >= event.readers_total:
+                    click.echo("", err=True)
+            else:
+                step = max(1, event.batches_total // 20)
+                if event.batches_done - state["last"] >= step or event.batches_done >= event.batches_total:
+                    state["last"] = event.batches_done
+                    click.echo(f"progress: {event.readers_done}/{event.readers_total} readers, batch "
+                               f"{event.batches_done}/{event.batches_total}, {rate:,.0f} readers/s, "
+                               f"ETA {eta:,.0f} s", err=True)
+
+    return show
+
+
+def _print_report(r, *, dry_run: bool, test: bool) -> None:  # type: ignore[no-untyped-def]
+    for line in r.errors:
+        click.secho(line, fg="red", err=True)
+    if test:
+        click.echo(f"test copy sent to {r.sent} address(es)")
+        return
+    verb = "would send" if dry_run else "sent"
+    rate = r.sent / r.elapsed if r.elapsed else 0
+    click.echo(f"{verb}: {r.sent} reader(s) in {r.sent_batches} batch(es)")
+    click.echo(f"suppressed: {r.suppressed + r.suppressed_late}"
+               + (f" ({r.suppressed_late} unsubscribed during the send)" if r.suppressed_late else ""))
+    click.echo(f"already sent earlier: {r.already_sent}")
+    click.echo(f"failed: {r.failed} reader(s) in {r.failed_batches} batch(es)")
+    click.echo(f"in doubt: {r.in_doubt} reader(s) in {r.in_doubt_batches} batch(es)")
+    if r.not_attempted:
+        click.echo(f"not attempted: {r.not_attempted} reader(s) (the send stopped)")
+    click.echo(f"elapsed: {r.elapsed:.1f} s ({rate:,.0f} readers/s)")
+    if r.failed or r.not_attempted:
+        click.secho("some readers were not sent: fix the cause and run the same command again; "
+                    "it continues where it stopped", fg="red", err=True)
+    if r.in_doubt:
+        click.secho(f"{r.in_doubt} reader(s) in doubt: the request went out but no answer was recorded, so "
+                    "they may have received it. They are never re-sent unless you run again with "
+                    "--resend-in-doubt", fg="yellow", err=True)
+
+
+@main.command()
+@click.option("--issue", "slug", required=True, metavar="SLUG", help="The issue.")
+@command_options
+def status(root: Path, slug: str) -> None:
+    """Show an issue's send: sent, pending, failed, in doubt.
+
+    \b
+    Example:
+      newsletter status --issue micro-moments-of-connection
+    """
+    from .send import send_status
+
+    s = send_status(root, slug)
+    click.echo(f"issue:      {s.slug} ({s.runs} send run(s))")
+    click.echo(f"sent:       {s.sent} reader(s) in {s.sent_batches} batch(es)")
+    click.echo(f"pending:    {s.pending} reader(s) not sent yet")
+    click.echo(f"suppressed: {s.suppressed}")
+    click.echo(f"failed:     {s.failed_readers} reader(s) in {s.failed_batches} batch(es) (a re-run sends them)")
+    click.echo(f"in doubt:   {s.in_doubt_readers} reader(s) in {s.in_doubt_batches} batch(es)")
+    for b, readers, error in s.doubt_details:
+        click.echo(f"  batch {b}: {readers} reader(s): {error}")
+    if s.in_doubt_readers or s.failed_readers:
+        sys.exit(1)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

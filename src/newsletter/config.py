@@ -44,7 +44,7 @@ WORKSHOP_KEYS = {
 }
 SENDGRID_KEYS = {
     "categories", "asm_group_id", "asm_groups_to_display", "batch_size", "concurrency", "timeout",
-    "retries", "click_tracking", "open_tracking", "unsubscribe_mailto", "sandbox",
+    "retries", "backoff", "click_tracking", "open_tracking", "unsubscribe_mailto", "sandbox",
 }
 
 
@@ -84,6 +84,7 @@ class SendgridSettings:
     concurrency: int = 4
     timeout: float = 30.0
     retries: int = 5
+    backoff: float = 0.5  # seconds before the first retry; doubles each time (with jitter)
     click_tracking: bool = False
     open_tracking: bool = False
     unsubscribe_mailto: str = ""
@@ -302,6 +303,7 @@ def _load_sendgrid(p: _Problems, raw: dict[str, Any]) -> SendgridSettings:
     number("concurrency", int, 1, 16)
     number("timeout", float, 1, 300)
     number("retries", int, 0, 20)
+    number("backoff", float, 0, 60)
     number("asm_group_id", int, 1, 2**31)
     for key in ("click_tracking", "open_tracking", "sandbox"):
         flag(key)

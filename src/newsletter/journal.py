@@ -1,0 +1,167 @@
+"""The per-issue send journal: each batch's readers and every attempt recorded (and fsynced) before the
+request goes out, its outcome after. Re-running a send reads it to continue where it stopped.
+
+File: subscribers/sends/<slug>.jsonl, one JSON object per line:
+  {"t": "run", ...}                          a send started
+  {"t": "batch", "b": 7, "emails": [...]}    batch 7 is these readers (normalised addresses)
+  {"t": "attempt", "b": 7, "n": 1}           a request for batch 7 is about to go out
+  {"t": "retry", "b": 7, "status": 500}      it was answered without being accepted (will retry)
+  {"t": "ok", "b": 7, "status": 202, "id"}   SendGrid accepted it
+  {"t": "failed", "b": 7, "error": ...}      given up in this run; its readers are sent by the next run
+  {"t": "doubt", "b": 7, "error": ...}       the request went out and no answer came: fate unknown
+A batch whose last record is `attempt` or `doubt` is in doubt: never re-sent unless asked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import SendError
+
+SENDS_DIR = "sends"
+
+
+def journal_path(root: Path, slug: str) -> Path:
+    """subscribers/sends/<slug>.jsonl."""
+    return root / "subscribers" / SENDS_DIR / f"{slug}.jsonl"
+
+
+@dataclass
+class BatchState:
+    """One batch as the journal tells it."""
+
+    readers: int
+    state: str  # defined | sent | failed | doubt
+    emails: list[str] = field(default_factory=list)
+    error: str = ""
+
+
+@dataclass
+class JournalState:
+    """What earlier runs of this issue's send did."""
+
+    sent: set[int] = field(default_factory=set)  # hash() of the address: compact for a million readers
+    in_doubt: set[int] = field(default_factory=set)
+    doubt_batches: dict[int, BatchState] = field(default_factory=dict)
+    failed_batches: dict[int, BatchState] = field(default_factory=dict)
+    sent_batches: int = 0
+    next_batch: int = 1
+    runs: int = 0
+    torn: int = 0
+
+    @property
+    def in_doubt_readers(self) -> int:
+        """Readers whose batch is in doubt and who have not been acknowledged since."""
+        return len(self.in_doubt - self.sent)
+
+    def doubt_batch_count(self) -> int:
+        """In-doubt batches with at least one reader not acknowledged since."""
+        return sum(1 for b in self.doubt_batches.values() if any(hash(e) not in self.sent for e in b.emails))
+
+
+def read_records(path: Path) -> Iterator[dict[str, Any]]:
+    """The journal's records; a torn last line (a kill mid-write) is skipped."""
+    try:
+        fh = open(path, "rb")  # noqa: SIM115
+    except FileNotFoundError:
+        return
+    with fh:
+        for raw in fh:
+            if not raw.endswith(b"\n"):
+                break  # torn last line: it was never fsynced as a whole, so it never counted
+            try:
+                yield json.loads(raw)
+            except ValueError:
+                continue
+
+
+def load_state(path: Path) -> JournalState:
+    """Replay the journal."""
+    state = JournalState()
+    batches: dict[int, BatchState] = {}
+    for rec in read_records(path):
+        kind = rec.get("t")
+        if kind == "run":
+            state.runs += 1
+            continue
+        b = int(rec.get("b", 0))
+        state.next_batch = max(state.next_batch, b + 1)
+        if kind == "batch":
+            batches[b] = BatchState(readers=len(rec["emails"]), state="defined", emails=rec["emails"])
+            continue
+        batch = batches.get(b)
+        if batch is None:
+            continue
+        if kind in ("attempt", "doubt"):
+            batch.state, batch.error = "doubt", str(rec.get("error", "no answer recorded"))
+        elif kind == "retry":
+            batch.state = "defined"
+        elif kind == "ok":
+            batch.state = "sent"
+        elif kind == "failed":
+            batch.state, batch.error = "failed", str(rec.get("error", ""))
+    for b, batch in batches.items():
+        if batch.state == "sent":
+            state.sent.update(hash(e) for e in batch.emails)
+            state.sent_batches += 1
+        elif batch.state == "doubt":
+            state.in_doubt.update(hash(e) for e in batch.emails)
+            state.doubt_batches[b] = batch
+        elif batch.state == "failed":
+            state.failed_batches[b] = batch
+    # Addresses acknowledged later (a resend) are no longer in doubt; failed batches hold no one.
+    for b in [b for b, batch in state.failed_batches.items() if all(hash(e) in state.sent for e in batch.emails)]:
+        del state.failed_batches[b]
+    for batch in batches.values():
+        if batch.state != "doubt":
+            batch.emails = []  # only in-doubt batches need their readers kept (report, resend)
+    return state
+
+
+class Journal:
+    """Appends records, each flushed and fsynced before the caller goes on."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+
+    def __enter__(self) -> Journal:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        size = os.fstat(self._fd).st_size
+        if size:
+            with open(self.path, "rb") as fh:
+                fh.seek(size - 1)
+                if fh.read(1) != b"\n":
+                    os.write(self._fd, b"\n")  # a torn last line from a kill: start on a fresh one
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def write(self, *records: dict[str, Any]) -> None:
+        """Append records and fsync: when this returns they survive a crash."""
+        data = b"".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")).encode() + b"\n" for r in records)
+        with self._lock:
+            if self._fd is None:
+                raise SendError("the journal is not open", path=self.path)
+            os.write(self._fd, data)
+            os.fsync(self._fd)
+
+
+def send_lock(root: Path, slug: str):  # type: ignore[no-untyped-def]
+    """An exclusive lock per issue; flock is released by the kernel when a killed process dies."""
+    from filelock import FileLock
+
+    path = journal_path(root, slug).with_suffix(".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path), timeout=0)

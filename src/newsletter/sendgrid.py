@@ -1,0 +1,119 @@
+"""The only sendgrid importer: SendGrid v3 calls, with every HTTP and connection failure -> TransportError."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import threading
+import time
+import urllib.error
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import SendError, TransportError
+
+API_KEY_ENV = "SENDGRID_API_KEY"
+API_URL_ENV = "SENDGRID_API_URL"
+DEFAULT_API_URL = "https://api.sendgrid.com"
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """SendGrid took the request (202, or 200 in sandbox mode)."""
+
+    status: int
+    message_id: str
+
+
+def api_url() -> str:
+    """SENDGRID_API_URL without a trailing slash (tests point it at a local fake)."""
+    return (os.environ.get(API_URL_ENV) or DEFAULT_API_URL).rstrip("/")
+
+
+def error_messages(body: bytes) -> list[str]:
+    """SendGrid's `{"errors": [{"field", "message"}]}` as readable lines."""
+    try:
+        errors = json.loads(body or b"{}").get("errors") or []
+    except (ValueError, AttributeError):
+        text = body.decode("utf-8", "replace").strip()
+        return [text[:300]] if text else []
+    out = []
+    for e in errors:
+        if isinstance(e, dict):
+            field = e.get("field")
+            out.append(f"{field}: {e.get('message')}" if field else str(e.get("message")))
+    return out
+
+
+class SendGridTransport:
+    """A thin wrapper over the official client; one client per thread (its headers dict is shared state)."""
+
+    def __init__(self, api_key: str, base_url: str | None = None, timeout: float = 30.0) -> None:
+        self.api_key = api_key
+        self.base_url = (base_url or api_url()).rstrip("/")
+        self.timeout = timeout
+        self._local = threading.local()
+
+    def _client(self) -> Any:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            from sendgrid import SendGridAPIClient
+
+            client = SendGridAPIClient(api_key=self.api_key, host=self.base_url).client
+            client.timeout = self.timeout  # the client has no timeout by default and can hang forever
+            self._local.client = client
+        return client
+
+    def _call(self, make: Any) -> Any:
+        from python_http_client.exceptions import HTTPError
+
+        try:
+            return make(self._client())
+        except HTTPError as exc:
+            status = int(getattr(exc, "status_code", 0) or 0)
+            headers = getattr(exc, "headers", None)
+            body = getattr(exc, "body", b"") or b""
+            retry_after = None
+            if status == 429 and headers is not None:
+                reset = headers.get("X-RateLimit-Reset")
+                try:
+                    retry_after = max(0.0, float(reset) - time.time()) if reset else None
+                except ValueError:
+                    retry_after = None
+            detail = "; ".join(error_messages(body)) or getattr(exc, "reason", "") or ""
+            raise TransportError(f"SendGrid answered {status}" + (f": {detail}" if detail else ""),
+                                 status=status, retry_after=retry_after, body=body) from None
+        except urllib.error.URLError as exc:
+            # urllib wraps errors raised while connecting or sending the request: nothing was accepted.
+            raise TransportError(f"cannot reach SendGrid at {self.base_url}: {exc.reason}", sent=False) from None
+        except TimeoutError as exc:
+            raise TransportError(f"no answer from SendGrid within {self.timeout:g} s ({exc})", sent=True) from None
+        except (http.client.HTTPException, OSError) as exc:
+            # Raised while reading the answer: the request went out, its fate is unknown.
+            raise TransportError(f"connection lost before SendGrid answered: {exc!r}", sent=True) from None
+
+    def scopes(self) -> list[str]:
+        """The scopes of the API key (GET /v3/scopes)."""
+        response = self._call(lambda c: c.scopes.get())
+        try:
+            return list(json.loads(response.body or b"{}").get("scopes") or [])
+        except ValueError:
+            raise TransportError("GET /v3/scopes answered something that is not JSON") from None
+
+    def send(self, body: dict[str, Any]) -> Accepted:
+        """POST /v3/mail/send; raises TransportError on anything but 200/202."""
+        response = self._call(lambda c: c.mail.send.post(request_body=body))
+        status = int(response.status_code)
+        if status not in (200, 202):
+            raise TransportError(f"SendGrid answered {status}", status=status, body=response.body or b"")
+        return Accepted(status=status, message_id=str(response.headers.get("X-Message-Id", "")))
+
+
+def api_key_from_env() -> str:
+    """SENDGRID_API_KEY, or a SendError saying how to set it."""
+    key = os.environ.get(API_KEY_ENV, "").strip()
+    if not key:
+        raise SendError(f"{API_KEY_ENV} is not set: it is needed to send",
+                        hint="create a key with the Mail Send permission in SendGrid (Settings > API Keys)")
+    return key

@@ -1,0 +1,280 @@
+"""A small fake of SendGrid's v3 API on 127.0.0.1, for tests and benchmarks.
+
+It validates every mail/send body against SendGrid's request schema (tests/data/mail_send.schema.json,
+copied from SendGrid's published spec with its known errors corrected) and the cross-field rules the
+schema cannot express, records what it accepted, and on demand answers 400/401/403/413/429/5xx,
+answers slowly, or drops the connection before or after accepting.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+SCHEMA_PATH = Path(__file__).parent / "data" / "mail_send.schema.json"
+API_KEY = "SG.test-key.for-the-fake"
+RESERVED_HEADERS = {"x-sg-id", "x-sg-eid", "received", "dkim-signature", "content-type",
+                    "content-transfer-encoding", "to", "from", "subject", "reply-to", "cc", "bcc"}
+HELP = "http://sendgrid.com/docs/API_Reference/Web_API_v3/Mail/errors.html"
+
+_validator = None
+_validator_lock = threading.Lock()
+
+
+def schema_validator():  # type: ignore[no-untyped-def]
+    global _validator
+    with _validator_lock:
+        if _validator is None:
+            from jsonschema import Draft202012Validator, FormatChecker
+
+            schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+            _validator = Draft202012Validator(schema, format_checker=FormatChecker())
+        return _validator
+
+
+def rule_errors(body: dict[str, Any], raw: bytes) -> list[dict[str, Any]]:
+    """SendGrid's cross-field rules (mail_send.rules.json), with its error wording."""
+    errors: list[dict[str, Any]] = []
+
+    def err(message: str, field: str | None) -> None:
+        errors.append({"message": message, "field": field, "help": HELP})
+
+    ps = body.get("personalizations") or []
+    if len(ps) > 1000:
+        err("The personalizations field is limited to 1000 personalizations per request.", "personalizations")
+    total = 0
+    for i, p in enumerate(ps):
+        seen: set[str] = set()
+        for kind in ("to", "cc", "bcc"):
+            for j, r in enumerate(p.get(kind) or []):
+                total += 1
+                addr = str(r.get("email", "")).lower()
+                if addr in seen:
+                    err("Each email address in the personalization block should be unique between to, cc, and bcc."
+                        f" We found the first duplicate instance of [{addr}] in the personalizations.{i}.{kind} "
+                        "field.", f"personalizations.{i}")
+                seen.add(addr)
+                name = r.get("name")
+                if name is not None and (";" in name or "," in name):
+                    err("The name of a recipient may not contain ';' or ','.", f"personalizations.{i}.{kind}.{j}.name")
+        for key in (p.get("headers") or {}):
+            if key.lower() in RESERVED_HEADERS or not key.isascii() or " " in key:
+                err(f"The header {key} is reserved or invalid.", f"personalizations.{i}.headers")
+        subs = p.get("substitutions") or {}
+        if len(json.dumps(subs).encode()) > 10000:
+            err("The substitutions are limited to 10,000 bytes per personalization.", f"personalizations.{i}")
+    if total > 1000:
+        err("The total number of recipients must be no more than 1000.", "personalizations")
+    content = body.get("content") or []
+    types = [c.get("type") for c in content]
+    if "text/plain" in types and types.index("text/plain") != 0:
+        err("If present, text/plain content must be first, followed by text/html.", "content")
+    if "text/html" in types and "text/plain" in types and types.index("text/html") != 1:
+        err("If present, text/plain content must be first, followed by text/html.", "content")
+    cats = body.get("categories") or []
+    if len(cats) > 10:
+        err("Too many categories: at most 10.", "categories")
+    if "send_at" in body and body["send_at"] > time.time() + 72 * 3600 + 60:
+        err("The send_at parameter must be within 72 hours.", "send_at")
+    for key in (body.get("headers") or {}):
+        if key.lower() in RESERVED_HEADERS:
+            err(f"The header {key} is reserved.", "headers")
+    if len(raw) > 30 * 1024 * 1024:
+        err("The total message size must be under 30 MB.", None)
+    return errors
+
+
+class FakeSendGrid:
+    """The fake. `plan` holds one fault per mail/send request, consumed in order; then 202."""
+
+    def __init__(self, *, latency: float = 0.0, validate_every: int = 1, api_key: str = API_KEY,
+                 scopes: tuple[str, ...] = ("mail.send", "suppression.read")) -> None:
+        self.latency = latency
+        self.validate_every = validate_every
+        self.api_key = api_key
+        self.scopes = list(scopes)
+        self.plan: list[str] = []
+        self.requests: list[dict[str, Any]] = []  # every mail/send body received (parsed)
+        self.accepted: list[dict[str, Any]] = []  # bodies accepted for delivery (202)
+        self.delivered: Counter[str] = Counter()  # address (lowercase) -> copies delivered
+        self.responses: list[int] = []  # status per mail/send request (0 = dropped)
+        self.schema_failures: list[str] = []
+        self.bytes_received = 0
+        self.on_request: Callable[[FakeSendGrid, dict[str, Any], int], None] | None = None
+        self.received = threading.Event()
+        self.lock = threading.Lock()
+        self.server: ThreadingHTTPServer | None = None
+        self.thread: threading.Thread | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    def start(self) -> FakeSendGrid:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802
+                fake._get(self)
+
+            def do_POST(self) -> None:  # noqa: N802
+                fake._post(self)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    # -- helpers -------------------------------------------------------------------------------------
+    @staticmethod
+    def _reply(h: BaseHTTPRequestHandler, status: int, body: Any = None, headers: dict[str, str] | None = None) -> None:
+        data = b"" if body is None else json.dumps(body).encode()
+        h.send_response(status)
+        h.send_header("Server", "nginx")
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            h.send_header(k, v)
+        h.end_headers()
+        h.wfile.write(data)
+
+    @staticmethod
+    def _errors(message: str, field: str | None = None) -> dict[str, Any]:
+        return {"errors": [{"message": message, "field": field, "help": None}]}
+
+    def _authorized(self, h: BaseHTTPRequestHandler) -> bool:
+        auth = h.headers.get("Authorization", "")
+        if auth != f"Bearer {self.api_key}":
+            self._reply(h, 401, self._errors("The provided authorization grant is invalid, expired, or revoked"))
+            return False
+        return True
+
+    @staticmethod
+    def _drop(h: BaseHTTPRequestHandler) -> None:
+        h.close_connection = True
+        try:
+            h.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    # -- endpoints -----------------------------------------------------------------------------------
+    def _get(self, h: BaseHTTPRequestHandler) -> None:
+        if not self._authorized(h):
+            return
+        if h.path.split("?")[0] == "/v3/scopes":
+            self._reply(h, 200, {"scopes": self.scopes})
+        else:
+            self._reply(h, 404, self._errors("not found"))
+
+    def _post(self, h: BaseHTTPRequestHandler) -> None:
+        if h.path.split("?")[0] != "/v3/mail/send":
+            self._reply(h, 404, self._errors("not found"))
+            return
+        length = int(h.headers.get("Content-Length") or 0)
+        raw = h.rfile.read(length)
+        with self.lock:
+            index = len(self.responses)
+            fault = self.plan.pop(0) if self.plan else ""
+            self.responses.append(-1)
+            self.bytes_received += len(raw)
+        if not self._authorized(h):
+            self.responses[index] = 401
+            return
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            self.responses[index] = 400
+            self._reply(h, 400, self._errors("Bad Request", None))
+            return
+        with self.lock:
+            self.requests.append(body)
+        if self.validate_every and index % self.validate_every == 0:
+            problems = [f"{'.'.join(str(p) for p in e.absolute_path)}: {e.message}"
+                        for e in schema_validator().iter_errors(body)]
+            rules = rule_errors(body, raw)
+            if problems or rules:
+                with self.lock:
+                    self.schema_failures.extend(problems + [r["message"] for r in rules])
+                self.responses[index] = 400
+                errors = [{"message": p, "field": p.split(":")[0] or None, "help": None} for p in problems]
+                self._reply(h, 400, {"errors": errors + rules})
+                return
+        if self.on_request is not None:
+            self.on_request(self, body, index)
+        self.received.set()
+        if self.latency:
+            time.sleep(self.latency)
+        if fault.startswith("slow:"):
+            self._accept(body, index)
+            time.sleep(float(fault.split(":", 1)[1]))
+            self._reply(h, 202, headers={"X-Message-Id": uuid.uuid4().hex[:22]})
+            return
+        if fault == "drop_before":
+            self.responses[index] = 0
+            self._drop(h)
+            return
+        if fault == "drop_after":
+            self._accept(body, index)
+            self.responses[index] = 0
+            self._drop(h)
+            return
+        if fault in ("400", "401", "403", "413", "500", "502", "503"):
+            status = int(fault)
+            self.responses[index] = status
+            message = {"400": "The from email does not contain a valid address.", "401": "authorization required",
+                       "403": "access forbidden", "413": "Payload Too Large",
+                       "500": "internal error", "502": "bad gateway", "503": "service unavailable"}[fault]
+            self._reply(h, status, self._errors(message, "from.email" if status == 400 else None))
+            return
+        if fault.startswith("429"):
+            wait = float(fault.split(":", 1)[1]) if ":" in fault else 1.0
+            self.responses[index] = 429
+            self._reply(h, 429, self._errors("too many requests"),
+                        {"X-RateLimit-Limit": "600", "X-RateLimit-Remaining": "0",
+                         "X-RateLimit-Reset": str(int(time.time() + wait))})
+            return
+        sandbox = ((body.get("mail_settings") or {}).get("sandbox_mode") or {}).get("enable") is True
+        if sandbox:
+            self.responses[index] = 200
+            self._reply(h, 200)
+            return
+        self._accept(body, index)
+        self._reply(h, 202, headers={"X-Message-Id": uuid.uuid4().hex[:22]})
+
+    def _accept(self, body: dict[str, Any], index: int) -> None:
+        with self.lock:
+            self.accepted.append(body)
+            self.responses[index] = 202
+            for p in body.get("personalizations", []):
+                for r in p.get("to", []):
+                    self.delivered[r["email"].lower()] += 1
+
+
+if __name__ == "__main__":  # a fake to point a manual `newsletter send` at
+    fake = FakeSendGrid().start()
+    print(f"SENDGRID_API_URL={fake.url} SENDGRID_API_KEY={API_KEY}", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        fake.stop()

@@ -1,0 +1,410 @@
+"""`newsletter send` against a real HTTP fake of SendGrid on 127.0.0.1: exactly once, crash-safe, resumable."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import SEED_SLUG, Cli
+from fake_sendgrid import API_KEY, FakeSendGrid
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from newsletter.journal import journal_path, send_lock
+from newsletter.ledger import append_event, ledger_path
+from newsletter.tokens import verify_token
+
+SECRET = "test-secret-0123456789"
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeSendGrid]:
+    server = FakeSendGrid().start()
+    yield server
+    server.stop()
+    assert not server.schema_failures, server.schema_failures[:5]
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, fake: FakeSendGrid) -> dict[str, str]:
+    values = {"SENDGRID_API_URL": fake.url, "SENDGRID_API_KEY": API_KEY, "NEWSLETTER_SECRET": SECRET}
+    for k, v in values.items():
+        monkeypatch.setenv(k, v)
+    return values
+
+
+def configure(root: Path, **sendgrid: object) -> None:
+    settings_ = {"backoff": 0.01, "timeout": 2, "concurrency": 2, **sendgrid}
+    block = "sendgrid:\n" + "".join(f"  {k}: {json.dumps(v)}\n" for k, v in settings_.items())
+    path = root / "newsletter.yaml"
+    path.write_text(path.read_text() + block)
+
+
+def write_list(root: Path, rows: list[tuple[str, str]]) -> None:
+    import csv
+
+    with open(root / "subscribers" / "subscribers.csv", "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["email", "name"])
+        w.writerows(rows)
+
+
+def readers(n: int, start: int = 0) -> list[tuple[str, str]]:
+    return [(f"reader{i}@readers.net", f"Reader {i}") for i in range(start, start + n)]
+
+
+@pytest.fixture
+def sender(ready_project: Path, env: dict[str, str]) -> Cli:
+    configure(ready_project)
+    return Cli(ready_project)
+
+
+def recipients(fake: FakeSendGrid) -> list[str]:
+    return [r["email"] for body in fake.requests for p in body["personalizations"] for r in p["to"]]
+
+
+def test_exact_delivery_with_suppressions_in_mixed_case(sender: Cli, fake: FakeSendGrid) -> None:
+    root = sender.root
+    rows = readers(2500)
+    rows += [("Reader7@READERS.net", "Dup Seven"), ("  reader8@readers.net ", "Dup Eight")]  # duplicates
+    write_list(root, rows)
+    suppressed = {3: "unsubscribe", 1500: "bounce", 2001: "spamreport", 2499: "invalid"}
+    for i, event in suppressed.items():
+        append_event(ledger_path(root), f"READER{i}@Readers.NET", event)
+    append_event(ledger_path(root), "reader10@readers.net", "unsubscribe")
+    append_event(ledger_path(root), "Reader10@readers.net", "resubscribe")
+    result = sender("send", "--issue", SEED_SLUG, "--yes")
+    assert result.exit_code == 0, result.output
+    expected = {f"reader{i}@readers.net" for i in range(2500) if i not in suppressed}
+    assert set(fake.delivered) == expected
+    assert all(count == 1 for count in fake.delivered.values())
+    assert "sent: 2496 reader(s) in 3 batch(es)" in result.output
+    assert "suppressed: 4" in result.output and "in doubt: 0 reader(s)" in result.output
+    assert "readers:    2496 (after suppression)" in result.output
+    for body in fake.requests:
+        assert len(body["personalizations"]) <= 1000
+        assert all(len(p["to"]) == 1 for p in body["personalizations"])
+        emails = [p["to"][0]["email"] for p in body["personalizations"]]
+        assert len(emails) == len(set(emails))
+        assert [c["type"] for c in body["content"]] == ["text/plain", "text/html"]
+        assert body["custom_args"] == {"newsletter_issue": SEED_SLUG}
+        assert body["reply_to"] == {"email": "hello@micromoments.net"}
+        assert body["tracking_settings"]["subscription_tracking"] == {"enable": False}
+
+
+def test_each_reader_gets_their_own_link_in_body_and_headers(sender: Cli, fake: FakeSendGrid) -> None:
+    write_list(sender.root, [("ada@readers.net", "Ada"), ("bob@readers.net", "")])
+    assert sender("send", "--issue", SEED_SLUG, "--yes").exit_code == 0
+    body = fake.requests[0]
+    for p in body["personalizations"]:
+        address = p["to"][0]["email"]
+        header = p["headers"]["List-Unsubscribe"]
+        assert header.startswith("<https://letters.micromoments.net/unsubscribe/") and header.endswith(">")
+        assert p["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        url = header[1:-1]
+        assert verify_token(SECRET, url.rsplit("/", 1)[1]) == address
+        # what SendGrid will do: fill the substitution tags in each part
+        html_part, text_part = (c["value"] for c in reversed(body["content"]))
+        for tag, value in p["substitutions"].items():
+            html_part = html_part.replace(tag, value)
+            text_part = text_part.replace(tag, value)
+        assert f'href="{url}"' in html_part
+        assert f"Unsubscribe: {url}" in text_part
+        assert "%%" not in html_part and "%%" not in text_part
+    greeting = {p["to"][0]["email"]: p["substitutions"]["%%nl_name_text%%"] for p in body["personalizations"]}
+    assert greeting == {"ada@readers.net": "Ada", "bob@readers.net": "friend"}
+
+
+def test_awkward_names_are_escaped_per_part(sender: Cli, fake: FakeSendGrid) -> None:
+    write_list(sender.root, [("odd@readers.net", 'Ann <b>&, "Jr"; PhD')])
+    assert sender("send", "--issue", SEED_SLUG, "--yes").exit_code == 0
+    p = fake.requests[0]["personalizations"][0]
+    assert p["to"][0]["name"] == "Ann <b>& Jr PhD"
+    subs = p["substitutions"]
+    assert subs["%%nl_name_text%%"] == 'Ann <b>&, "Jr"; PhD'
+    assert subs["%%nl_name_html%%"] == html.escape('Ann <b>&, "Jr"; PhD', quote=True)
+
+
+def test_rerun_sends_nothing_twice(sender: Cli, fake: FakeSendGrid) -> None:
+    write_list(sender.root, readers(1200))
+    assert sender("send", "--issue", SEED_SLUG, "--yes").exit_code == 0
+    write_list(sender.root, readers(1300))  # 100 new readers since
+    second = sender("send", "--issue", SEED_SLUG, "--yes")
+    assert second.exit_code == 0, second.output
+    assert "already sent earlier: 1200" in second.output
+    assert len(fake.delivered) == 1300 and max(fake.delivered.values()) == 1
+
+
+def test_400_prints_sendgrids_errors_and_stops(sender: Cli, fake: FakeSendGrid) -> None:
+    configure(sender.root, batch_size=10, concurrency=1)
+    write_list(sender.root, readers(30))
+    fake.plan = ["400"]
+    result = sender("send", "--issue", SEED_SLUG, "--yes")
+    assert result.exit_code == 1
+    assert "from.email: The from email does not contain a valid address." in result.output
+    assert len(fake.requests) == 1  # not retried, nothing after
+    assert "failed: 10 reader(s) in 1 batch(es)" in result.output
+    assert "not attempted: 20" in result.output
+    again = sender("send", "--issue", SEED_SLUG, "--yes")  # the cause fixed: a re-run continues
+    assert again.exit_code == 0 and len(fake.delivered) == 30
+
+
+def test_401_mid_send_stops_with_a_key_message(sender: Cli, fake: FakeSendGrid) -> None:
+    write_list(sender.root, readers(5))
+    fake.plan = ["401"]
+    result = sender("send", "--issue", SEED_SLUG, "--yes")
+    assert result.exit_code == 1 and "check SENDGRID_API_KEY" in result.output
+    assert len(fake.requests) == 1
+
+
+def test_bad_key_refused_in_preflight(sender: Cli, fake: FakeSendGrid, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_list(sender.root, readers(5))
+    monkeypatch.setenv("SENDGRID_API_KEY", "SG.wrong")
+    result = sender("send", "--issue", SEED_SLUG, "--yes")
+    assert result.exit_code == 1 and "SendGrid refused the API key" in result.output
+    assert not fake.requests
+
+
+def test_key_without_mail_send_scope(sender: Cli, fake: FakeSendGrid) -> None:
+    write_list(sender.root, readers(5))
+    fake.scopes = ["suppression.read"]
+    result = sender("send", "--issue", SEED_SLUG, "--yes")
+    assert result.exit_code == 1 and "lacks the `mail.send` permission" in result.output
+
+
+def test_413_splits_the_batch(sender: Cli, fake: FakeSendGrid) -> None:
+    write_list(sender.root, readers(10))
+    fake.plan = ["413"]
+    result = sender("send", "--issue", SEED_SLUG, "--yes")
+    assert result.exit_code == 0, result.output
+    assert [len(b["personalizations"]) for b in fake.requests] == [10, 5, 5]
+    assert len(fake.delivered) == 10 and max(fake.delivered.values()) == 1
+
+
+def test_429_waits_for_the_reset_then_retries(sender: Cli, fake: FakeSendGrid) -> None:
+    write_list(sender.root, readers(10))
+    fake.plan = ["429:1"]
+    start = time.monotonic()
+    result = sender("send", "--issue", SEED_SLUG, "--yes")
+    assert result.exit_code == 0, result.output
+    assert fake.responses == [429, 202]
+    assert time.monotonic() - start >= 0.2
+    assert len(fake.delivered) == 10
+
+
+def test_5xx_retried_with_backoff(sender: Cli, fake: FakeSendGrid) -> None:
+    write_list(sender.root, readers(10))
+    fake.plan = ["500", "503", "502"]
+    result = sender("send", "--issue", SEED_SLUG, "--yes")
+    assert result.exit_code == 0, result.output
+    assert fake.responses == [500, 503, 502, 202]
+    assert len(fake.delivered) == 10
+
+
+def test_5xx_exhausted_marks_failed_and_rerun_continues(sender: Cli, fake: FakeSendGrid) -> None:
+    configure(sender.root, retries=2, batch_size=10, concurrency=1)
+    write_list(sender.root, readers(20))
+    fake.plan = ["500", "500", "500"]
+    result = sender("send", "--issue", SEED_SLUG, "--yes")
+    assert result.exit_code == 1
+    assert "failed: 10 reader(s) in 1 batch(es)" in result.output
+    assert "run the same command again" in result.output
+    assert len(fake.delivered) == 10
+    status = sender("status", "--issue", SEED_SLUG)
+    assert "pending:    10" in status.output
+    again = sender("send", "--issue", SEED_SLUG, "--yes")
+    assert again.exit_code == 0 and "already sent earlier: 10" in again.output
+    assert len(fake.delivered) == 20 and max(fake.delivered.values()) == 1
+
+
+def test_dropped_after_acceptance_is_in_doubt_never_resent(sender: Cli, fake: FakeSendGrid) -> None:
+    configure(sender.root, batch_size=10, concurrency=1)
+    write_list(sender.root, readers(30))
+    fake.plan = ["", "drop_after"]
+    result = sender("send", "--issue", SEED_SLUG, "--yes")
+    assert result.exit_code == 1
+    assert "in doubt: 10 reader(s) in 1 batch(es)" in result.output
+    assert "never re-sent unless you run again with --resend-in-doubt" in result.output
+    assert sum(fake.delivered.values()) == 30
+    again = sender("send", "--issue", SEED_SLUG, "--yes")
+    assert again.exit_code == 1 and "in doubt: 10 reader(s)" in again.output
+    assert len(fake.requests) == 3  # nothing re-sent
+    status = sender("status", "--issue", SEED_SLUG)
+    assert status.exit_code == 1 and "in doubt:   10 reader(s) in 1 batch(es)" in status.output
+    assert max(fake.delivered.values()) == 1
+
+
+def test_dropped_before_acceptance_resent_only_on_request(sender: Cli, fake: FakeSendGrid) -> None:
+    configure(sender.root, batch_size=10, concurrency=1)
+    write_list(sender.root, readers(20))
+    fake.plan = ["drop_before"]
+    first = sender("send", "--issue", SEED_SLUG, "--yes")
+    assert first.exit_code == 1 and "in doubt: 10 reader(s)" in first.output
+    assert len(fake.delivered) == 10
+    resend = sender("send", "--issue", SEED_SLUG, "--yes", "--resend-in-doubt")
+    assert resend.exit_code == 0, resend.output
+    assert len(fake.delivered) == 20 and max(fake.delivered.values()) == 1
+    assert sender("status", "--issue", SEED_SLUG).exit_code == 0
+
+
+def test_timeout_after_sending_is_in_doubt(sender: Cli, fake: FakeSendGrid) -> None:
+    configure(sender.root, timeout=1, concurrency=1)
+    write_list(sender.root, readers(5))
+    fake.plan = ["slow:2.5"]
+    result = sender("send", "--issue", SEED_SLUG, "--yes")
+    assert result.exit_code == 1 and "in doubt: 5 reader(s)" in result.output
+    assert len(fake.requests) == 1
+
+
+def test_unsubscribe_during_the_send_is_honoured(sender: Cli, fake: FakeSendGrid) -> None:
+    configure(sender.root, batch_size=100, concurrency=1)
+    write_list(sender.root, readers(500))
+    late = [f"READER{i}@readers.NET" for i in range(300, 320)]
+
+    def unsubscribe_some(server: FakeSendGrid, body: dict, index: int) -> None:
+        if index == 0:
+            cli = subprocess.run([str(Path(sys.executable).parent / "newsletter"), "unsubscribe", "--root",
+                                  str(sender.root), *late], capture_output=True, env=os.environ.copy())
+            assert cli.returncode == 0
+
+    fake.on_request = unsubscribe_some
+    result = sender("send", "--issue", SEED_SLUG, "--yes")
+    assert result.exit_code == 0, result.output
+    sent = set(recipients(fake))
+    assert not sent & {a.lower() for a in late}
+    assert len(sent) == 480
+    assert "(20 unsubscribed during the send)" in result.output
+
+
+def test_two_sends_of_one_issue_are_refused(sender: Cli, fake: FakeSendGrid) -> None:
+    write_list(sender.root, readers(5))
+    with send_lock(sender.root, SEED_SLUG):
+        result = sender("send", "--issue", SEED_SLUG, "--yes")
+    assert result.exit_code == 1 and "another `newsletter send`" in result.output
+    assert not fake.requests
+
+
+def test_dry_run_touches_no_network_and_no_journal(sender: Cli, fake: FakeSendGrid,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SENDGRID_API_KEY")
+    write_list(sender.root, readers(1500))
+    result = sender("send", "--issue", SEED_SLUG, "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "would send: 1500 reader(s) in 2 batch(es)" in result.output
+    assert not fake.requests and not journal_path(sender.root, SEED_SLUG).exists()
+
+
+def test_test_copy(sender: Cli, fake: FakeSendGrid) -> None:
+    write_list(sender.root, readers(50))
+    result = sender("send", "--issue", SEED_SLUG, "--to", "me@writer.net", "--to", "ME@writer.net")
+    assert result.exit_code == 0, result.output
+    assert recipients(fake) == ["me@writer.net"]
+    assert fake.requests[0]["subject"] == "[Test] Micro moments of connection"
+    assert not journal_path(sender.root, SEED_SLUG).exists()
+
+
+def test_confirmation_prompt(sender: Cli, fake: FakeSendGrid) -> None:
+    write_list(sender.root, readers(5))
+    no = sender("send", "--issue", SEED_SLUG, input="n\n")
+    assert no.exit_code == 1 and "Send now?" in no.output and not fake.requests
+    yes = sender("send", "--issue", SEED_SLUG, input="y\n")
+    assert yes.exit_code == 0 and len(fake.delivered) == 5
+
+
+def test_preflight_refuses_check_errors_and_missing_secrets(cli: Cli, env: dict, fake: FakeSendGrid,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    write_list(cli.root, readers(5))
+    result = cli("send", "--issue", SEED_SLUG, "--yes")
+    assert result.exit_code == 1 and "`newsletter check` found" in result.output and "nothing was sent" in result.output
+    assert not fake.requests
+    (cli.root / "newsletter.yaml").write_text(
+        (Path(__file__).parent / "conftest.py").read_text().split('FILLED_CONFIG = """\\\n')[1].split('"""')[0])
+    monkeypatch.delenv("SENDGRID_API_KEY")
+    monkeypatch.delenv("NEWSLETTER_SECRET")
+    result = cli("send", "--issue", SEED_SLUG, "--yes")
+    assert result.exit_code == 1 and "SENDGRID_API_KEY and NEWSLETTER_SECRET are not set" in result.output
+
+
+def test_scheduled_and_sandbox(sender: Cli, fake: FakeSendGrid) -> None:
+    import datetime as dt
+
+    write_list(sender.root, readers(3))
+    at = (dt.datetime.now() + dt.timedelta(hours=5)).replace(microsecond=0)
+    result = sender("send", "--issue", SEED_SLUG, "--yes", "--at", at.isoformat(), "--sandbox")
+    assert result.exit_code == 0, result.output
+    body = fake.requests[0]
+    assert body["send_at"] == int(at.timestamp())
+    assert body["mail_settings"] == {"sandbox_mode": {"enable": True}}
+    past = sender("send", "--issue", SEED_SLUG, "--yes", "--at", "2020-01-01T10:00")
+    assert past.exit_code == 1 and "in the past" in past.output
+
+
+def test_kill_9_mid_send_then_rerun(sender: Cli, fake: FakeSendGrid) -> None:
+    """A real `newsletter send` process killed with a request in flight; the re-run never duplicates."""
+    configure(sender.root, batch_size=250, concurrency=2, timeout=30)
+    write_list(sender.root, readers(5000))
+    fake.plan = ["", "", "", "slow:30", "slow:30"]
+    exe = str(Path(sys.executable).parent / "newsletter")
+    proc = subprocess.Popen([exe, "send", "--root", str(sender.root), "--issue", SEED_SLUG, "--yes"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy())
+    deadline = time.monotonic() + 60
+    while len(fake.requests) < 5 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(fake.requests) >= 5
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    fake.plan = []
+    rerun = subprocess.run([exe, "send", "--root", str(sender.root), "--issue", SEED_SLUG, "--yes"],
+                           capture_output=True, text=True, env=os.environ.copy(), timeout=120)
+    assert rerun.returncode == 1, rerun.stdout + rerun.stderr
+    assert "in doubt: 500 reader(s) in 2 batch(es)" in rerun.stdout
+    assert max(fake.delivered.values()) == 1
+    assert len(fake.delivered) == 5000  # the in-flight requests had been accepted before the kill
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(st.tuples(st.integers(0, 60), st.sampled_from(["unsubscribe", "bounce", "spamreport", "invalid",
+                                                               "resubscribe"]), st.booleans()), max_size=40))
+def test_no_suppressed_address_is_ever_requested(tmp_path_factory, events) -> None:
+    import shutil
+
+    from conftest import FILLED_CONFIG, REPO
+
+    root = tmp_path_factory.mktemp("prop")
+    shutil.copytree(REPO / "issues", root / "issues")
+    shutil.copytree(REPO / "layouts", root / "layouts")
+    (root / "subscribers").mkdir()
+    (root / "newsletter.yaml").write_text(FILLED_CONFIG)
+    configure(root, batch_size=7)
+    write_list(root, [(f"R{i}@Readers.net" if i % 3 else f"r{i}@readers.net", "") for i in range(60)])
+    latest: dict[str, str] = {}
+    for i, event, upper in events:
+        address = f"r{i}@readers.net"
+        append_event(ledger_path(root), address.upper() if upper else address, event)
+        latest[address] = event
+    server = FakeSendGrid().start()
+    env = {"SENDGRID_API_URL": server.url, "SENDGRID_API_KEY": API_KEY, "NEWSLETTER_SECRET": SECRET}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        result = Cli(root)("send", "--issue", SEED_SLUG, "--yes")
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        server.stop()
+    assert result.exit_code == 0, result.output
+    suppressed = {a for a, e in latest.items() if e != "resubscribe"}
+    sent = set(recipients(server))
+    assert not sent & suppressed
+    assert sent == {f"r{i}@readers.net" for i in range(60)} - suppressed
