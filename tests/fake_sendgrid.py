@@ -8,6 +8,7 @@ answers slowly, or drops the connection before or after accepting.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -96,7 +97,8 @@ class FakeSendGrid:
     """The fake. `plan` holds one fault per mail/send request, consumed in order; then 202."""
 
     def __init__(self, *, latency: float = 0.0, validate_every: int = 1, api_key: str = API_KEY,
-                 scopes: tuple[str, ...] = ("mail.send", "suppression.read")) -> None:
+                 scopes: tuple[str, ...] = ("mail.send", "suppression.read"), keep_bodies: bool = True) -> None:
+        self.keep_bodies = keep_bodies
         self.latency = latency
         self.validate_every = validate_every
         self.api_key = api_key
@@ -172,13 +174,18 @@ class FakeSendGrid:
     @staticmethod
     def _drop(h: BaseHTTPRequestHandler) -> None:
         h.close_connection = True
-        try:
+        with contextlib.suppress(OSError):
             h.connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
 
     # -- endpoints -----------------------------------------------------------------------------------
     def _get(self, h: BaseHTTPRequestHandler) -> None:
+        if h.path == "/_stats":  # for benchmarks: what was received
+            with self.lock:
+                stats = {"requests": len(self.responses), "delivered": len(self.delivered),
+                         "copies": sum(self.delivered.values()), "bytes": self.bytes_received,
+                         "schema_failures": len(self.schema_failures)}
+            self._reply(h, 200, stats)
+            return
         if not self._authorized(h):
             return
         if h.path.split("?")[0] == "/v3/scopes":
@@ -207,7 +214,7 @@ class FakeSendGrid:
             self._reply(h, 400, self._errors("Bad Request", None))
             return
         with self.lock:
-            self.requests.append(body)
+            self.requests.append(body if self.keep_bodies else {})
         if self.validate_every and index % self.validate_every == 0:
             problems = [f"{'.'.join(str(p) for p in e.absolute_path)}: {e.message}"
                         for e in schema_validator().iter_errors(body)]
@@ -263,15 +270,22 @@ class FakeSendGrid:
 
     def _accept(self, body: dict[str, Any], index: int) -> None:
         with self.lock:
-            self.accepted.append(body)
+            if self.keep_bodies:
+                self.accepted.append(body)
             self.responses[index] = 202
             for p in body.get("personalizations", []):
                 for r in p.get("to", []):
                     self.delivered[r["email"].lower()] += 1
 
 
-if __name__ == "__main__":  # a fake to point a manual `newsletter send` at
-    fake = FakeSendGrid().start()
+if __name__ == "__main__":  # a fake to point a manual `newsletter send` (or a benchmark) at
+    import argparse
+
+    parser = argparse.ArgumentParser(description="A fake SendGrid v3 API on 127.0.0.1")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every mail/send answer")
+    parser.add_argument("--validate-every", type=int, default=1, help="validate every Nth body (0: none)")
+    args = parser.parse_args()
+    fake = FakeSendGrid(latency=args.latency, validate_every=args.validate_every, keep_bodies=False).start()
     print(f"SENDGRID_API_URL={fake.url} SENDGRID_API_KEY={API_KEY}", flush=True)
     try:
         while True:

@@ -82,9 +82,9 @@ def read_records(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def load_state(path: Path) -> JournalState:
-    """Replay the journal."""
+    """Replay the journal, keeping readers' addresses only for batches that are not settled."""
     state = JournalState()
-    batches: dict[int, BatchState] = {}
+    open_batches: dict[int, BatchState] = {}  # defined or attempted, outcome not yet read
     for rec in read_records(path):
         kind = rec.get("t")
         if kind == "run":
@@ -93,9 +93,9 @@ def load_state(path: Path) -> JournalState:
         b = int(rec.get("b", 0))
         state.next_batch = max(state.next_batch, b + 1)
         if kind == "batch":
-            batches[b] = BatchState(readers=len(rec["emails"]), state="defined", emails=rec["emails"])
+            open_batches[b] = BatchState(readers=len(rec["emails"]), state="defined", emails=rec["emails"])
             continue
-        batch = batches.get(b)
+        batch = open_batches.get(b)
         if batch is None:
             continue
         if kind in ("attempt", "doubt"):
@@ -103,24 +103,23 @@ def load_state(path: Path) -> JournalState:
         elif kind == "retry":
             batch.state = "defined"
         elif kind == "ok":
-            batch.state = "sent"
-        elif kind == "failed":
-            batch.state, batch.error = "failed", str(rec.get("error", ""))
-    for b, batch in batches.items():
-        if batch.state == "sent":
+            # Settled: only the hashes are kept, so a million-reader journal stays small in memory.
             state.sent.update(hash(e) for e in batch.emails)
             state.sent_batches += 1
-        elif batch.state == "doubt":
+            del open_batches[b]
+        elif kind == "failed":
+            state.failed_batches[b] = BatchState(readers=batch.readers, state="failed",
+                                                 error=str(rec.get("error", "")), emails=batch.emails)
+            del open_batches[b]
+    for b, batch in open_batches.items():
+        if batch.state == "doubt":  # the request went out (or may have) and no answer was recorded
             state.in_doubt.update(hash(e) for e in batch.emails)
             state.doubt_batches[b] = batch
-        elif batch.state == "failed":
-            state.failed_batches[b] = batch
-    # Addresses acknowledged later (a resend) are no longer in doubt; failed batches hold no one.
-    for b in [b for b, batch in state.failed_batches.items() if all(hash(e) in state.sent for e in batch.emails)]:
+    # Readers of failed batches that a later run delivered are settled too.
+    for b in [b for b, f in state.failed_batches.items() if all(hash(e) in state.sent for e in f.emails)]:
         del state.failed_batches[b]
-    for batch in batches.values():
-        if batch.state != "doubt":
-            batch.emails = []  # only in-doubt batches need their readers kept (report, resend)
+    for f in state.failed_batches.values():
+        f.emails = []
     return state
 
 
