@@ -104,6 +104,9 @@ class FakeSendGrid:
         self.api_key = api_key
         self.scopes = list(scopes)
         self.plan: list[str] = []
+        # suppression lists: endpoint path (e.g. "/v3/suppression/bounces") -> items; paginated by limit/offset
+        self.suppressions: dict[str, list[dict[str, Any]]] = {}
+        self.list_requests: list[str] = []
         self.requests: list[dict[str, Any]] = []  # every mail/send body received (parsed)
         self.accepted: list[dict[str, Any]] = []  # bodies accepted for delivery (202)
         self.delivered: Counter[str] = Counter()  # address (lowercase) -> copies delivered
@@ -188,8 +191,23 @@ class FakeSendGrid:
             return
         if not self._authorized(h):
             return
-        if h.path.split("?")[0] == "/v3/scopes":
+        path, _, query = h.path.partition("?")
+        if path == "/v3/scopes":
             self._reply(h, 200, {"scopes": self.scopes})
+        elif path.startswith(("/v3/suppression/", "/v3/asm/suppressions")):
+            from urllib.parse import parse_qs
+
+            self.list_requests.append(h.path)
+            items = self.suppressions.get(path, [])
+            if path.startswith("/v3/suppression/"):
+                q = parse_qs(query)
+                limit, offset = int(q.get("limit", ["500"])[0]), int(q.get("offset", ["0"])[0])
+                if not 1 <= limit <= 500:
+                    self._reply(h, 400, self._errors("limit must be 1..500", "limit"))
+                    return
+                start = int(q.get("start_time", ["0"])[0])
+                items = [i for i in items if i.get("created", 0) >= start][offset:offset + limit]
+            self._reply(h, 200, items)
         else:
             self._reply(h, 404, self._errors("not found"))
 

@@ -318,9 +318,10 @@ def resubscribe(root: Path, addresses: tuple[str, ...], note: str) -> None:
               help="Also re-send batches whose fate is unknown (request sent, no answer recorded).")
 @click.option("--sandbox", is_flag=True, help="SendGrid sandbox mode: validated by SendGrid, delivered to no one.")
 @click.option("--concurrency", type=click.IntRange(1, 16), help="Requests in flight (default from newsletter.yaml).")
+@click.option("--no-sync", is_flag=True, help="Do not pull SendGrid's suppression lists into the ledger first.")
 @command_options
 def send(root: Path, slug: str, yes: bool, dry_run: bool, to: tuple[str, ...], at_text: str | None,
-         resend_in_doubt: bool, sandbox: bool, concurrency: int | None) -> None:
+         resend_in_doubt: bool, sandbox: bool, concurrency: int | None, no_sync: bool) -> None:
     """Send an issue to every reader who has not unsubscribed, in batches through SendGrid.
 
     Safe to re-run: the send journal (subscribers/sends/<slug>.jsonl) makes a second run continue where
@@ -339,7 +340,7 @@ def send(root: Path, slug: str, yes: bool, dry_run: bool, to: tuple[str, ...], a
             raise click.BadParameter(f"not an address: {address!r}", param_hint="--to")
     at = parse_at(at_text) if at_text else None
     options = SendOptions(slug=slug, dry_run=dry_run, to=to, at=at, resend_in_doubt=resend_in_doubt,
-                          sandbox=sandbox, concurrency=concurrency)
+                          sandbox=sandbox, concurrency=concurrency, sync=not no_sync)
     p = prepare(root, options)
     for warning in p.warnings:
         click.secho(warning, fg="yellow", err=True)
@@ -456,6 +457,80 @@ def status(root: Path, slug: str) -> None:
         click.echo(f"  batch {b}: {readers} reader(s): {error}")
     if s.in_doubt_readers or s.failed_readers:
         sys.exit(1)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535), help="Port.")
+@command_options
+def serve(root: Path, host: str, port: int) -> None:
+    """Serve the unsubscribe pages (with RFC 8058 one-click) and SendGrid's Event Webhook.
+
+    Run it behind an HTTPS reverse proxy that forwards <base_url> to it. Needs NEWSLETTER_SECRET (the same
+    one `send` used) and, for the webhook, SENDGRID_WEBHOOK_PUBLIC_KEY.
+
+    \b
+    Example:
+      newsletter serve --host 127.0.0.1 --port 8080
+    """
+    from .web import serve as run_server
+
+    click.echo(f"serving on http://{host}:{port} (Ctrl-C to stop)", err=True)
+    run_server(root, host, port)
+
+
+@main.command()
+@click.option("--full", is_flag=True, help="Read the whole lists, not only what changed since the last sync.")
+@command_options
+def sync(root: Path, full: bool) -> None:
+    """Pull SendGrid's suppression lists (unsubscribes, groups, bounces, spam reports, invalid) into the ledger.
+
+    \b
+    Example:
+      newsletter sync
+    """
+    from .sendgrid import SendGridTransport, api_key_from_env
+    from .sync import sync_suppressions
+
+    report = sync_suppressions(root, SendGridTransport(api_key_from_env()), full=full)
+    for endpoint, fetched in report.fetched.items():
+        click.echo(f"{endpoint}: {fetched} listed, {report.appended[endpoint]} new in the ledger")
+    click.echo(f"appended {sum(report.appended.values())} event(s)")
+
+
+@main.command()
+@click.option("--issue", "slug", required=True, metavar="SLUG", help="The issue.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@command_options
+def stats(root: Path, slug: str, as_json: bool) -> None:
+    """Delivery and engagement of a sent issue, from the send journal and SendGrid's events.
+
+    \b
+    Example:
+      newsletter stats --issue micro-moments-of-connection
+    """
+    import json
+
+    from .events import issue_stats
+    from .journal import journal_path, load_state
+    from .pipeline import load
+
+    _, issue = load(root, slug)
+    sent = len(load_state(journal_path(root, issue.slug)).sent)
+    s = issue_stats(root, issue.slug, sent)
+    if as_json:
+        click.echo(json.dumps(s.as_dict(), indent=2))
+        return
+    click.echo(f"{'issue':<14}{issue.slug}")
+    click.echo(f"{'sent':<14}{s.sent:>8}")
+    for label, value in (("delivered", s.delivered), ("bounced", s.bounced), ("unique opens", s.opens),
+                         ("unique clicks", s.clicks), ("unsubscribes", s.unsubscribes),
+                         ("spam reports", s.spamreports)):
+        click.echo(f"{label:<14}{value:>8}  {s.rate(value):6.1%}")
+    if s.top_links:
+        click.echo("top links (unique clicks):")
+        for url, n in s.top_links:
+            click.echo(f"  {n:>6}  {url}")
 
 
 if __name__ == "__main__":  # pragma: no cover

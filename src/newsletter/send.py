@@ -41,6 +41,7 @@ class SendOptions:
     resend_in_doubt: bool = False
     sandbox: bool = False
     concurrency: int | None = None
+    sync: bool = True
 
 
 @dataclass
@@ -148,6 +149,7 @@ def prepare(root: Path, options: SendOptions) -> Prepared:
                         hint="export " + " and ".join(f"{m}=..." for m in missing))
     secret, _ = secret_from_env(required=True)
     api_key = "" if options.dry_run else api_key_from_env()
+    sync_warning = ""
     if not options.dry_run:
         transport = SendGridTransport(api_key, timeout=config.sendgrid.timeout)
         try:
@@ -160,6 +162,8 @@ def prepare(root: Path, options: SendOptions) -> Prepared:
         if "mail.send" not in scopes:
             raise SendError("the API key lacks the `mail.send` permission",
                             hint="give the key Mail Send access in SendGrid (Settings > API Keys)")
+        if options.sync and not options.to:
+            sync_warning = _sync_before_send(root, transport, scopes)
     journal = load_state(journal_path(root, issue.slug))
     subject = rendered.subject
     if options.to:
@@ -171,8 +175,21 @@ def prepare(root: Path, options: SendOptions) -> Prepared:
         counts["readers"] += 1
     prepared = Prepared(root, config, issue, rendered, options, secret, api_key, subject, counts["readers"],
                         counts["suppressed"], counts["sent"], counts["doubt"], counts["dups"], journal)
-    prepared.warnings = [str(p) for p in ledger.problems]
+    prepared.warnings = [str(p) for p in ledger.problems] + ([sync_warning] if sync_warning else [])
     return prepared
+
+
+def _sync_before_send(root: Path, transport: SendGridTransport, scopes: list[str]) -> str:
+    """Pull SendGrid's suppressions into the ledger; a failure is a warning (SendGrid enforces its own)."""
+    from .sync import sync_suppressions
+
+    if not any(s.startswith("suppression") or s.startswith("asm") for s in scopes):
+        return "warning: the API key cannot read suppressions; skipped `newsletter sync` (use --no-sync to silence)"
+    try:
+        sync_suppressions(root, transport)
+    except TransportError as exc:
+        return f"warning: `newsletter sync` failed, sending with the local ledger only: {exc}"
+    return ""
 
 
 def api_key_present() -> bool:

@@ -101,6 +101,21 @@ class SendGridTransport:
         except ValueError:
             raise TransportError("GET /v3/scopes answered something that is not JSON") from None
 
+    def get_json(self, path: str, params: dict[str, Any] | None = None) -> Any:
+        """GET /v3/<path> with query parameters; the decoded JSON answer."""
+        segments = [s for s in path.strip("/").split("/") if s][1:]  # the client adds /v3 itself
+
+        def call(client: Any) -> Any:
+            for segment in segments:
+                client = client._(segment)
+            return client.get(query_params=params or None)
+
+        response = self._call(call)
+        try:
+            return json.loads(response.body or b"null")
+        except ValueError:
+            raise TransportError(f"GET {path} answered something that is not JSON") from None
+
     def send(self, body: dict[str, Any]) -> Accepted:
         """POST /v3/mail/send; raises TransportError on anything but 200/202."""
         response = self._call(lambda c: c.mail.send.post(request_body=body))

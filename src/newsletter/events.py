@@ -1,0 +1,223 @@
+"""What SendGrid tells us: signed Event Webhook batches, the events log, and their mapping to the ledger."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import NewsletterError
+from .ledger import Event, Ledger, append_events, ledger_path
+
+EVENTS_NAME = "events.jsonl"
+PUBLIC_KEY_ENV = "SENDGRID_WEBHOOK_PUBLIC_KEY"
+SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
+TIMESTAMP_HEADER = "X-Twilio-Email-Event-Webhook-Timestamp"
+TOLERANCE = 600  # seconds either way: SendGrid documents none; ten minutes stops replays of old batches
+DEDUPE_WINDOW = 3 * 86400  # SendGrid retries a batch for up to 24 h: remember event ids for three days
+STATS_EVENTS = {"processed", "delivered", "open", "click", "deferred", "bounce", "dropped", "spamreport",
+                "unsubscribe", "group_unsubscribe", "group_resubscribe"}
+
+
+class WebhookError(NewsletterError):
+    """A webhook request that must be refused (bad signature, stale, malformed)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def events_path(root: Path) -> Path:
+    """subscribers/events.jsonl: every event SendGrid reported, one JSON object per line."""
+    return root / "subscribers" / EVENTS_NAME
+
+
+def verify_signature(public_key_b64: str, signature_b64: str, timestamp: str, body: bytes,
+                     *, now: float | None = None, tolerance: float = TOLERANCE) -> None:
+    """ECDSA P-256/SHA-256 over timestamp + raw body; raises WebhookError(403) when it does not hold."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_der_public_key
+
+    if not public_key_b64:
+        raise WebhookError(f"{PUBLIC_KEY_ENV} is not set: signed webhooks cannot be verified", 403)
+    if not signature_b64 or not timestamp:
+        raise WebhookError("missing signature headers", 403)
+    try:
+        ts = int(timestamp)
+    except ValueError:
+        raise WebhookError("malformed timestamp", 403) from None
+    if abs((now if now is not None else time.time()) - ts) > tolerance:
+        raise WebhookError("stale timestamp", 403)
+    try:
+        key = load_der_public_key(base64.b64decode(public_key_b64))
+        signature = base64.b64decode(signature_b64, validate=True)
+    except (ValueError, binascii.Error):
+        raise WebhookError("malformed signature or key", 403) from None
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise WebhookError("the webhook public key is not an EC key", 403)
+    try:
+        key.verify(signature, timestamp.encode() + body, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        raise WebhookError("bad signature", 403) from None
+
+
+def parse_batch(body: bytes) -> list[dict[str, Any]]:
+    """The JSON array of events; WebhookError(400) when it is not one."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise WebhookError("malformed JSON", 400) from None
+    if not isinstance(data, list) or not all(isinstance(e, dict) for e in data):
+        raise WebhookError("expected a JSON array of event objects", 400)
+    return data
+
+
+def ledger_event_for(event: dict[str, Any]) -> str | None:
+    """The ledger event a SendGrid event means, if any."""
+    kind = event.get("event")
+    if kind in ("unsubscribe", "group_unsubscribe"):
+        return "unsubscribe"
+    if kind == "spamreport":
+        return "spamreport"
+    if kind == "bounce":
+        # `blocked` is temporary (a full mailbox, a greylist): not a reason to stop mailing
+        return None if event.get("type") == "blocked" else "bounce"
+    if kind == "dropped":
+        reason = str(event.get("reason", "")).lower()
+        if "unsubscribed" in reason:
+            return "unsubscribe"
+        if "spam" in reason:
+            return "spamreport"
+        if "bounce" in reason:
+            return "bounce"
+        return "invalid"
+    return None
+
+
+class EventLog:
+    """The append-only events log, with the recent event ids kept for de-duplication."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.path = events_path(root)
+        self.seen: set[str] = set()
+        cutoff = time.time() - DEDUPE_WINDOW
+        for e in read_events(self.path):
+            if isinstance(e.get("timestamp"), int | float) and e["timestamp"] >= cutoff and e.get("sg_event_id"):
+                self.seen.add(str(e["sg_event_id"]))
+
+    def record(self, events: Iterable[dict[str, Any]], ledger: Ledger) -> tuple[int, int]:
+        """Append new events to the log and suppressing ones to the ledger; returns (logged, ledger events)."""
+        from filelock import FileLock
+
+        fresh = []
+        for e in events:
+            eid = str(e.get("sg_event_id") or "")
+            if eid and eid in self.seen:
+                continue  # SendGrid delivered this batch before
+            if eid:
+                self.seen.add(eid)
+            fresh.append(e)
+        if not fresh:
+            return 0, 0
+        ledger.refresh()
+        to_ledger = []
+        for e in fresh:
+            kind = ledger_event_for(e)
+            email = str(e.get("email") or "").strip().lower()
+            if kind and email and ledger.event_of(email) != kind:
+                detail = f"{e.get('event')} {e.get('sg_event_id') or ''}".strip()
+                if e.get("reason"):
+                    detail += f": {e['reason']}"
+                to_ledger.append(Event(email, kind, source="sendgrid", detail=detail[:200]))
+        if to_ledger:
+            append_events(ledger_path(self.root), to_ledger)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        data = b"".join(json.dumps(e, separators=(",", ":"), ensure_ascii=False).encode() + b"\n" for e in fresh)
+        with FileLock(str(self.path) + ".lock", timeout=60):
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        return len(fresh), len(to_ledger)
+
+
+def read_events(path: Path) -> Iterator[dict[str, Any]]:
+    """The events log, streamed; unreadable lines are skipped."""
+    try:
+        fh = open(path, "rb")  # noqa: SIM115
+    except FileNotFoundError:
+        return
+    with fh:
+        for raw in fh:
+            try:
+                event = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(event, dict):
+                yield event
+
+
+@dataclass
+class Stats:
+    """Engagement of one issue."""
+
+    slug: str
+    sent: int
+    delivered: int
+    bounced: int
+    opens: int
+    clicks: int
+    unsubscribes: int
+    spamreports: int
+    top_links: list[tuple[str, int]]
+
+    def rate(self, count: int) -> float:
+        """count / sent, 0 when nothing was sent."""
+        return count / self.sent if self.sent else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """For --json."""
+        out: dict[str, Any] = {"issue": self.slug, "sent": self.sent}
+        for key in ("delivered", "bounced", "opens", "clicks", "unsubscribes", "spamreports"):
+            out[key] = {"count": getattr(self, key), "rate": round(self.rate(getattr(self, key)), 4)}
+        out["top_links"] = [{"url": u, "unique_clicks": n} for u, n in self.top_links]
+        return out
+
+
+def issue_stats(root: Path, slug: str, sent: int) -> Stats:
+    """Count the events SendGrid attributed to this issue (custom arg `newsletter_issue`)."""
+    buckets: dict[str, set[str]] = {k: set() for k in ("delivered", "bounce", "open", "click", "unsub", "spam")}
+    links: dict[str, set[str]] = {}
+    for e in read_events(events_path(root)):
+        if e.get("newsletter_issue") != slug:
+            continue
+        email = str(e.get("email") or "").lower()
+        kind = e.get("event")
+        if kind == "delivered":
+            buckets["delivered"].add(email)
+        elif kind == "bounce" and e.get("type") != "blocked":
+            buckets["bounce"].add(email)
+        elif kind == "open":
+            buckets["open"].add(email)
+        elif kind == "click":
+            buckets["click"].add(email)
+            if e.get("url"):
+                links.setdefault(str(e["url"]), set()).add(email)
+        elif kind in ("unsubscribe", "group_unsubscribe"):
+            buckets["unsub"].add(email)
+        elif kind == "spamreport":
+            buckets["spam"].add(email)
+    top = sorted(((u, len(s)) for u, s in links.items()), key=lambda x: (-x[1], x[0]))[:10]
+    return Stats(slug, sent, len(buckets["delivered"]), len(buckets["bounce"]), len(buckets["open"]),
+                 len(buckets["click"]), len(buckets["unsub"]), len(buckets["spam"]), top)

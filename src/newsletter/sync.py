@@ -1,0 +1,92 @@
+"""`newsletter sync`: SendGrid's suppression lists (paginated, since the last sync) into the ledger."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import TransportError
+from .ledger import Event, append_events, ledger_path, load_ledger
+from .pipeline import write_atomic
+
+STATE_NAME = "sync.json"
+PAGE = 500  # SendGrid's maximum `limit` for the suppression lists
+LISTS = {  # endpoint -> ledger event
+    "suppression/unsubscribes": "unsubscribe",
+    "suppression/bounces": "bounce",
+    "suppression/spam_reports": "spamreport",
+    "suppression/invalid_emails": "invalid",
+    "asm/suppressions": "unsubscribe",  # unsubscribe-group suppressions, every group
+}
+
+
+@dataclass
+class SyncReport:
+    """What a sync found and appended, per list."""
+
+    fetched: dict[str, int] = field(default_factory=dict)
+    appended: dict[str, int] = field(default_factory=dict)
+    since: int = 0
+
+
+def state_path(root: Path) -> Path:
+    """subscribers/sync.json: when the last sync ran."""
+    return root / "subscribers" / STATE_NAME
+
+
+def _created(item: dict[str, Any]) -> int:
+    value = item.get("created", item.get("created_at", 0))
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
+def sync_suppressions(root: Path, transport: Any, *, full: bool = False) -> SyncReport:
+    """Fetch every list page by page and append what the ledger lacks; idempotent."""
+    path = state_path(root)
+    since = 0
+    if path.exists() and not full:
+        try:
+            since = int(json.loads(path.read_text()).get("last_sync", 0))
+        except (ValueError, AttributeError):
+            since = 0
+    started = int(time.time())
+    report = SyncReport(since=since)
+    ledger = load_ledger(root)
+    for endpoint, event in LISTS.items():
+        new: list[Event] = []
+        offset = fetched = 0
+        while True:
+            paginated = endpoint.startswith("suppression/")  # /v3/asm/suppressions has no pages
+            params: dict[str, Any] = {"limit": PAGE, "offset": offset} if paginated else {}
+            if since and paginated:
+                params["start_time"] = since - 300  # overlap: lists are eventually consistent
+            page = transport.get_json(f"/v3/{endpoint}", params)
+            if not isinstance(page, list):
+                raise TransportError(f"GET /v3/{endpoint} answered something that is not a list")
+            fetched += len(page)
+            for item in page:
+                email = str(item.get("email") or "").strip().lower()
+                if not email:
+                    continue
+                latest = ledger.event_of(email)
+                if latest is not None and latest != "resubscribe":
+                    continue  # already suppressed: nothing to add
+                if latest == "resubscribe" and _created(item) and _created(item) < since:
+                    continue  # they came back after SendGrid listed them
+                detail = str(item.get("reason") or item.get("group_name") or "")[:200]
+                new.append(Event(email, event, source="sendgrid", detail=f"{endpoint}: {detail}".strip(": ")))
+                ledger.latest[email] = event
+            if not paginated or len(page) < PAGE:
+                break
+            offset += PAGE
+        if new:
+            append_events(ledger_path(root), new)
+        report.fetched[endpoint] = fetched
+        report.appended[endpoint] = len(new)
+    write_atomic(path, json.dumps({"last_sync": started}) + "\n")
+    return report

@@ -1,0 +1,222 @@
+"""`newsletter serve`: the unsubscribe page with RFC 8058 one-click POST, the SendGrid Event Webhook, health."""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from .config import Config, load_config
+from .events import (
+    PUBLIC_KEY_ENV,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    EventLog,
+    WebhookError,
+    parse_batch,
+    verify_signature,
+)
+from .ledger import Event, Ledger, append_events, ledger_path
+from .tokens import secret_from_env, verify_token
+
+log = logging.getLogger("newsletter.web")
+MAX_FORM_BYTES = 16 * 1024
+MAX_WEBHOOK_BYTES = 5 * 1024 * 1024  # SendGrid posts batches of up to 768 KB
+_TOKEN_IN_PATH = re.compile(r"/unsubscribe/[^/?]+")
+
+
+@dataclass
+class WebState:
+    """What the handlers share."""
+
+    root: Path
+    config: Config
+    secret: str
+    public_key: str
+    ledger: Ledger
+    events: EventLog
+    lock: threading.Lock  # check-then-append of one process is atomic: a second POST writes nothing new
+
+
+def _mask(email: str) -> str:
+    local, _, domain = email.partition("@")
+    return f"{local[:1]}…@{domain}" if local else email
+
+
+def _page(config: Config, title: str, body: str, status: int = 200) -> Any:
+    from starlette.responses import HTMLResponse
+
+    c, f = config.colors, config.fonts
+    doc = f"""<!doctype html>
+<html lang="{html.escape(config.language)}"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="robots" content="noindex">
+<meta name="color-scheme" content="light dark">
+<title>{html.escape(title)} · {html.escape(config.name)}</title>
+<style>
+body {{ margin:0; background:{c['background']}; color:{c['text']}; font-family:{f['body']}; font-size:18px;
+       line-height:1.6; }}
+main {{ max-width:560px; margin:48px auto; background:{c['content']}; padding:32px 28px; border-radius:8px; }}
+h1 {{ font-family:{f['heading']}; color:{c['heading']}; font-size:26px; line-height:1.3; margin:0 0 16px; }}
+button {{ background:{c['accent']}; color:{c['button_text']}; border:0; border-radius:6px; font-size:18px;
+         font-weight:bold; padding:14px 28px; min-height:48px; cursor:pointer; font-family:inherit; }}
+p.small {{ font-size:14px; color:{c['muted']}; }}
+@media (prefers-color-scheme: dark) {{
+  body {{ background:{c['dark_background']}; color:{c['dark_text']}; }}
+  main {{ background:{c['dark_content']}; }} h1 {{ color:{c['dark_text']}; }} p.small {{ color:{c['dark_muted']}; }}
+}}
+</style></head>
+<body><main>
+<p class="small">{html.escape(config.name)}</p>
+<h1>{html.escape(title)}</h1>
+{body}
+</main></body></html>"""
+    return HTMLResponse(doc, status_code=status, headers={"Cache-Control": "no-store",
+                                                           "Referrer-Policy": "no-referrer"})
+
+
+def _invalid(state: WebState) -> Any:
+    return _page(state.config, "This link is not valid",
+                 "<p>This unsubscribe link is incomplete or has been changed. Please use the link from the "
+                 "bottom of the email itself, or reply to any issue and ask to be removed.</p>", 400)
+
+
+async def _read_limited(request: Any, limit: int) -> bytes | None:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        return None
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return body
+
+
+def create_app(root: Path) -> Any:
+    """The ASGI app, configured from newsletter.yaml and the environment."""
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, PlainTextResponse
+    from starlette.routing import Route
+
+    config = load_config(root)
+    secret, _ = secret_from_env(required=True)
+    state = WebState(root=root, config=config, secret=secret, public_key=os.environ.get(PUBLIC_KEY_ENV, ""),
+                     ledger=Ledger(ledger_path(root)), events=EventLog(root), lock=threading.Lock())
+    prefix = urlsplit(config.base_url).path.rstrip("/")
+
+    async def unsubscribe_page(request: Request) -> Any:
+        email = verify_token(state.secret, request.path_params["token"])
+        if email is None:
+            return _invalid(state)
+        # A GET never changes anything: mail scanners open every link.
+        action = html.escape(str(request.url.path), quote=True)
+        return _page(config, f"Unsubscribe {email} from {config.name}?",
+                     f'<p>You will get no more emails from {html.escape(config.name)} at '
+                     f"<strong>{html.escape(email)}</strong>.</p>"
+                     f'<form method="post" action="{action}"><input type="hidden" name="confirm" value="page">'
+                     f'<button type="submit">Unsubscribe</button></form>'
+                     f'<p class="small">Changed your mind? Just close this page.</p>')
+
+    def record_unsubscribe(email: str, source: str) -> bool:
+        with state.lock:
+            state.ledger.refresh()
+            if state.ledger.event_of(email) == "unsubscribe":
+                return False  # idempotent: already recorded
+            append_events(ledger_path(root), [Event(email, "unsubscribe", source=source)])
+            state.ledger.refresh()
+            return True
+
+    def record_events(events: list[dict[str, Any]]) -> tuple[int, int]:
+        # The lock is taken in a worker thread, never across an await on the event loop.
+        with state.lock:
+            return state.events.record(events, state.ledger)
+
+    async def unsubscribe_post(request: Request) -> Any:
+        body = await _read_limited(request, MAX_FORM_BYTES)
+        if body is None:
+            return PlainTextResponse("request too large", status_code=413)
+        email = verify_token(state.secret, request.path_params["token"])
+        if email is None:
+            return _invalid(state)
+        form = parse_qs(body.decode("utf-8", "replace"))
+        one_click = form.get("List-Unsubscribe", [""])[0] == "One-Click"
+        await run_in_threadpool(record_unsubscribe, email, "one-click" if one_click else "page")
+        return _page(config, "You are unsubscribed",
+                     f"<p><strong>{html.escape(email)}</strong> will get no more emails from "
+                     f"{html.escape(config.name)}.</p><p>Thank you for reading. If this was a mistake, reply "
+                     "to any issue and we will add you back.</p>")
+
+    async def webhook(request: Request) -> Any:
+        body = await _read_limited(request, MAX_WEBHOOK_BYTES)
+        if body is None:
+            return JSONResponse({"error": "request too large"}, status_code=413)
+        try:
+            # The signature is checked over the raw bytes before anything is read from them.
+            verify_signature(state.public_key, request.headers.get(SIGNATURE_HEADER, ""),
+                             request.headers.get(TIMESTAMP_HEADER, ""), body)
+            events = parse_batch(body)
+        except WebhookError as exc:
+            return JSONResponse({"error": exc.message}, status_code=exc.status)
+        logged, suppressed = await run_in_threadpool(record_events, events)
+        return JSONResponse({"received": len(events), "new": logged, "ledger": suppressed})
+
+    async def health(request: Request) -> Any:
+        return JSONResponse({"status": "ok", "newsletter": config.name})
+
+    routes = [
+        Route(f"{prefix}/unsubscribe/{{token}}", unsubscribe_page, methods=["GET"]),
+        Route(f"{prefix}/unsubscribe/{{token}}", unsubscribe_post, methods=["POST"]),
+        Route(f"{prefix}/webhooks/sendgrid", webhook, methods=["POST"]),
+        Route(f"{prefix}/healthz", health, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes)
+    app.state.newsletter = state
+    return AccessLog(app)
+
+
+class AccessLog:
+    """ASGI middleware: one log line per request; tokens (which carry the address) never reach the log."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = {"code": 500}
+
+        async def capture(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            path = _TOKEN_IN_PATH.sub("/unsubscribe/<token>", scope.get("path", ""))
+            log.info("%s %s %d %.1fms", scope.get("method", "-"), path, status["code"],
+                     (time.perf_counter() - start) * 1000)
+
+
+def serve(root: Path, host: str, port: int) -> None:
+    """Run the app on uvicorn until interrupted."""
+    import uvicorn
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if not os.environ.get(PUBLIC_KEY_ENV):
+        log.warning("%s is not set: the event webhook will refuse every request (403)", PUBLIC_KEY_ENV)
+    app = create_app(root)
+    uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning", proxy_headers=True,
+                limit_concurrency=1000, timeout_keep_alive=5)

@@ -1,0 +1,93 @@
+"""`newsletter sync` against the fake's paginated suppression lists; `newsletter stats` from the events log."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from conftest import SEED_SLUG, Cli
+from fake_sendgrid import API_KEY, FakeSendGrid
+
+from newsletter.ledger import Ledger, append_event, ledger_path
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch):
+    server = FakeSendGrid().start()
+    monkeypatch.setenv("SENDGRID_API_URL", server.url)
+    monkeypatch.setenv("SENDGRID_API_KEY", API_KEY)
+    yield server
+    server.stop()
+
+
+def test_sync_pages_through_every_list_and_is_idempotent(ready_project: Path, fake: FakeSendGrid) -> None:
+    now = int(time.time())
+    fake.suppressions = {
+        "/v3/suppression/unsubscribes": [{"email": f"U{i}@Readers.net", "created": now - 100} for i in range(1203)],
+        "/v3/suppression/bounces": [{"email": "b@readers.net", "created": now, "reason": "550 no such user",
+                                     "status": "5.1.1"}],
+        "/v3/suppression/spam_reports": [{"email": "s@readers.net", "created": now, "ip": "10.0.0.1"}],
+        "/v3/suppression/invalid_emails": [{"email": "i@readers.net", "created": now, "reason": "bad"}],
+        "/v3/asm/suppressions": [{"email": "g@readers.net", "group_id": 7, "group_name": "Weekly",
+                                  "created_at": now}],
+    }
+    append_event(ledger_path(ready_project), "u5@readers.net", "unsubscribe")  # already known
+    cli = Cli(ready_project)
+    result = cli("sync")
+    assert result.exit_code == 0, result.output
+    assert "suppression/unsubscribes: 1203 listed, 1202 new in the ledger" in result.output
+    assert "appended 1206 event(s)" in result.output
+    pages = [p for p in fake.list_requests if p.startswith("/v3/suppression/unsubscribes")]
+    assert len(pages) == 3 and "offset=1000" in pages[2] and "limit=500" in pages[0]
+    ledger = Ledger(ledger_path(ready_project))
+    for address, event in [("u1202@readers.net", "unsubscribe"), ("b@readers.net", "bounce"),
+                           ("s@readers.net", "spamreport"), ("i@readers.net", "invalid"),
+                           ("g@readers.net", "unsubscribe")]:
+        assert ledger.event_of(address) == event
+    again = cli("sync", "--full")
+    assert "appended 0 event(s)" in again.output
+    lines = ledger_path(ready_project).read_text().splitlines()
+    assert len(lines) == 1 + 1 + 1206
+
+
+def test_send_syncs_first_unless_told_not_to(ready_project: Path, fake: FakeSendGrid,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NEWSLETTER_SECRET", "s")
+    (ready_project / "subscribers" / "subscribers.csv").write_text("email\na@readers.net\nb@readers.net\n")
+    fake.suppressions = {"/v3/suppression/bounces": [{"email": "B@readers.net", "created": int(time.time())}]}
+    result = Cli(ready_project)("send", "--issue", SEED_SLUG, "--yes")
+    assert result.exit_code == 0, result.output
+    assert set(fake.delivered) == {"a@readers.net"}
+
+
+def test_stats_table_and_json(ready_project: Path) -> None:
+    journal = ready_project / "subscribers" / "sends" / f"{SEED_SLUG}.jsonl"
+    journal.parent.mkdir(parents=True)
+    emails = [f"r{i}@readers.net" for i in range(10)]
+    journal.write_text(json.dumps({"t": "batch", "b": 1, "emails": emails}) + "\n"
+                       + json.dumps({"t": "attempt", "b": 1, "n": 1}) + "\n"
+                       + json.dumps({"t": "ok", "b": 1, "status": 202, "id": "x"}) + "\n")
+    events = []
+    for i in range(9):
+        events.append({"email": emails[i], "event": "delivered", "newsletter_issue": SEED_SLUG})
+    events.append({"email": emails[9], "event": "bounce", "type": "bounce", "newsletter_issue": SEED_SLUG})
+    for i in range(5):
+        events += [{"email": emails[i], "event": "open", "newsletter_issue": SEED_SLUG}] * 2
+    events.append({"email": emails[0], "event": "click", "url": "https://a.net/x", "newsletter_issue": SEED_SLUG})
+    events.append({"email": emails[1], "event": "click", "url": "https://a.net/x", "newsletter_issue": SEED_SLUG})
+    events.append({"email": emails[1], "event": "click", "url": "https://a.net/y", "newsletter_issue": SEED_SLUG})
+    events.append({"email": emails[2], "event": "unsubscribe", "newsletter_issue": SEED_SLUG})
+    events.append({"email": emails[3], "event": "open", "newsletter_issue": "another-issue"})
+    (ready_project / "subscribers" / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    cli = Cli(ready_project)
+    table = cli("stats", "--issue", SEED_SLUG)
+    assert table.exit_code == 0, table.output
+    assert "delivered            9   90.0%" in table.output
+    assert "unique opens         5   50.0%" in table.output
+    assert "2  https://a.net/x" in table.output
+    data = json.loads(cli("stats", "--issue", SEED_SLUG, "--json").output)
+    assert data["sent"] == 10 and data["bounced"] == {"count": 1, "rate": 0.1}
+    assert data["clicks"]["count"] == 2 and data["unsubscribes"]["count"] == 1
+    assert data["top_links"][0] == {"url": "https://a.net/x", "unique_clicks": 2}
