@@ -30,7 +30,7 @@ class Issue:
     date: dt.date
     workshop: str
     body_md: str
-    public: bool = True
+    public: bool = False  # listed in the web archive before (or without) being sent
     greeting: str = "Dear {name},"
     author: str = ""
     doc: YamlDoc | None = field(default=None, repr=False, compare=False)
@@ -110,7 +110,7 @@ def load_issue(root: Path, slug: str, config: Config | None = None) -> Issue:
     if workshop and config is not None and workshop not in config.workshops:
         raise IssueError(unknown_workshop_message(workshop, config.workshops), path=doc.path,
                          line=doc.line("workshop"))
-    public = data.get("public", True)
+    public = data.get("public", False)
     if not isinstance(public, bool):
         raise IssueError(f"`public` must be true or false, got {public!r}", path=doc.path, line=doc.line("public"))
     body_path = folder / "body.md"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -83,8 +84,12 @@ CONTRAST_PAIRS = [
 ]
 
 
-def check_issue(config: Config, issue: Issue, rendered: RenderedEmail) -> list[Problem]:
-    """Every error and warning for sending this issue; errors first."""
+def check_issue(config: Config, issue: Issue, rendered: RenderedEmail, *, links: bool = False,
+                spam: bool = True) -> list[Problem]:
+    """Every error and warning for sending this issue (errors first, then warnings, then notes).
+
+    `links` requests every link (network); `spam` scores the message with SpamAssassin when it is installed.
+    """
     problems: list[Problem] = []
     cfg_path = config.path
     problems += placeholder_problems(config.doc.data, cfg_path, config.line)
@@ -183,9 +188,87 @@ def check_issue(config: Config, issue: Issue, rendered: RenderedEmail) -> list[P
         if ratio < 4.5:
             problems.append(Problem("error", f"colours `{fg}` on `{bg}` have contrast {ratio:.1f}:1; "
                                     "WCAG AA needs 4.5:1", cfg_path, config.line("brand", "colors", fg)))
+    problems += accessibility_problems(rendered, config.root / "layouts")
     problems += rendered.warnings
-    problems.sort(key=lambda p: p.level != "error")
+    if spam:
+        problems += spam_problems(config, rendered)
+    if links:
+        problems += link_problems(config, issue, rendered, body_lines)
+    order = {"error": 0, "warning": 1}
+    problems.sort(key=lambda p: order.get(p.level, 2))
     return problems
+
+
+_FONT_SIZE = re.compile(r"font-size:\s*(\d+(?:\.\d+)?)px")
+
+
+def accessibility_problems(rendered: RenderedEmail, layouts: Path) -> list[Problem]:
+    """Text sizes, button heights (what a thumb and an older eye need)."""
+    out: list[Problem] = []
+    from collections import Counter
+
+    sizes = Counter(float(n) for n in _FONT_SIZE.findall(rendered.html))
+    visible = {n: c for n, c in sizes.items() if n > 1}  # 0/1 px: MJML's layout and the hidden preheader
+    if visible:
+        body_size = max(visible.items(), key=lambda kv: kv[1])[0]
+        if body_size < 14:
+            out.append(Problem("error", f"body text is {body_size:g}px: at least 14px (16px is best)", layouts))
+        tiny = sorted(n for n in visible if n < 12)
+        if tiny:
+            out.append(Problem("error", f"text at {tiny[0]:g}px is too small to read: nothing under 12px", layouts))
+    for style in re.findall(r'<a [^>]*style="([^"]*display:inline-block[^"]*)"', rendered.html):
+        pad = re.search(r"padding:\s*(\d+)px(?:\s+(\d+)px)?(?:\s+(\d+)px)?", style)
+        font = re.search(r"font-size:\s*(\d+)px", style)
+        line = re.search(r"line-height:\s*(\d+)(%|px)", style)
+        if not (pad and font):
+            continue
+        top = float(pad.group(1))
+        bottom = float(pad.group(3)) if pad.group(3) else top
+        size = float(font.group(1))
+        height = size * 1.2
+        if line:
+            height = float(line.group(1)) * (size / 100 if line.group(2) == "%" else 1)
+        if top + bottom + height < 44:
+            out.append(Problem("error", f"a button is {top + bottom + height:.0f}px tall: at least 44px for a "
+                               "thumb (raise inner-padding or font-size)", layouts))
+    return out
+
+
+def spam_problems(config: Config, rendered: RenderedEmail) -> list[Problem]:
+    """SpamAssassin's score of the message as a reader receives it (error at 5, warning at 2)."""
+    from .eml import build_eml
+    from .render import SAMPLE_READER
+    from .spam import ERROR_AT, WARN_AT, score_message, spamassassin_available
+    from .tokens import secret_from_env
+
+    if not spamassassin_available():
+        return [Problem("note", "spam score skipped: SpamAssassin is not installed (apt-get install spamassassin)")]
+    secret, _ = secret_from_env(required=False)
+    message = build_eml(config, rendered, secret=secret, address=SAMPLE_READER["email"], name=SAMPLE_READER["name"])
+    try:
+        result = score_message(message)
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+        return [Problem("warning", f"spam score unavailable: {exc}")]
+    fired = ", ".join(f"{name} {points:+g}" for points, name, _ in result.rules if points) or "none with points"
+    level = "error" if result.score >= ERROR_AT else "warning" if result.score >= WARN_AT else "note"
+    return [Problem(level, f"spam score {result.score:g} (SpamAssassin, error at {ERROR_AT:g}); rules: {fired}")]
+
+
+def link_problems(config: Config, issue: Issue, rendered: RenderedEmail, body_lines: dict[str, int]) -> list[Problem]:
+    """Every http(s) link requested; the broken ones reported with their status."""
+    from .links import check_links
+
+    own = (config.base_url, config.archive_url)  # our own pages exist only once `serve`/`archive` run
+    urls = [u for u in _URL_ATTR.findall(rendered.html)
+            if urlsplit(u).scheme in ("http", "https") and TOKEN_TAG not in u and not u.startswith(own)]
+    out = []
+    for result in check_links(urls):
+        if result.broken:
+            path, line = _origin(result.url, body_lines, issue, config)
+            what = f"HTTP {result.status}" if result.status else result.error
+            out.append(Problem("error", f"broken link ({what}): {result.url}", path, line))
+    out.append(Problem("note", f"links: {len(set(urls))} checked"))
+    return out
 
 
 def _yaml_line(issue: Issue, *keys: str) -> int | None:

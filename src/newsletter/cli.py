@@ -69,7 +69,7 @@ def main(debug: bool) -> None:
 
 
 def _echo_problem(problem: Any) -> None:
-    color = "red" if problem.level == "error" else "yellow"
+    color = {"error": "red", "warning": "yellow"}.get(problem.level)
     click.secho(str(problem), fg=color, err=False)
 
 
@@ -77,8 +77,9 @@ def _echo_problem(problem: Any) -> None:
 @click.option("--issue", "slug", metavar="SLUG", help="The issue to render (default: the newest by date).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write to DIR/<slug>/ instead of build/<slug>/.")
+@click.option("--eml", is_flag=True, help="Also write email.eml, the complete message a mail client opens.")
 @command_options
-def render(root: Path, slug: str | None, out_dir: Path | None) -> None:
+def render(root: Path, slug: str | None, out_dir: Path | None, eml: bool) -> None:
     """Render an issue to email.html, email.txt and email.mjml.
 
     Per-reader parts (name, unsubscribe link) are shown for a sample reader.
@@ -89,9 +90,9 @@ def render(root: Path, slug: str | None, out_dir: Path | None) -> None:
     """
     from .pipeline import build
 
-    result = build(root, slug, out_dir.resolve() if out_dir else None)
-    for key in ("html", "text", "mjml"):
-        click.echo(f"wrote {_show(result.paths[key])}")
+    result = build(root, slug, out_dir.resolve() if out_dir else None, eml=eml)
+    for path in result.paths.values():
+        click.echo(f"wrote {_show(path)}")
     kb = result.html_bytes / 1024
     click.echo(f"HTML size: {kb:.1f} KB ({result.html_bytes} bytes; Gmail clips at 102 KB)")
     for problem in result.warnings:
@@ -107,11 +108,14 @@ def _show(path: Path) -> str:
 
 @main.command()
 @click.option("--issue", "slug", metavar="SLUG", help="The issue to check (default: the newest by date).")
+@click.option("--links", is_flag=True, help="Also request every link and report broken ones (needs the network).")
+@click.option("--no-spam", is_flag=True, help="Skip the SpamAssassin score.")
 @command_options
-def check(root: Path, slug: str | None) -> None:
-    """Check an issue before sending: placeholders, links, images, unsubscribe, size, subject.
+def check(root: Path, slug: str | None, links: bool, no_spam: bool) -> None:
+    """Check an issue before sending: placeholders, links, images, unsubscribe, size, subject,
+    accessibility (contrast, text size, buttons) and the spam score (where SpamAssassin is installed).
 
-    Prints one line per problem (error: / warning:) and exits 1 when there is any error.
+    Prints one line per problem (error: / warning: / note:) and exits 1 when there is any error.
 
     \b
     Example:
@@ -122,11 +126,11 @@ def check(root: Path, slug: str | None) -> None:
     from .render import render_issue
 
     config, issue = load(root, slug)
-    problems = check_issue(config, issue, render_issue(config, issue))
+    problems = check_issue(config, issue, render_issue(config, issue), links=links, spam=not no_spam)
     for problem in problems:
         _echo_problem(problem)
     errors = sum(p.level == "error" for p in problems)
-    warnings = len(problems) - errors
+    warnings = sum(p.level == "warning" for p in problems)
     click.echo(f"{issue.slug}: {errors} error(s), {warnings} warning(s)")
     if errors:
         sys.exit(1)
@@ -531,6 +535,29 @@ def stats(root: Path, slug: str, as_json: bool) -> None:
         click.echo("top links (unique clicks):")
         for url, n in s.top_links:
             click.echo(f"  {n:>6}  {url}")
+
+
+@main.command()
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where to write the site (default: build/site).")
+@command_options
+def archive(root: Path, out_dir: Path | None) -> None:
+    """Build the public web archive: an index of sent (or `public: true`) issues, a page each, an Atom feed.
+
+    The emails' "View in your browser" link points at <archive_url>/<slug>/ (archive_url defaults to
+    <base_url>/archive): publish the folder there.
+
+    \b
+    Example:
+      newsletter archive --out build/site
+    """
+    from .archive import build_archive
+
+    result = build_archive(root, (out_dir or root / "build" / "site").resolve())
+    for slug in result.issues:
+        click.echo(f"wrote {_show(result.out_dir / slug / 'index.html')}")
+    click.echo(f"wrote {_show(result.out_dir / 'index.html')} ({len(result.issues)} issue(s))")
+    click.echo(f"wrote {_show(result.feed)}")
 
 
 if __name__ == "__main__":  # pragma: no cover

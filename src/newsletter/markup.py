@@ -93,7 +93,8 @@ def _alt(image: Token) -> str:
 
 
 def convert(markdown: str, styles: Styles, asset_base_url: str) -> Body:
-    """Convert the essay; relative image paths become absolute URLs under `asset_base_url`."""
+    """Convert the essay; relative image paths become absolute URLs under `asset_base_url` (kept relative
+    when it is empty: the web archive serves the images beside the page)."""
     tokens = _MD.parse(markdown)
     css = styles.css()
     links: list[Link] = []
@@ -119,7 +120,7 @@ def convert(markdown: str, styles: Styles, asset_base_url: str) -> Body:
                 links.append(Link(href, "", line + offset))
             elif child.type == "image":
                 src = str(child.attrGet("src") or "")
-                if src and not _is_absolute(src):
+                if src and not _is_absolute(src) and asset_base_url:
                     child.attrSet("src", urljoin(base, src))
                 child.attrSet("style", css["img"])
                 images.append(Link(src, _alt(child), line + offset))
@@ -129,16 +130,23 @@ def convert(markdown: str, styles: Styles, asset_base_url: str) -> Body:
     return Body(mjml=_to_mjml(tokens, styles), text=to_text(tokens), links=links, images=images)
 
 
-def inline_html(markdown: str, styles: Styles) -> str:
-    """Markdown rendered to styled HTML (for short texts such as a workshop pitch)."""
+def inline_html(markdown: str, styles: Styles, asset_base_url: str = "") -> str:
+    """Markdown rendered to styled HTML (a workshop pitch; the essay in the Atom feed)."""
     tokens = _MD.parse(markdown)
     css = styles.css()
     for tok in tokens:
         if tok.type in _TAG_OF:
             tok.attrSet("style", css[_TAG_OF[tok.type]])
+        if tok.type == "heading_open":
+            tok.attrSet("style", css[tok.tag])
         for child in tok.children or []:
             if child.type == "link_open":
                 child.attrSet("style", css["a"])
+            elif child.type == "image":
+                src = str(child.attrGet("src") or "")
+                if src and not _is_absolute(src) and asset_base_url:
+                    child.attrSet("src", urljoin(asset_base_url.rstrip("/") + "/", src))
+                child.attrSet("style", css["img"])
     return str(_MD.renderer.render(tokens, _MD.options, {})).strip()
 
 

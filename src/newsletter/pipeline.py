@@ -44,8 +44,8 @@ def write_atomic(path: Path, data: str) -> None:
         raise
 
 
-def build(root: Path, slug: str | None, out_dir: Path | None = None) -> BuildResult:
-    """Render an issue for the sample reader and write email.html, email.txt, email.mjml."""
+def build(root: Path, slug: str | None, out_dir: Path | None = None, *, eml: bool = False) -> BuildResult:
+    """Render an issue for the sample reader and write email.html, email.txt, email.mjml (and email.eml)."""
     config, issue = load(root, slug)
     rendered = render_issue(config, issue)
     secret, is_dev = secret_from_env(required=False)
@@ -56,6 +56,12 @@ def build(root: Path, slug: str | None, out_dir: Path | None = None) -> BuildRes
     write_atomic(paths["html"], html)
     write_atomic(paths["text"], text)
     write_atomic(paths["mjml"], mjml)
+    if eml:
+        from .eml import build_eml
+
+        paths["eml"] = target / "email.eml"
+        data = build_eml(config, rendered, secret=secret, address=SAMPLE_READER["email"], name=SAMPLE_READER["name"])
+        write_atomic(paths["eml"], data.decode("ascii"))
     warnings = list(rendered.warnings)
     if is_dev:
         warnings.append(Problem("warning", "NEWSLETTER_SECRET is not set: the preview's unsubscribe link is signed "

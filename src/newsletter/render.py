@@ -90,7 +90,7 @@ def view_url(config: Config, issue: Issue) -> str:
     return f"{config.archive_url}/{issue.slug}/"
 
 
-def _context(config: Config, issue: Issue, body: markup.Body, for_text: bool) -> dict[str, Any]:
+def _context(config: Config, issue: Issue, body: markup.Body, for_text: bool, web: bool = False) -> dict[str, Any]:
     styles = _styles(config)
     workshop = config.workshops.get(issue.workshop) if issue.workshop else None
     next_workshop = config.workshops.get(workshop.next) if workshop and workshop.next else None
@@ -121,6 +121,8 @@ def _context(config: Config, issue: Issue, body: markup.Body, for_text: bool) ->
         "fonts": config.fonts,
         "unsubscribe_url": f"{config.base_url}/unsubscribe/{TOKEN_TAG}",
         "view_url": view_url(config, issue),
+        # True for the public web copy (archive): layouts leave out the greeting and per-reader links
+        "web": web,
     }
 
 
@@ -184,21 +186,24 @@ def _blame_layout(env: jinja2.Environment, folder: Path, context: dict[str, Any]
                        hint="check that every tag is closed and spelled as MJML spells it")
 
 
-def render_issue(config: Config, issue: Issue) -> RenderedEmail:
-    """Render an issue once for all readers (parts carry the per-reader substitution tags)."""
+def render_issue(config: Config, issue: Issue, *, web: bool = False) -> RenderedEmail:
+    """Render an issue once for all readers (parts carry the per-reader substitution tags).
+
+    `web` renders the public copy for the archive: no greeting, no unsubscribe link, images relative.
+    """
     folder = layouts_dir(config.root)
     if not folder.is_dir():
         raise LayoutError("no layouts/ folder", path=folder, hint=f"it holds {EMAIL_LAYOUT} and {TEXT_LAYOUT}")
     env = _environment(str(folder))
-    body = markup.convert(issue.body_md, _styles(config), view_url(config, issue))
-    html_context = _context(config, issue, body, for_text=False)
+    body = markup.convert(issue.body_md, _styles(config), "" if web else view_url(config, issue))
+    html_context = _context(config, issue, body, for_text=False, web=web)
     mjml_text = _render_template(env, folder, EMAIL_LAYOUT, html_context)
     try:
         html = _compile(mjml_text)
     except ValueError as exc:
         # The essay's own HTML is produced by markdown-it and always well formed, so a layout is at fault.
         raise _blame_layout(env, folder, html_context, str(exc)) from None
-    text = _render_template(env, folder, TEXT_LAYOUT, _context(config, issue, body, for_text=True))
+    text = _render_template(env, folder, TEXT_LAYOUT, _context(config, issue, body, for_text=True, web=web))
     text = re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
     rendered = RenderedEmail(issue=issue, subject=issue.subject, preheader=issue.preheader, mjml=mjml_text,
                              html=html, text=text, body=body)

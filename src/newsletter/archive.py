@@ -1,0 +1,124 @@
+"""`newsletter archive`: a static web archive of the sent (or public) issues, and an Atom feed."""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from xml.sax.saxutils import escape as xml_escape
+
+from .bundle import Issue, list_slugs, load_issue
+from .config import Config, load_config
+from .journal import journal_path, load_state
+from .markup import inline_html
+from .pipeline import write_atomic
+from .render import TOKEN_TAG, _styles, fill, reader_substitutions, render_issue
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".svg", ".avif"}
+_UNSUB_LINK = re.compile(r"<a\b[^>]*/unsubscribe/[^>]*>.*?</a>", re.S | re.I)
+
+
+@dataclass
+class ArchiveResult:
+    """What `archive` wrote."""
+
+    out_dir: Path
+    issues: list[str]
+    feed: Path
+
+
+def archived_issues(root: Path, config: Config) -> list[Issue]:
+    """Issues that went out (an acknowledged batch in their journal) or are marked `public`, newest first."""
+    chosen = []
+    for slug in list_slugs(root):
+        issue = load_issue(root, slug, config)
+        if issue.public or load_state(journal_path(root, slug)).sent_batches:
+            chosen.append(issue)
+    return sorted(chosen, key=lambda i: (i.date, i.slug), reverse=True)
+
+
+def web_page(config: Config, issue: Issue) -> str:
+    """The issue as a web page: no greeting, no per-reader link or token, images relative to the page."""
+    rendered = render_issue(config, issue, web=True)
+    page = fill(rendered.html, reader_substitutions("", "")) if TOKEN_TAG in rendered.html else rendered.html
+    # A layout that ignores `web` must still not publish an unsubscribe link.
+    page = _UNSUB_LINK.sub("", page)
+    return page.replace("%%nl_name_html%%", "")
+
+
+def _feed(config: Config, issues: list[Issue], feed_url: str) -> str:
+    styles = _styles(config)
+    updated = max((i.date for i in issues), default=dt.date.today())
+    entries = []
+    for issue in issues:
+        page_url = f"{config.archive_url}/{issue.slug}/"
+        body = inline_html(issue.body_md, styles, asset_base_url=page_url)
+        when = f"{issue.date.isoformat()}T00:00:00Z"
+        entries.append(
+            "  <entry>\n"
+            f"    <title>{xml_escape(issue.title)}</title>\n"
+            f'    <link rel="alternate" type="text/html" href="{xml_escape(page_url)}"/>\n'
+            f"    <id>{xml_escape(page_url)}</id>\n"
+            f"    <published>{when}</published>\n"
+            f"    <updated>{when}</updated>\n"
+            + (f"    <summary>{xml_escape(issue.preheader)}</summary>\n" if issue.preheader else "")
+            + f'    <content type="html">{xml_escape(body)}</content>\n'
+            "  </entry>\n")
+    return (
+        '<?xml version="1.0" encoding="utf-8"?>\n'
+        f'<feed xmlns="http://www.w3.org/2005/Atom" xml:lang="{xml_escape(config.language)}">\n'
+        f"  <title>{xml_escape(config.name)}</title>\n"
+        f'  <link rel="self" type="application/atom+xml" href="{xml_escape(feed_url)}"/>\n'
+        f'  <link rel="alternate" type="text/html" href="{xml_escape(config.archive_url)}/"/>\n'
+        f"  <id>{xml_escape(config.archive_url)}/</id>\n"
+        f"  <updated>{updated.isoformat()}T00:00:00Z</updated>\n"
+        f"  <author><name>{xml_escape(config.sender.name or config.name)}</name></author>\n"
+        + "".join(entries) + "</feed>\n")
+
+
+def _index(config: Config, issues: list[Issue]) -> str:
+    c, f = config.colors, config.fonts
+    items = "\n".join(
+        f'<li><time datetime="{i.date.isoformat()}">{i.date.day} {i.date:%B %Y}</time>'
+        f'<a href="{html.escape(i.slug)}/">{html.escape(i.title)}</a>'
+        + (f"<p>{html.escape(i.preheader)}</p>" if i.preheader else "") + "</li>"
+        for i in issues) or "<li>No issues yet.</li>"
+    return f"""<!doctype html>
+<html lang="{html.escape(config.language)}"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{html.escape(config.name)}: archive</title>
+<link rel="alternate" type="application/atom+xml" title="{html.escape(config.name)}" href="feed.xml">
+<style>
+body {{ margin:0; background:{c['background']}; color:{c['text']}; font-family:{f['body']}; font-size:18px;
+       line-height:1.6; }}
+main {{ max-width:640px; margin:0 auto; padding:32px 20px; }}
+h1 {{ font-family:{f['heading']}; color:{c['heading']}; }}
+ul {{ list-style:none; padding:0; }} li {{ margin:0 0 24px; }}
+time {{ display:block; font-size:15px; color:{c['muted']}; }}
+a {{ color:{c['accent']}; font-size:21px; }} p {{ margin:4px 0 0; }}
+</style></head>
+<body><main><h1>{html.escape(config.name)}</h1>
+<p><a href="feed.xml" style="font-size:16px">Atom feed</a></p>
+<ul>
+{items}
+</ul></main></body></html>
+"""
+
+
+def build_archive(root: Path, out_dir: Path) -> ArchiveResult:
+    """Write out_dir/index.html, out_dir/<slug>/index.html (+ images) and out_dir/feed.xml."""
+    config = load_config(root)
+    issues = archived_issues(root, config)
+    for issue in issues:
+        target = out_dir / issue.slug
+        write_atomic(target / "index.html", web_page(config, issue))
+        for asset in issue.dir.iterdir():
+            if asset.suffix.lower() in IMAGE_SUFFIXES and asset.is_file():
+                shutil.copy2(asset, target / asset.name)
+    write_atomic(out_dir / "index.html", _index(config, issues))
+    feed = out_dir / "feed.xml"
+    write_atomic(feed, _feed(config, issues, f"{config.archive_url}/feed.xml"))
+    return ArchiveResult(out_dir, [i.slug for i in issues], feed)
