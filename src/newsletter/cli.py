@@ -560,5 +560,25 @@ def archive(root: Path, out_dir: Path | None) -> None:
     click.echo(f"wrote {_show(result.feed)}")
 
 
+@main.command()
+@click.option("--issue", "slug", metavar="SLUG", help="The issue to preview (default: the newest by date).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="Port (0: any free one).")
+@click.option("--open", "open_browser", is_flag=True, help="Open the page in the default browser.")
+@command_options
+def preview(root: Path, slug: str | None, port: int, open_browser: bool) -> None:
+    """Preview an issue in the browser: phone and desktop widths, dark mode, plain text, inbox line, check.
+
+    The page updates by itself when you save body.md, issue.yaml, a layout or newsletter.yaml.
+
+    \b
+    Example:
+      newsletter preview --open
+    """
+    from .preview import run_preview
+
+    run_preview(root, slug, "127.0.0.1", port, open_browser=open_browser,
+                ready=lambda url: click.echo(f"preview at {url} (Ctrl-C to stop)", err=True))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
