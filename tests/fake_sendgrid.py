@@ -104,6 +104,7 @@ class FakeSendGrid:
         self.api_key = api_key
         self.scopes = list(scopes)
         self.plan: list[str] = []
+        self.scopes_endpoint = True  # False: GET /v3/scopes answers 404, as a stand-in without it would
         # suppression lists: endpoint path (e.g. "/v3/suppression/bounces") -> items; paginated by limit/offset
         self.suppressions: dict[str, list[dict[str, Any]]] = {}
         self.list_requests: list[str] = []
@@ -192,7 +193,7 @@ class FakeSendGrid:
         if not self._authorized(h):
             return
         path, _, query = h.path.partition("?")
-        if path == "/v3/scopes":
+        if path == "/v3/scopes" and self.scopes_endpoint:
             self._reply(h, 200, {"scopes": self.scopes})
         elif path.startswith(("/v3/suppression/", "/v3/asm/suppressions")):
             from urllib.parse import parse_qs

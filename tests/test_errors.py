@@ -139,3 +139,17 @@ def test_debug_shows_the_traceback(cli: Cli, project: Path) -> None:
 def test_usage_error_exits_2(cli: Cli) -> None:
     result = cli("render", "--no-such-option")
     assert result.exit_code == 2
+
+
+def test_impossible_date_names_the_line(cli: Cli, project: Path) -> None:
+    path = project / ISSUE / "issue.yaml"
+    path.write_text(path.read_text().replace("date: 2026-11-26", "date: 2026-02-30"))
+    out = run_error(cli, "render")
+    assert "issue.yaml:4: invalid value: day is out of range for month" in out
+
+
+def test_unknown_field_of_a_template_object(cli: Cli, project: Path) -> None:
+    path = project / "layouts" / "cta.mjml"
+    path.write_text(path.read_text().replace("{{ workshop.headline }}", "{{ workshop.hedline }}"))
+    out = run_error(cli, "render")
+    assert "layouts/cta.mjml:" in out and "`hedline` is not a field of `Workshop`" in out

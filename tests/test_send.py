@@ -180,6 +180,15 @@ def test_key_without_mail_send_scope(sender: Cli, fake: FakeSendGrid) -> None:
     assert result.exit_code == 1 and "lacks the `mail.send` permission" in result.output
 
 
+def test_api_without_a_scopes_endpoint_still_sends(sender: Cli, fake: FakeSendGrid) -> None:
+    write_list(sender.root, readers(5))
+    fake.scopes_endpoint = False
+    result = sender("send", "--issue", SEED_SLUG, "--yes")
+    assert result.exit_code == 0, result.output
+    assert "the key's permissions were not checked" in result.output
+    assert len(fake.delivered) == 5
+
+
 def test_413_splits_the_batch(sender: Cli, fake: FakeSendGrid) -> None:
     write_list(sender.root, readers(10))
     fake.plan = ["413"]

@@ -28,6 +28,7 @@ NAME_HTML_TAG = "%%nl_name_html%%"
 NAME_TEXT_TAG = "%%nl_name_text%%"
 TOKEN_TAG = "%%nl_unsub_token%%"
 DEFAULT_READER_NAME = "friend"
+_PREHEADER_COLOR = re.compile(r'(<div style="display:none;font-size:1px;color:)#ffffff;')
 SAMPLE_READER = {"email": "reader@example.net", "name": "Ada"}
 
 
@@ -147,13 +148,15 @@ def _render_template(env: jinja2.Environment, folder: Path, name: str, context: 
         path, line = _layout_frame(exc, folder)
         missing = re.search(r"'([^']+)' (?:is undefined|has no attribute '([^']+)')", str(exc))
         what = str(exc)
-        if missing:
-            what = (f"`{missing.group(2)}` is not a field of `{missing.group(1)}`" if missing.group(2)
-                    else f"`{missing.group(1)}` is not a template variable")
+        if missing and missing.group(2):
+            owner = re.sub(r"^(?:[\w.]+\.)?(\w+) object$", r"\1", missing.group(1))
+            what = f"`{missing.group(2)}` is not a field of `{owner}`"
+        elif missing:
+            what = f"`{missing.group(1)}` is not a template variable"
         raise LayoutError(f"{what} ({exc})", path=path or folder / name, line=line,
                           hint="variables: newsletter, issue, title, subject, preheader, body, greeting, reader, "
                           "workshop, workshop_pitch, workshop_details, next_workshop, colors, fonts, "
-                          "unsubscribe_url, view_url") from None
+                          "unsubscribe_url, view_url, web") from None
     except jinja2.TemplateError as exc:
         path, line = _layout_frame(exc, folder)
         raise LayoutError(f"layout error: {exc}", path=path or folder / name, line=line) from None
@@ -203,6 +206,9 @@ def render_issue(config: Config, issue: Issue, *, web: bool = False) -> Rendered
     except ValueError as exc:
         # The essay's own HTML is produced by markdown-it and always well formed, so a layout is at fault.
         raise _blame_layout(env, folder, html_context, str(exc)) from None
+    # MJML hides the preheader in white text; SpamAssassin scores white-on-light as hidden text
+    # (HTML_FONT_LOW_CONTRAST). It stays invisible (display:none, opacity 0) in the text colour.
+    html = _PREHEADER_COLOR.sub(rf"\g<1>{config.colors['text']};", html, count=1)
     text = _render_template(env, folder, TEXT_LAYOUT, _context(config, issue, body, for_text=True, web=web))
     text = re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
     rendered = RenderedEmail(issue=issue, subject=issue.subject, preheader=issue.preheader, mjml=mjml_text,

@@ -67,6 +67,10 @@ def load_yaml(path: Path, error: type[NewsletterError]) -> YamlDoc:
                     hint="check the indentation and quote values that contain ': ' or start with a symbol") from None
     except yaml.YAMLError as exc:
         raise error(f"malformed YAML: {exc}", path=path) from None
+    except ValueError as exc:
+        # A value YAML recognises but cannot build, such as the date 2026-02-30.
+        line = _bad_scalar_line(yaml.compose(text, Loader=_Loader))
+        raise error(f"invalid value: {exc}", path=path, line=line) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -77,6 +81,24 @@ def load_yaml(path: Path, error: type[NewsletterError]) -> YamlDoc:
     if node is not None:
         _collect_lines(node, (), lines)
     return YamlDoc(path=path, data=data, lines=lines)
+
+
+def _bad_scalar_line(node: yaml.Node | None) -> int | None:
+    """The line of the first scalar that the safe constructor cannot build."""
+    if node is None:
+        return None
+    if isinstance(node, yaml.ScalarNode):
+        try:
+            _Loader("").construct_object(node, deep=True)
+        except ValueError:
+            return node.start_mark.line + 1
+        return None
+    children = node.value if isinstance(node, yaml.SequenceNode) else [n for pair in node.value for n in pair]
+    for child in children:
+        line = _bad_scalar_line(child)
+        if line:
+            return line
+    return None
 
 
 def _kind(value: Any) -> str:
