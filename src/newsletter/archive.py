@@ -12,9 +12,9 @@ from xml.sax.saxutils import escape as xml_escape
 
 from .bundle import Issue, list_slugs, load_issue
 from .config import Config, load_config
+from .files import write_atomic
 from .journal import journal_path, load_state
 from .markup import inline_html
-from .pipeline import write_atomic
 from .render import TOKEN_TAG, _styles, fill, reader_substitutions, render_issue
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".svg", ".avif"}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import os
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import NewsletterError
+from .files import append_durably, read_jsonl
 from .ledger import Event, Ledger, append_events, ledger_path
 
 EVENTS_NAME = "events.jsonl"
@@ -116,8 +116,6 @@ class EventLog:
 
     def record(self, events: Iterable[dict[str, Any]], ledger: Ledger) -> tuple[int, int]:
         """Append new events to the log and suppressing ones to the ledger; returns (logged, ledger events)."""
-        from filelock import FileLock
-
         fresh = []
         for e in events:
             eid = str(e.get("sg_event_id") or "")
@@ -140,32 +138,14 @@ class EventLog:
                 to_ledger.append(Event(email, kind, source="sendgrid", detail=detail[:200]))
         if to_ledger:
             append_events(ledger_path(self.root), to_ledger)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         data = b"".join(json.dumps(e, separators=(",", ":"), ensure_ascii=False).encode() + b"\n" for e in fresh)
-        with FileLock(str(self.path) + ".lock", timeout=60):
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            try:
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        append_durably(self.path, data)
         return len(fresh), len(to_ledger)
 
 
 def read_events(path: Path) -> Iterator[dict[str, Any]]:
-    """The events log, streamed; unreadable lines are skipped."""
-    try:
-        fh = open(path, "rb")  # noqa: SIM115
-    except FileNotFoundError:
-        return
-    with fh:
-        for raw in fh:
-            try:
-                event = json.loads(raw)
-            except ValueError:
-                continue
-            if isinstance(event, dict):
-                yield event
+    """The events log, streamed."""
+    return read_jsonl(path)
 
 
 @dataclass

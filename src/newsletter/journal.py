@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SendError
+from .files import read_jsonl
 
 SENDS_DIR = "sends"
 
@@ -66,19 +67,8 @@ class JournalState:
 
 
 def read_records(path: Path) -> Iterator[dict[str, Any]]:
-    """The journal's records; a torn last line (a kill mid-write) is skipped."""
-    try:
-        fh = open(path, "rb")  # noqa: SIM115
-    except FileNotFoundError:
-        return
-    with fh:
-        for raw in fh:
-            if not raw.endswith(b"\n"):
-                break  # torn last line: it was never fsynced as a whole, so it never counted
-            try:
-                yield json.loads(raw)
-            except ValueError:
-                continue
+    """The journal's records; a torn last line (a kill mid-write) never counted and is skipped."""
+    return read_jsonl(path)
 
 
 def load_state(path: Path) -> JournalState:

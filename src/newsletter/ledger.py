@@ -10,13 +10,13 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
-import os
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import LedgerError, Problem
+from .files import append_durably
 from .tokens import normalize_email
 
 LEDGER_NAME = "unsubscribes.csv"
@@ -54,12 +54,6 @@ def _clean(value: str) -> str:
     return " ".join(str(value).split())
 
 
-def _lock(path: Path):  # type: ignore[no-untyped-def]
-    from filelock import FileLock
-
-    return FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT)
-
-
 def append_events(path: Path, events: Iterable[Event]) -> int:
     """Append events under the ledger's lock, flushed and fsynced; returns how many were written."""
     from filelock import Timeout
@@ -77,24 +71,9 @@ def append_events(path: Path, events: Iterable[Event]) -> int:
         count += 1
     if not count:
         return 0
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with _lock(path):
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
-            try:
-                size = os.fstat(fd).st_size
-                prefix = b""
-                if size == 0:
-                    prefix = (HEADER + "\n").encode()
-                else:
-                    # A crash mid-write leaves a torn last line: start ours on a fresh line.
-                    last = os.pread(fd, 1, size - 1)
-                    if last != b"\n":
-                        prefix = b"\n"
-                os.write(fd, prefix + rows.getvalue().encode("utf-8"))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        append_durably(path, rows.getvalue().encode("utf-8"), header=(HEADER + "\n").encode(),
+                       lock_timeout=LOCK_TIMEOUT)
     except Timeout:
         raise LedgerError("the ledger is locked by another process for too long", path=path,
                           hint=f"if no newsletter command is running, delete {path}.lock") from None

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from .bundle import Issue, load_issue, newest_slug
 from .config import Config, load_config
 from .errors import Problem
+from .files import write_atomic
 from .render import SAMPLE_READER, RenderedEmail, personalize, render_issue
 from .tokens import make_token, secret_from_env
 
@@ -29,19 +28,6 @@ def load(root: Path, slug: str | None) -> tuple[Config, Issue]:
     config = load_config(root)
     issue = load_issue(root, slug or newest_slug(root), config)
     return config, issue
-
-
-def write_atomic(path: Path, data: str) -> None:
-    """Write through a temp file and os.replace, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def build(root: Path, slug: str | None, out_dir: Path | None = None, *, eml: bool = False) -> BuildResult:

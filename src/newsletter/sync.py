@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import TransportError
+from .files import write_atomic
 from .ledger import Event, append_events, ledger_path, load_ledger
-from .pipeline import write_atomic
 
 STATE_NAME = "sync.json"
 PAGE = 500  # SendGrid's maximum `limit` for the suppression lists
