@@ -95,8 +95,8 @@ def check_issue(config: Config, issue: Issue, rendered: RenderedEmail, *, links:
     problems += placeholder_problems(config.doc.data, cfg_path, config.line)
     if issue.doc is not None:
         problems += placeholder_problems(issue.doc.data, issue.yaml_path, issue.doc.line)
-    for number, line in enumerate(issue.body_md.splitlines(), 1):
-        if _PLACEHOLDER.search(line):
+    for number, source_line in enumerate(issue.body_md.splitlines(), 1):
+        if _PLACEHOLDER.search(source_line):
             problems.append(Problem("error", "placeholder text `TODO` left in the essay", issue.body_path, number))
 
     workshop = config.workshops.get(issue.workshop) if issue.workshop else None

@@ -224,6 +224,7 @@ def load_config(root: Path) -> Config:
     postal_address = _text(p, data, "postal_address", ("postal_address",), required=True)
 
     workshops: dict[str, Workshop] = {}
+    keys: tuple[str, ...]
     for wid, raw in _mapping(p, data, "workshops", ("workshops",)).items():
         wid = str(wid)
         keys = ("workshops", wid)

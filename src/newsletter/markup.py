@@ -276,13 +276,13 @@ def to_text(tokens: list[Token]) -> str:
             blocks.append(("* * *", False))
     out: list[str] = []
     previous_in_list = False
-    for text, in_list in blocks:
-        if text is None:
+    for block, in_list in blocks:
+        if block is None:
             previous_in_list = False
             continue
         if out and in_list and previous_in_list:
-            out[-1] += "\n" + text
+            out[-1] += "\n" + block
         else:
-            out.append(text)
+            out.append(block)
         previous_in_list = in_list
     return "\n\n".join(out)
