@@ -51,6 +51,9 @@ def verify_token(secret: str, token: str) -> str | None:
         given = _unb64(mac)
     except (ValueError, binascii.Error, UnicodeDecodeError):
         return None
+    # Only the canonical spelling: base64's spare low bits would otherwise let several tokens stand for one.
+    if _b64(email.encode("utf-8")) != payload or _b64(given) != mac:
+        return None
     if email != normalize_email(email) or "@" not in email:
         return None
     return email if hmac.compare_digest(given, _mac(secret, email)) else None
