@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from newsletter.tokens import make_token, unsubscribe_url, verify_token
@@ -21,6 +21,7 @@ def test_round_trip_is_case_insensitive_and_url_safe(address: str) -> None:
 
 
 @given(addresses, st.integers(0, 200))
+@example("0@0000.aaaaad", 152)  # a last base64 character whose spare bits decoded to the same bytes
 def test_any_changed_character_is_refused(address: str, position: int) -> None:
     token = make_token("k", address)
     i = position % len(token)
