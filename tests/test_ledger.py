@@ -46,6 +46,8 @@ def test_torn_last_line_suppresses_and_next_append_starts_fresh(project: Path, c
     lines = path.read_text().splitlines()
     assert lines[-2] == "torn@example.net,unsubsc"
     assert lines[-1].startswith("next@example.net,unsubscribe,")
+    counted = cli("subscribers", "count")
+    assert "unreadable line, counted as suppressing torn@example.net" in counted.output
     again = Ledger(path)
     assert again.is_suppressed("torn@example.net") and again.is_suppressed("next@example.net")
     assert not again.is_suppressed("ada@example.net")

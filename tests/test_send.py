@@ -324,6 +324,8 @@ def test_confirmation_prompt(sender: Cli, fake: FakeSendGrid) -> None:
     write_list(sender.root, readers(5))
     no = sender("send", "--issue", SEED_SLUG, input="n\n")
     assert no.exit_code == 1 and "Send now?" in no.output and not fake.requests
+    nobody = sender("send", "--issue", SEED_SLUG)  # no terminal, no --yes: nothing goes out
+    assert nobody.exit_code == 1 and "pass --yes" in nobody.output and not fake.requests
     yes = sender("send", "--issue", SEED_SLUG, input="y\n")
     assert yes.exit_code == 0 and len(fake.delivered) == 5
 

@@ -249,6 +249,8 @@ def subscribers_count(root: Path) -> None:
     from .subscribers import count_subscribers
 
     c = count_subscribers(root)
+    for problem in c.ledger_problems:
+        click.secho(problem, fg="yellow", err=True)
     total_suppressed = sum(c.suppressed.values())
     click.echo(f"active:     {c.active}")
     detail = ", ".join(f"{k} {v}" for k, v in sorted(c.suppressed.items()))
@@ -367,9 +369,15 @@ def send(root: Path, slug: str, yes: bool, dry_run: bool, to: tuple[str, ...], a
         click.echo(f"scheduled:  {at.isoformat(timespec='minutes')}")
     if dry_run:
         click.echo("dry run: nothing will be sent")
-    elif not (yes or to) and not click.confirm("Send now?", default=False):
-        click.echo("not sent")
-        sys.exit(1)
+    elif not (yes or to):
+        try:
+            confirmed = click.confirm("Send now?", default=False)
+        except click.Abort:  # no terminal to answer on (cron, a pipe)
+            confirmed = False
+            click.echo("", err=True)
+        if not confirmed:
+            click.echo("not sent (pass --yes to send without being asked)")
+            sys.exit(1)
     report = dispatch(p, _progress_printer(p.readers, p.batches) if not (to or dry_run) else None)
     _print_report(report, dry_run=dry_run, test=bool(to))
     if not report.ok:

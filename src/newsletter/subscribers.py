@@ -322,6 +322,7 @@ class ListCounts:
     active: int
     suppressed: Counter[str]
     duplicates: int
+    ledger_problems: list[str] = field(default_factory=list)
 
 
 def count_subscribers(root: Path) -> ListCounts:
@@ -342,7 +343,8 @@ def count_subscribers(root: Path) -> ListCounts:
             suppressed[ledger.event_of(key) or "?"] += 1
         else:
             active += 1
-    return ListCounts(total=total, active=active, suppressed=suppressed, duplicates=dups)
+    return ListCounts(total=total, active=active, suppressed=suppressed, duplicates=dups,
+                      ledger_problems=[str(p) for p in ledger.problems])
 
 
 def iter_listing(root: Path, *, suppressed: bool) -> Iterator[tuple[str, str, str]]:
