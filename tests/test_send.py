@@ -293,6 +293,23 @@ def test_unsubscribe_during_the_send_is_honoured(sender: Cli, fake: FakeSendGrid
     assert "(20 unsubscribed during the send)" in result.output
 
 
+def test_unsubscribe_while_waiting_to_retry_is_honoured(sender: Cli, fake: FakeSendGrid) -> None:
+    configure(sender.root, batch_size=10, concurrency=1)
+    write_list(sender.root, readers(10))
+    fake.plan = ["500"]
+
+    def unsubscribe_after_first(server: FakeSendGrid, body: dict, index: int) -> None:
+        if index == 0:
+            append_event(ledger_path(sender.root), "READER3@readers.net", "unsubscribe")
+
+    fake.on_request = unsubscribe_after_first
+    result = sender("send", "--issue", SEED_SLUG, "--yes")
+    assert result.exit_code == 0, result.output
+    assert fake.responses == [500, 202]
+    assert "reader3@readers.net" not in fake.delivered and len(fake.delivered) == 9
+    assert sender("status", "--issue", SEED_SLUG).exit_code == 0
+
+
 def test_two_sends_of_one_issue_are_refused(sender: Cli, fake: FakeSendGrid) -> None:
     write_list(sender.root, readers(5))
     with send_lock(sender.root, SEED_SLUG):

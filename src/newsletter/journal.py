@@ -8,6 +8,8 @@ File: subscribers/sends/<slug>.jsonl, one JSON object per line:
   {"t": "retry", "b": 7, "status": 500}      it was answered without being accepted (will retry)
   {"t": "ok", "b": 7, "status": 202, "id"}   SendGrid accepted it
   {"t": "failed", "b": 7, "error": ...}      given up in this run; its readers are sent by the next run
+  {"t": "replaced", "b": 7, "why": ...}      not sent; its readers went into new batches (a 413 split,
+                                             or unsubscribes that arrived while waiting to retry)
   {"t": "doubt", "b": 7, "error": ...}       the request went out and no answer came: fate unknown
 A batch whose last record is `attempt` or `doubt` is in doubt: never re-sent unless asked.
 """
@@ -96,6 +98,8 @@ def load_state(path: Path) -> JournalState:
             # Settled: only the hashes are kept, so a million-reader journal stays small in memory.
             state.sent.update(hash(e) for e in batch.emails)
             state.sent_batches += 1
+            del open_batches[b]
+        elif kind == "replaced":
             del open_batches[b]
         elif kind == "failed":
             state.failed_batches[b] = BatchState(readers=batch.readers, state="failed",

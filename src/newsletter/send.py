@@ -376,7 +376,7 @@ class Dispatcher:
                     self._done(len(readers))
                     return
                 if action == "split" and len(readers) > 1:
-                    self.journal.write({"t": "failed", "b": b, "status": 413, "error": "too large: split"})
+                    self.journal.write({"t": "replaced", "b": b, "why": "413: split in two"})
                     half = len(readers) // 2
                     self.run_batch(readers[:half])
                     self.run_batch(readers[half:])
@@ -389,6 +389,13 @@ class Dispatcher:
                         self.sleep(min(delay + random.uniform(0, 0.25), MAX_RATE_LIMIT_WAIT))
                     else:
                         self.sleep(self._delay(attempt))
+                    # A retry is a new dispatch: whoever unsubscribed while we waited is left out.
+                    fresh = self._fresh_readers(readers)
+                    if len(fresh) != len(readers):
+                        self.journal.write({"t": "replaced", "b": b, "why": "unsubscribes while waiting to retry"})
+                        if fresh:
+                            self.run_batch(fresh)
+                        return
                     continue
                 self.journal.write({"t": "failed", "b": b, "status": exc.status, "error": str(exc)})
                 with self.report_lock:
