@@ -116,6 +116,16 @@ def test_one_click_post_is_recorded_once(server: Server) -> None:
     assert Ledger(ledger_path(server.root)).is_suppressed("ADA@readers.net")
 
 
+def test_one_click_as_multipart_form_data(server: Server) -> None:
+    boundary = "xYzZy"
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="List-Unsubscribe"\r\n\r\n'
+            f"One-Click\r\n--{boundary}--\r\n").encode()
+    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    assert server.request("POST", server.url("multi@readers.net"), body, headers)[0] == 200
+    lines = server.ledger_lines()
+    assert len(lines) == 1 and lines[0].startswith("multi@readers.net,unsubscribe,") and ",one-click," in lines[0]
+
+
 @pytest.mark.parametrize("mangle", ["tamper", "wrong-key", "malformed", "other-version"])
 def test_bad_tokens_are_refused_and_write_nothing(server: Server, mangle: str) -> None:
     good = make_token(SECRET, "ada@readers.net")

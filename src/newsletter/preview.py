@@ -93,6 +93,23 @@ class Previewer:
         with self.lock:
             new.version = self.state.version + 1
             self.state = new
+        if not new.error:
+            # SpamAssassin takes about a second: its verdict joins the check results when ready.
+            threading.Thread(target=self._score, args=(new,), daemon=True).start()
+
+    def _score(self, state: PreviewState) -> None:
+        from .check import spam_problems
+        from .pipeline import load
+        from .render import render_issue
+
+        try:
+            config, issue = load(self.root, self.slug)
+            problems = [str(p) for p in spam_problems(config, render_issue(config, issue))]
+        except Exception:  # noqa: BLE001 - a failed score only leaves the line out
+            return
+        with self.lock:
+            if self.state is state:
+                state.problems = state.problems + problems
 
     def watch(self) -> None:
         """Poll modification times; re-render when anything changed."""
@@ -143,9 +160,22 @@ iframe { border:1px solid #bbb; background:#fff; height:1200px; }
 </div>
 <script>
 let version = -1;
+let shownProblems = "";
+function renderProblems(problems) {
+  const key = JSON.stringify(problems);
+  if (key === shownProblems) return;
+  shownProblems = key;
+  document.getElementById("problems").replaceChildren(...problems.map(p => {
+    const li = document.createElement("li");
+    li.className = p.split(":")[0];
+    li.textContent = p;
+    return li;
+  }));
+}
 async function refresh() {
   try {
     const state = await (await fetch("state.json?since=" + version, {cache: "no-store"})).json();
+    renderProblems(state.problems);
     if (state.version !== version) {
       version = state.version;
       document.body.dataset.version = version;
@@ -162,13 +192,6 @@ async function refresh() {
         document.getElementById("subject").textContent = state.subject;
         document.getElementById("preheader").textContent = state.preheader;
       }
-      const list = document.getElementById("problems");
-      list.replaceChildren(...state.problems.map(p => {
-        const li = document.createElement("li");
-        li.className = p.split(":")[0];
-        li.textContent = p;
-        return li;
-      }));
     }
   } catch (e) { /* server restarting: try again */ }
   setTimeout(refresh, 300);

@@ -148,8 +148,10 @@ def create_app(root: Path) -> Any:
         email = verify_token(state.secret, request.path_params["token"])
         if email is None:
             return _invalid(state)
+        # RFC 8058 clients send `List-Unsubscribe=One-Click` urlencoded or as multipart/form-data.
         form = parse_qs(body.decode("utf-8", "replace"))
-        one_click = form.get("List-Unsubscribe", [""])[0] == "One-Click"
+        one_click = form.get("List-Unsubscribe", [""])[0] == "One-Click" or (
+            b'name="List-Unsubscribe"' in body and b"One-Click" in body)
         await run_in_threadpool(record_unsubscribe, email, "one-click" if one_click else "page")
         return _page(config, "You are unsubscribed",
                      f"<p><strong>{html.escape(email)}</strong> will get no more emails from "
