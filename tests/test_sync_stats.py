@@ -66,7 +66,8 @@ def test_stats_table_and_json(ready_project: Path) -> None:
     journal = ready_project / "subscribers" / "sends" / f"{SEED_SLUG}.jsonl"
     journal.parent.mkdir(parents=True)
     emails = [f"r{i}@readers.net" for i in range(10)]
-    journal.write_text(json.dumps({"t": "batch", "b": 1, "emails": emails}) + "\n"
+    journal.write_text(json.dumps({"t": "run", "at": "2026-11-26T07:00:00+00:00"}) + "\n"
+                       + json.dumps({"t": "batch", "b": 1, "emails": emails}) + "\n"
                        + json.dumps({"t": "attempt", "b": 1, "n": 1}) + "\n"
                        + json.dumps({"t": "ok", "b": 1, "status": 202, "id": "x"}) + "\n")
     events = []
@@ -81,6 +82,11 @@ def test_stats_table_and_json(ready_project: Path) -> None:
     events.append({"email": emails[2], "event": "unsubscribe", "newsletter_issue": SEED_SLUG})
     events.append({"email": emails[3], "event": "open", "newsletter_issue": "another-issue"})
     (ready_project / "subscribers" / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    # an unsubscribe through our own page after the send counts too; one before it does not
+    (ready_project / "subscribers" / "unsubscribes.csv").write_text(
+        "email,event,at,source,detail\n"
+        f"{emails[6]},unsubscribe,2026-11-26T09:00:00Z,one-click,\n"
+        f"{emails[7]},unsubscribe,2026-11-20T09:00:00Z,page,\n")
     cli = Cli(ready_project)
     table = cli("stats", "--issue", SEED_SLUG)
     assert table.exit_code == 0, table.output
@@ -89,5 +95,5 @@ def test_stats_table_and_json(ready_project: Path) -> None:
     assert "2  https://a.net/x" in table.output
     data = json.loads(cli("stats", "--issue", SEED_SLUG, "--json").output)
     assert data["sent"] == 10 and data["bounced"] == {"count": 1, "rate": 0.1}
-    assert data["clicks"]["count"] == 2 and data["unsubscribes"]["count"] == 1
+    assert data["clicks"]["count"] == 2 and data["unsubscribes"]["count"] == 2
     assert data["top_links"][0] == {"url": "https://a.net/x", "unique_clicks": 2}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
 import json
 import time
 from collections.abc import Iterable, Iterator
@@ -175,6 +176,46 @@ class Stats:
         return out
 
 
+def _first_run(path: Path) -> dt.datetime | None:
+    for record in read_jsonl(path):
+        if record.get("t") == "run":
+            try:
+                return dt.datetime.fromisoformat(str(record["at"]))
+            except (KeyError, ValueError):
+                return None
+    return None
+
+
+def _own_unsubscribes(root: Path, slug: str) -> set[str]:
+    """Unsubscribes through our own page or one-click POST (the link does not name the issue): those that
+    came after this issue's first send and before the next issue's are counted for this one."""
+    from .journal import SENDS_DIR
+
+    sends = root / "subscribers" / SENDS_DIR
+    start = _first_run(sends / f"{slug}.jsonl")
+    if start is None:
+        return set()
+    later = [t for p in sends.glob("*.jsonl") if p.stem != slug and (t := _first_run(p)) and t > start]
+    end = min(later, default=None)
+    out: set[str] = set()
+    try:
+        fh = open(ledger_path(root), encoding="utf-8", errors="replace")  # noqa: SIM115
+    except FileNotFoundError:
+        return out
+    with fh:
+        for line in fh:
+            parts = line.rstrip("\n").split(",")
+            if len(parts) < 4 or parts[1] != "unsubscribe" or parts[3] not in ("page", "one-click"):
+                continue
+            try:
+                at = dt.datetime.fromisoformat(parts[2])
+            except ValueError:
+                continue
+            if at >= start and (end is None or at < end):
+                out.add(parts[0])
+    return out
+
+
 def issue_stats(root: Path, slug: str, sent: int) -> Stats:
     """Count the events SendGrid attributed to this issue (custom arg `newsletter_issue`)."""
     buckets: dict[str, set[str]] = {k: set() for k in ("delivered", "bounce", "open", "click", "unsub", "spam")}
@@ -198,6 +239,7 @@ def issue_stats(root: Path, slug: str, sent: int) -> Stats:
             buckets["unsub"].add(email)
         elif kind == "spamreport":
             buckets["spam"].add(email)
+    buckets["unsub"] |= _own_unsubscribes(root, slug)
     top = sorted(((u, len(s)) for u, s in links.items()), key=lambda x: (-x[1], x[0]))[:10]
     return Stats(slug, sent, len(buckets["delivered"]), len(buckets["bounce"]), len(buckets["open"]),
                  len(buckets["click"]), len(buckets["unsub"]), len(buckets["spam"]), top)
