@@ -100,6 +100,16 @@ def test_exact_delivery_with_suppressions_in_mixed_case(sender: Cli, fake: FakeS
         assert body["tracking_settings"]["subscription_tracking"] == {"enable": False}
 
 
+def test_invalid_addresses_in_the_list_are_skipped_and_reported(sender: Cli, fake: FakeSendGrid) -> None:
+    write_list(sender.root, [("ok@readers.net", ""), ("not an address", ""), ("two@@readers.net", ""),
+                             ("ümlaut@bücher.de", "")])
+    result = sender("send", "--issue", SEED_SLUG, "--yes")
+    assert result.exit_code == 0, result.output
+    assert "2 address(es) in subscribers.csv are not valid and will be skipped" in result.output
+    assert "'not an address'" in result.output
+    assert set(fake.delivered) == {"ok@readers.net", "ümlaut@bücher.de"}
+
+
 def test_each_reader_gets_their_own_link_in_body_and_headers(sender: Cli, fake: FakeSendGrid) -> None:
     write_list(sender.root, [("ada@readers.net", "Ada"), ("bob@readers.net", "")])
     assert sender("send", "--issue", SEED_SLUG, "--yes").exit_code == 0

@@ -88,6 +88,14 @@ def test_invalid_rows_reported_with_lines(cli: Cli, tmp_path: Path) -> None:
     assert "line 3: 'not-an-address'" in result.output and "line 5: '@nouser.net'" in result.output
 
 
+def test_addresses_written_with_names_or_mailto(cli: Cli, project: Path, tmp_path: Path) -> None:
+    f = tmp_path / "odd.csv"
+    f.write_text('email\n"Ada Lovelace <ada@example.net>"\nmailto:bob@example.net\n')
+    result = cli("subscribers", "import", str(f))
+    assert "added:           2" in result.output
+    assert [r["email"] for r in list_rows(project)] == ["ada@example.net", "bob@example.net"]
+
+
 def test_ragged_rows(cli: Cli) -> None:
     result = cli("subscribers", "import", str(EXPORTS / "ragged.csv"))
     assert result.exit_code == 0, result.output

@@ -107,12 +107,22 @@ def _lock(root: Path):  # type: ignore[no-untyped-def]
     return FileLock(str(list_path(root)) + ".lock", timeout=60)
 
 
+def _bare_address(raw: str) -> str:
+    """`Ada <ada@x.net>` and `mailto:ada@x.net` (as some exports write them) -> `ada@x.net`."""
+    raw = raw.strip()
+    if raw.lower().startswith("mailto:"):
+        raw = raw[7:].split("?", 1)[0]
+    if raw.endswith(">") and "<" in raw:
+        raw = raw[raw.rindex("<") + 1:-1]
+    return raw.strip()
+
+
 def validate_address(raw: str) -> str:
     """The normalised address, or raises ValueError with the reason (syntax only, no DNS)."""
     from email_validator import EmailNotValidError, validate_email
 
     try:
-        return str(validate_email(raw.strip(), check_deliverability=False).normalized)
+        return str(validate_email(_bare_address(raw), check_deliverability=False).normalized)
     except EmailNotValidError as exc:
         raise ValueError(str(exc)) from None
 
