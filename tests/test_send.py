@@ -446,3 +446,41 @@ def test_no_suppressed_address_is_ever_requested(tmp_path_factory, events) -> No
     sent = set(recipients(server))
     assert not sent & suppressed
     assert sent == {f"r{i}@readers.net" for i in range(60)} - suppressed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [7, 11, 23])
+def test_three_kills_during_a_20000_reader_send(sender: Cli, fake: FakeSendGrid, seed: int) -> None:
+    """kill -9 three times at moments when requests are in flight; then runs to the end. Nobody gets two
+    copies, and everyone not delivered is in a batch reported as in doubt."""
+    import random
+
+    from newsletter.journal import load_state
+
+    configure(sender.root, batch_size=500, concurrency=3, timeout=30)
+    rows = readers(20000)
+    write_list(sender.root, rows)
+    fake.latency = 0.03
+    exe = str(Path(sys.executable).parent / "newsletter")
+    argv = [exe, "send", "--root", str(sender.root), "--issue", SEED_SLUG, "--yes", "--no-sync"]
+    rnd = random.Random(seed)
+    for kill in range(3):
+        # some requests hang (accepted, answered late), some are dropped before acceptance
+        fake.plan = ["", "slow:20", "", "drop_before", "slow:20"] if kill != 1 else ["slow:20", "", "slow:20"]
+        seen = len(fake.requests)
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+        target = seen + rnd.randint(3, 8)
+        deadline = time.monotonic() + 60
+        while len(fake.requests) < target and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    fake.plan = []
+    final = subprocess.run(argv, capture_output=True, text=True, env=os.environ.copy(), timeout=300)
+    assert final.returncode == 1, final.stdout + final.stderr  # batches are in doubt
+    assert max(fake.delivered.values()) == 1
+    state = load_state(journal_path(sender.root, SEED_SLUG))
+    doubt = {e for b in state.doubt_batches.values() for e in b.emails}
+    everyone = {e for e, _ in rows}
+    assert set(fake.delivered) | doubt == everyone
+    assert f"in doubt: {len(doubt)} reader(s)" in final.stdout
