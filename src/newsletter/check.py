@@ -140,6 +140,11 @@ def check_issue(config: Config, issue: Issue, rendered: RenderedEmail, *, links:
         if _RESERVED.fullmatch(host) and _line_in_file(cfg_path, host) is None:
             # hosts written in newsletter.yaml are already reported once, as placeholders
             problems.append(Problem("error", f"link to the reserved example domain `{host}`: {url}", path, line))
+    local_images = [i.url for i in rendered.body.images if not urlsplit(i.url).scheme]
+    if local_images:
+        problems.append(Problem("note", f"{len(local_images)} image(s) load from {config.archive_url}/{issue.slug}/: "
+                                "publish `newsletter archive` there before sending (check --links tries them)",
+                                issue.body_path))
     for image in rendered.body.images:
         if not image.text:
             hint = f"write ![what it shows]({image.url})"
