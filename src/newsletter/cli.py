@@ -339,7 +339,8 @@ def send(root: Path, slug: str, yes: bool, dry_run: bool, to: tuple[str, ...], a
       newsletter send --issue micro-moments-of-connection --dry-run
       newsletter send --issue micro-moments-of-connection
     """
-    from .send import SendOptions, dispatch, parse_at, prepare
+    from .preflight import SendOptions, parse_at, prepare
+    from .send import dispatch
 
     for address in to:
         if "@" not in address:

@@ -1,10 +1,9 @@
-"""Dispatch: pre-flight, batching, last-moment suppression, retries, the journal, progress and the report."""
+"""Dispatch: batching, last-moment suppression, retries, the journal, progress and the report; status."""
 
 from __future__ import annotations
 
 import datetime as dt
 import random
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -13,67 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .bundle import Issue
-from .check import check_issue
-from .config import Config
 from .errors import SendError, TransportError
-from .journal import Journal, JournalState, journal_path, load_state, send_lock
+from .journal import Journal, journal_path, load_state, send_lock
 from .ledger import Ledger, load_ledger
+from .message import MessageBuilder
 from .pipeline import load
-from .render import RenderedEmail, reader_substitutions, render_issue
-from .sendgrid import Accepted, SendGridTransport, api_key_from_env, error_messages
-from .subscribers import iter_subscribers
-from .tokens import make_token, secret_from_env, unsubscribe_url
+from .preflight import Prepared, eligible_readers
+from .sendgrid import Accepted, SendGridTransport, error_messages
 
-MAX_PER_REQUEST = 1000  # SendGrid: at most 1000 personalizations (and recipients) per request
-SCHEDULE_LIMIT = dt.timedelta(hours=72)
 MAX_BACKOFF = 30.0
 MAX_RATE_LIMIT_WAIT = 300.0
-
-
-@dataclass
-class SendOptions:
-    """What the writer asked for."""
-
-    slug: str
-    dry_run: bool = False
-    to: tuple[str, ...] = ()
-    at: dt.datetime | None = None
-    resend_in_doubt: bool = False
-    sandbox: bool = False
-    concurrency: int | None = None
-    sync: bool = True
-
-
-@dataclass
-class Prepared:
-    """Everything checked and counted before anything goes out."""
-
-    root: Path
-    config: Config
-    issue: Issue
-    rendered: RenderedEmail
-    options: SendOptions
-    secret: str
-    api_key: str
-    subject: str
-    readers: int  # eligible now: not suppressed, not already sent, not in doubt
-    suppressed: int
-    already_sent: int
-    in_doubt_skipped: int
-    duplicates: int
-    journal: JournalState
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def batch_size(self) -> int:
-        """Readers per request."""
-        return min(self.config.sendgrid.batch_size, MAX_PER_REQUEST)
-
-    @property
-    def batches(self) -> int:
-        """Requests this run will make (before any split)."""
-        return -(-self.readers // self.batch_size)
 
 
 @dataclass
@@ -111,213 +59,6 @@ class SendReport:
     def ok(self) -> bool:
         """Every batch acknowledged and nothing left over."""
         return not (self.failed or self.in_doubt or self.not_attempted or self.stopped)
-
-
-def parse_at(text: str, now: dt.datetime | None = None) -> dt.datetime:
-    """--at: an ISO date-time (local time unless it has an offset), within SendGrid's 72 hours."""
-    try:
-        when = dt.datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise SendError(f"--at {text!r} is not a date and time such as 2026-12-01T07:53") from None
-    if when.tzinfo is None:
-        when = when.astimezone()  # the writer's local time
-    now = now or dt.datetime.now(dt.UTC)
-    if when <= now:
-        raise SendError(f"--at {text} is in the past", hint="omit --at to send now")
-    if when - now > SCHEDULE_LIMIT:
-        raise SendError(f"--at {text} is more than 72 hours ahead: SendGrid cannot schedule that far")
-    return when
-
-
-def prepare(root: Path, options: SendOptions) -> Prepared:
-    """Pre-flight: check passes, secrets present, the key works; count readers. Sends nothing."""
-    config, issue = load(root, options.slug)
-    rendered = render_issue(config, issue)
-    problems = check_issue(config, issue, rendered)
-    errors = [p for p in problems if p.level == "error"]
-    if errors:
-        listed = "\n".join(f"  {p}" for p in errors[:8]) + (f"\n  ... and {len(errors) - 8} more" if len(errors) > 8
-                                                             else "")
-        raise SendError(f"`newsletter check` found {len(errors)} error(s); nothing was sent:\n{listed}",
-                        hint=f"fix them, then run `newsletter check --issue {issue.slug}`")
-    missing = [name for name, ok in (("SENDGRID_API_KEY", options.dry_run or api_key_present()),
-                                      ("NEWSLETTER_SECRET", secret_present())) if not ok]
-    if missing:
-        raise SendError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set: "
-                        + "; ".join({"SENDGRID_API_KEY": "the API key sends the mail",
-                                     "NEWSLETTER_SECRET": "the secret signs every reader's unsubscribe link"}[m]
-                                    for m in missing),
-                        hint="export " + " and ".join(f"{m}=..." for m in missing))
-    secret, _ = secret_from_env(required=True)
-    api_key = "" if options.dry_run else api_key_from_env()
-    sync_warning = ""
-    if not options.dry_run:
-        transport = SendGridTransport(api_key, timeout=config.sendgrid.timeout)
-        scopes_known = True
-        try:
-            scopes = transport.scopes()
-        except TransportError as exc:
-            if exc.status in (401, 403):
-                raise SendError("SendGrid refused the API key (SENDGRID_API_KEY): " + str(exc),
-                                hint="check the key in SendGrid (Settings > API Keys); it may be revoked") from None
-            if exc.status not in (404, 405):
-                raise SendError(f"cannot check the API key: {exc}") from None
-            # An endpoint that does not list scopes (a proxy, an API stand-in): mail/send itself answers
-            # 401/403 for a bad key, which stops the send before a second request.
-            scopes, scopes_known = ["mail.send"], False
-        if "mail.send" not in scopes:
-            raise SendError("the API key lacks the `mail.send` permission",
-                            hint="give the key Mail Send access in SendGrid (Settings > API Keys)")
-        if options.sync and not options.to:
-            sync_warning = _sync_before_send(root, transport, scopes)
-        if not scopes_known:
-            sync_warning = "warning: GET /v3/scopes is not available here: the key's permissions were not checked"
-    journal = load_state(journal_path(root, issue.slug))
-    subject = rendered.subject
-    if options.to:
-        return Prepared(root, config, issue, rendered, options, secret, api_key, f"[Test] {subject}",
-                        len(options.to), 0, 0, 0, 0, journal)
-    ledger = load_ledger(root)
-    counts = {"readers": 0, "suppressed": 0, "sent": 0, "doubt": 0, "dups": 0}
-    invalid: list[str] = []
-    for _ in eligible_readers(root, ledger, journal, options.resend_in_doubt, counts, invalid):
-        counts["readers"] += 1
-    prepared = Prepared(root, config, issue, rendered, options, secret, api_key, subject, counts["readers"],
-                        counts["suppressed"], counts["sent"], counts["doubt"], counts["dups"], journal)
-    prepared.warnings = [str(p) for p in ledger.problems] + ([sync_warning] if sync_warning else [])
-    if counts.get("invalid"):
-        shown = ", ".join(repr(e) for e in invalid)
-        prepared.warnings.append(f"warning: {counts['invalid']} address(es) in subscribers.csv are not valid and "
-                                 f"will be skipped ({shown}); fix or remove them")
-    return prepared
-
-
-def _sync_before_send(root: Path, transport: SendGridTransport, scopes: list[str]) -> str:
-    """Pull SendGrid's suppressions into the ledger; a failure is a warning (SendGrid enforces its own)."""
-    from .sync import sync_suppressions
-
-    if not any(s.startswith("suppression") or s.startswith("asm") for s in scopes):
-        return "warning: the API key cannot read suppressions; skipped `newsletter sync` (use --no-sync to silence)"
-    try:
-        sync_suppressions(root, transport)
-    except TransportError as exc:
-        return f"warning: `newsletter sync` failed, sending with the local ledger only: {exc}"
-    return ""
-
-
-def api_key_present() -> bool:
-    """SENDGRID_API_KEY is set."""
-    import os
-
-    return bool(os.environ.get("SENDGRID_API_KEY", "").strip())
-
-
-def secret_present() -> bool:
-    """NEWSLETTER_SECRET is set."""
-    import os
-
-    return bool(os.environ.get("NEWSLETTER_SECRET", ""))
-
-
-def eligible_readers(root: Path, ledger: Ledger, journal: JournalState, resend_in_doubt: bool,
-                     counts: dict[str, int], invalid_examples: list[str] | None = None) -> Iterator[tuple[str, str]]:
-    """(address, name) of each reader to send to now, streamed; counts what was skipped and why."""
-    seen: set[int] = set()
-    sent, doubt = journal.sent, journal.in_doubt
-    counts.setdefault("invalid", 0)
-    for email, name in iter_subscribers(root):
-        key = email.strip().lower()
-        h = hash(key)
-        if h in seen:
-            counts["dups"] += 1
-            continue
-        seen.add(h)
-        if ledger.is_suppressed(key):
-            counts["suppressed"] += 1
-        elif len(key) > 320 or not _PLAUSIBLE.match(key):
-            # One malformed address makes SendGrid refuse the whole request (400): leave it out, say so.
-            counts["invalid"] += 1
-            if invalid_examples is not None and len(invalid_examples) < 5:
-                invalid_examples.append(email)
-        elif h in sent:
-            counts["sent"] += 1
-        elif h in doubt and not resend_in_doubt:
-            counts["doubt"] += 1
-        else:
-            yield key, name
-
-
-# Cheap enough for a million readers (email-validator costs 20 us each); the list was validated on import.
-_PLAUSIBLE = re.compile(r'^[^@\s<>(),;:"\[\]\\]+@(?:[\w-]+\.)+[\w-]{2,}$')
-
-
-def _to_name(name: str) -> str:
-    # SendGrid refuses `,` and `;` in to.name; the greeting keeps the name as written.
-    return " ".join(name.replace(",", " ").replace(";", " ").replace('"', "").split())
-
-
-class MessageBuilder:
-    """Builds request bodies: the shared part once, then a small personalization per reader."""
-
-    def __init__(self, prepared: Prepared) -> None:
-        p = prepared
-        cfg = p.config
-        s = cfg.sendgrid
-        self.secret = p.secret
-        self.base_url = cfg.base_url
-        self.mailto = s.unsubscribe_mailto
-        body: dict[str, Any] = {
-            "from": {"email": cfg.sender.email, "name": cfg.sender.name} if cfg.sender.name
-            else {"email": cfg.sender.email},
-            "subject": p.subject,
-            "content": [  # text/plain first, then text/html: SendGrid requires this order
-                {"type": "text/plain", "value": p.rendered.text},
-                {"type": "text/html", "value": p.rendered.html},
-            ],
-            "custom_args": {"newsletter_issue": p.issue.slug},
-            "tracking_settings": {
-                "click_tracking": {"enable": s.click_tracking, "enable_text": False},
-                "open_tracking": {"enable": s.open_tracking},
-                # Our own List-Unsubscribe headers and links; SendGrid's would point elsewhere.
-                "subscription_tracking": {"enable": False},
-            },
-        }
-        if cfg.reply_to and cfg.reply_to != cfg.sender.email:
-            body["reply_to"] = {"email": cfg.reply_to}
-        if s.categories:
-            body["categories"] = list(s.categories)
-        if s.asm_group_id:
-            body["asm"] = {"group_id": s.asm_group_id}
-            if s.asm_groups_to_display:
-                body["asm"]["groups_to_display"] = list(s.asm_groups_to_display)
-        if p.options.sandbox or s.sandbox:
-            body["mail_settings"] = {"sandbox_mode": {"enable": True}}
-        if p.options.at is not None:
-            body["send_at"] = int(p.options.at.timestamp())
-        self.shared = body
-
-    def personalization(self, email: str, name: str) -> dict[str, Any]:
-        """One reader: their address, name, signed unsubscribe link and List-Unsubscribe headers."""
-        token = make_token(self.secret, email)
-        url = unsubscribe_url(self.base_url, token)
-        header = f"<{url}>" if not self.mailto else f"<{url}>, <mailto:{self.mailto}?subject=unsubscribe>"
-        to: dict[str, str] = {"email": email}
-        to_name = _to_name(name)
-        if to_name:
-            to["name"] = to_name
-        return {
-            "to": [to],
-            "substitutions": reader_substitutions(name, token),
-            "headers": {"List-Unsubscribe": header, "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"},
-        }
-
-    def body(self, readers: list[tuple[str, str]]) -> dict[str, Any]:
-        """The request for these readers (one personalization each)."""
-        return {**self.shared, "personalizations": [self.personalization(e, n) for e, n in readers]}
-
-
-class _Stop(Exception):
-    """A batch answer that ends the run (400, 401, 403)."""
 
 
 class Dispatcher:

@@ -1,0 +1,78 @@
+"""SendGrid request bodies: the shared part built once, one small personalization per reader."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .render import reader_substitutions
+from .tokens import make_token, unsubscribe_url
+
+if TYPE_CHECKING:
+    from .preflight import Prepared
+
+MAX_PER_REQUEST = 1000  # SendGrid: at most 1000 personalizations (and recipients) per request
+
+
+def _to_name(name: str) -> str:
+    # SendGrid refuses `,` and `;` in to.name; the greeting keeps the name as written.
+    return " ".join(name.replace(",", " ").replace(";", " ").replace('"', "").split())
+
+
+class MessageBuilder:
+    """Builds request bodies: the shared part once, then a small personalization per reader."""
+
+    def __init__(self, prepared: Prepared) -> None:
+        p = prepared
+        cfg = p.config
+        s = cfg.sendgrid
+        self.secret = p.secret
+        self.base_url = cfg.base_url
+        self.mailto = s.unsubscribe_mailto
+        body: dict[str, Any] = {
+            "from": {"email": cfg.sender.email, "name": cfg.sender.name} if cfg.sender.name
+            else {"email": cfg.sender.email},
+            "subject": p.subject,
+            "content": [  # text/plain first, then text/html: SendGrid requires this order
+                {"type": "text/plain", "value": p.rendered.text},
+                {"type": "text/html", "value": p.rendered.html},
+            ],
+            "custom_args": {"newsletter_issue": p.issue.slug},
+            "tracking_settings": {
+                "click_tracking": {"enable": s.click_tracking, "enable_text": False},
+                "open_tracking": {"enable": s.open_tracking},
+                # Our own List-Unsubscribe headers and links; SendGrid's would point elsewhere.
+                "subscription_tracking": {"enable": False},
+            },
+        }
+        if cfg.reply_to and cfg.reply_to != cfg.sender.email:
+            body["reply_to"] = {"email": cfg.reply_to}
+        if s.categories:
+            body["categories"] = list(s.categories)
+        if s.asm_group_id:
+            body["asm"] = {"group_id": s.asm_group_id}
+            if s.asm_groups_to_display:
+                body["asm"]["groups_to_display"] = list(s.asm_groups_to_display)
+        if p.options.sandbox or s.sandbox:
+            body["mail_settings"] = {"sandbox_mode": {"enable": True}}
+        if p.options.at is not None:
+            body["send_at"] = int(p.options.at.timestamp())
+        self.shared = body
+
+    def personalization(self, email: str, name: str) -> dict[str, Any]:
+        """One reader: their address, name, signed unsubscribe link and List-Unsubscribe headers."""
+        token = make_token(self.secret, email)
+        url = unsubscribe_url(self.base_url, token)
+        header = f"<{url}>" if not self.mailto else f"<{url}>, <mailto:{self.mailto}?subject=unsubscribe>"
+        to: dict[str, str] = {"email": email}
+        to_name = _to_name(name)
+        if to_name:
+            to["name"] = to_name
+        return {
+            "to": [to],
+            "substitutions": reader_substitutions(name, token),
+            "headers": {"List-Unsubscribe": header, "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"},
+        }
+
+    def body(self, readers: list[tuple[str, str]]) -> dict[str, Any]:
+        """The request for these readers (one personalization each)."""
+        return {**self.shared, "personalizations": [self.personalization(e, n) for e, n in readers]}
