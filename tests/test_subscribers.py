@@ -136,6 +136,17 @@ def test_file_without_header_row(cli: Cli, project: Path, tmp_path: Path) -> Non
     assert [r["email"] for r in list_rows(project)] == ["ada@example.net", "bob@example.net"]
 
 
+def test_root_before_or_after_the_verb(project: Path) -> None:
+    from click.testing import CliRunner
+
+    from newsletter.cli import main
+
+    runner = CliRunner()
+    assert runner.invoke(main, ["subscribers", "--root", str(project), "add", "a@readers.net"]).exit_code == 0
+    assert runner.invoke(main, ["subscribers", "add", "--root", str(project), "b@readers.net"]).exit_code == 0
+    assert [r["email"] for r in list_rows(project)] == ["a@readers.net", "b@readers.net"]
+
+
 def test_missing_file(cli: Cli, tmp_path: Path) -> None:
     result = cli("subscribers", "import", str(tmp_path / "nope.csv"))
     assert result.exit_code == 1 and "file not found" in result.output

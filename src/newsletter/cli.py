@@ -52,6 +52,10 @@ def command_options(func: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(ctx: click.Context, root: Path | None, debug: bool, **kwargs: Any) -> Any:
         from .config import resolve_root
 
+        parent = ctx.parent
+        while root is None and parent is not None:  # `newsletter subscribers --root DIR import ...`
+            root = parent.params.get("root")
+            parent = parent.parent
         return _run(ctx, func, resolve_root(root), **kwargs)
 
     return wrapper
@@ -166,7 +170,9 @@ def new(root: Path, title: str, slug: str | None, date_text: str | None) -> None
 
 
 @main.group()
-def subscribers() -> None:
+@click.option("--root", "root", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="The newsletter's folder (also accepted after the subcommand's name).")
+def subscribers(root: Path | None) -> None:
     """Manage the list (subscribers/subscribers.csv) against the unsubscribe ledger.
 
     \b
