@@ -63,8 +63,10 @@ def command_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of short error messages.")
+@click.option("--root", "root", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="The newsletter's folder (usually given after the command's name).")
 @click.version_option(package_name="newsletter")
-def main(debug: bool) -> None:
+def main(debug: bool, root: Path | None) -> None:
     """Turn weekly essays into responsive emails and deliver them through SendGrid.
 
     An issue is a folder issues/<slug>/ with issue.yaml and body.md; the publication is newsletter.yaml.
