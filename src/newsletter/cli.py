@@ -33,6 +33,11 @@ def _run(ctx: click.Context, func: Callable[..., Any], *args: Any, **kwargs: Any
         ctx.exit(exc.exit_code)
     except (click.exceptions.Exit, click.ClickException, click.Abort, KeyboardInterrupt):
         raise
+    except BrokenPipeError:
+        # The reader of our output went away (`newsletter subscribers list | head`): stop quietly.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        ctx.exit(1)
     except Exception as exc:  # noqa: BLE001 - the one place a bug becomes a short message
         if _debug_wanted(ctx):
             raise
