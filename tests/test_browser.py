@@ -50,3 +50,31 @@ def test_no_horizontal_scroll_and_cta_visible(browser, cli: Cli, project: Path, 
         assert font == "16px"
     finally:
         page.close()
+
+
+def test_dark_mode_keeps_everything_readable(browser, cli: Cli, project: Path) -> None:
+    from newsletter.check import contrast_ratio
+
+    assert cli("render").exit_code == 0
+    page = browser.new_page(viewport={"width": 375, "height": 800})
+    try:
+        page.emulate_media(color_scheme="dark")
+        page.goto((project / "build" / SEED_SLUG / "email.html").as_uri())
+
+        def hex_of(js: str) -> str:
+            rgb = page.evaluate(js)
+            r, g, b = (int(x) for x in rgb[rgb.index("(") + 1:rgb.index(")")].split(",")[:3])
+            return f"#{r:02x}{g:02x}{b:02x}"
+
+        text = hex_of("getComputedStyle(document.querySelector('.nl-text p')).color")
+        background = hex_of("getComputedStyle(document.querySelector('.nl-content')).backgroundColor")
+        assert (text, background) == ("#ece8e3", "#1e1e1e")
+        assert contrast_ratio(text, background) >= 4.5
+        button = page.get_by_role("link", name="Reserve your place")
+        label = hex_of("getComputedStyle(document.querySelector('a[href*=\"from-trauma-to-triumph\"]')).color")
+        fill = button.evaluate("e => getComputedStyle(e.closest('td')).backgroundColor")
+        assert label == "#ffffff" and contrast_ratio(label, "#6b3f7d") >= 4.5, (label, fill)
+        body_bg = hex_of("getComputedStyle(document.body).backgroundColor")
+        assert body_bg == "#121212"
+    finally:
+        page.close()
