@@ -88,6 +88,17 @@ def test_mistyped_mjml_tag_is_caught(ready_project: Path) -> None:
     assert "unknown MJML tag `<mj-textt>`" in result.output
 
 
+def test_mjml_python_traps_are_flagged(ready_project: Path) -> None:
+    email = ready_project / "layouts" / "email.mjml"
+    email.write_text(email.read_text().replace('<mj-section padding="0px" />', '<mj-section padding="0 24px" />')
+                     .replace("<mj-all ", '<mj-body background-color="#000000" />\n      <mj-all ')
+                     .replace("<mj-style>", '<mj-style inline="inline">'))
+    result = Cli(ready_project)("check", "--no-spam")
+    assert 'padding="0 24px": write 0px, not 0' in result.output
+    assert "<mj-body> inside <mj-attributes> is ignored" in result.output
+    assert '<mj-style inline="inline"> is not inlined' in result.output
+
+
 def test_low_contrast_brand_colours(ready_project: Path) -> None:
     path = ready_project / "newsletter.yaml"
     path.write_text(path.read_text() + 'brand: {colors: {text: "#cccccc"}}\n')

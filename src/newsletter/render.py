@@ -224,6 +224,18 @@ def output_warnings(rendered: RenderedEmail) -> list[Problem]:
     leftover = re.search(r"<mj-[a-z-]+", rendered.html)
     if leftover:
         out.append(Problem("error", f"unknown MJML tag `{leftover.group(0)}>` copied into the HTML (a typo?)", where))
+    # mjml-python's silent differences from MJML (MJML-NOTES): say so instead of rendering differently.
+    for attrs in re.findall(r'\b(?:padding|inner-padding)="([^"]*)"', rendered.mjml):
+        if any(token == "0" for token in attrs.split()):
+            out.append(Problem("warning", f'padding="{attrs}": write 0px, not 0 (a bare 0 breaks the column '
+                               "width in Outlook with mjml-python)", where))
+            break
+    if re.search(r"<mj-attributes>(?:(?!</mj-attributes>).)*<mj-body\b", rendered.mjml, re.S):
+        out.append(Problem("warning", "<mj-body> inside <mj-attributes> is ignored by mjml-python: set "
+                           "background-color on <mj-body> itself", where))
+    if re.search(r'<mj-style[^>]*\binline="inline"', rendered.mjml):
+        out.append(Problem("warning", '<mj-style inline="inline"> is not inlined by mjml-python: the rules stay '
+                           "in <style>, which some clients drop", where))
     for marker in ("{{", "{%"):
         for part, content in (("HTML", rendered.html), ("text", rendered.text)):
             if marker in content:
