@@ -60,9 +60,11 @@ def main() -> None:
         process = timed_runs([exe, "render", "--out", out], args.runs, env)
         print(f"whole process `newsletter render`, median of {args.runs}: {process:.1f} ms")
         mjml_file = Path(out) / SLUG / "email.mjml"
-        npm = args.mjml or shutil.which("mjml") or shutil.which("mjml", path=str(REPO / "node_modules" / ".bin"))
+        npm = (args.mjml or shutil.which("mjml")
+               or shutil.which("mjml", path=str(REPO / ".ci" / "mjml" / "node_modules" / ".bin"))
+               or shutil.which("mjml", path=str(REPO / "node_modules" / ".bin")))
         if not npm or not shutil.which("node"):
-            print("npm mjml: not installed (npm install mjml@5.4.1, then pass --mjml node_modules/.bin/mjml)")
+            print("npm mjml: not installed (`bash .ci/run` installs it into .ci/mjml; or pass --mjml PATH)")
             return
         version = subprocess.run([npm, "--version"], capture_output=True, text=True).stdout.split()
         reference = timed_runs([npm, str(mjml_file), "-s"], args.runs)
