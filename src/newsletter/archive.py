@@ -15,7 +15,7 @@ from .config import Config, load_config
 from .files import write_atomic
 from .journal import journal_path, load_state
 from .markup import inline_html
-from .render import TOKEN_TAG, _styles, fill, reader_substitutions, render_issue
+from .render import TOKEN_TAG, brand_styles, fill, reader_substitutions, render_issue
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".svg", ".avif"}
 _UNSUB_LINK = re.compile(r"<a\b[^>]*/unsubscribe/[^>]*>.*?</a>", re.S | re.I)
@@ -50,7 +50,7 @@ def web_page(config: Config, issue: Issue) -> str:
 
 
 def _feed(config: Config, issues: list[Issue], feed_url: str) -> str:
-    styles = _styles(config)
+    styles = brand_styles(config)
     updated = max((i.date for i in issues), default=dt.date.today())
     entries = []
     for issue in issues:

@@ -45,10 +45,9 @@ def placeholder_problems(data: dict[str, Any], path: Path, line_of: Any) -> list
         if _PLACEHOLDER.search(value):
             out.append(Problem("error", f"`{dotted}` is still a placeholder ({value.strip()[:60]!r})",
                                path, line_of(*keys)))
-        elif _RESERVED.search(value):
-            out.append(Problem("error", f"`{dotted}` uses the reserved example domain "
-                               f"`{_RESERVED.search(value).group(0)}`: put the real one",  # type: ignore[union-attr]
-                               path, line_of(*keys)))
+        elif reserved := _RESERVED.search(value):
+            out.append(Problem("error", f"`{dotted}` uses the reserved example domain `{reserved.group(0)}`: "
+                               "put the real one", path, line_of(*keys)))
     return out
 
 

@@ -22,10 +22,13 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import SendError
 from .files import read_jsonl
+
+if TYPE_CHECKING:
+    from filelock import BaseFileLock
 
 SENDS_DIR = "sends"
 
@@ -151,7 +154,7 @@ class Journal:
             os.fsync(self._fd)
 
 
-def send_lock(root: Path, slug: str):  # type: ignore[no-untyped-def]
+def send_lock(root: Path, slug: str) -> BaseFileLock:
     """An exclusive lock per issue; flock is released by the kernel when a killed process dies."""
     from filelock import FileLock
 

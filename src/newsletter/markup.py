@@ -150,6 +150,11 @@ def inline_html(markdown: str, styles: Styles, asset_base_url: str = "") -> str:
     return str(_MD.renderer.render(tokens, _MD.options, {})).strip()
 
 
+def text_of(markdown: str) -> str:
+    """Plain text of a short Markdown text (a workshop pitch)."""
+    return to_text(_MD.parse(markdown))
+
+
 def _to_mjml(tokens: list[Token], styles: Styles) -> str:
     out: list[str] = []
     pending: list[Token] = []  # consecutive text blocks share one mj-text (fewer table rows, smaller HTML)

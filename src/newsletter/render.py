@@ -80,7 +80,8 @@ def reader_substitutions(name: str, token: str) -> dict[str, str]:
     return {NAME_HTML_TAG: html_lib.escape(name, quote=True), NAME_TEXT_TAG: name, TOKEN_TAG: token}
 
 
-def _styles(config: Config) -> markup.Styles:
+def brand_styles(config: Config) -> markup.Styles:
+    """The colours and fonts that inline styles are made from."""
     c = config.colors
     return markup.Styles(text=c["text"], heading=c["heading"], accent=c["accent"], muted=c["muted"],
                          heading_font=config.fonts["heading"], body_font=config.fonts["body"])
@@ -92,15 +93,14 @@ def view_url(config: Config, issue: Issue) -> str:
 
 
 def _context(config: Config, issue: Issue, body: markup.Body, for_text: bool, web: bool = False) -> dict[str, Any]:
-    styles = _styles(config)
+    styles = brand_styles(config)
     workshop = config.workshops.get(issue.workshop) if issue.workshop else None
     next_workshop = config.workshops.get(workshop.next) if workshop and workshop.next else None
     name_tag = NAME_TEXT_TAG if for_text else NAME_HTML_TAG
     greeting = issue.greeting.replace("{name}", name_tag) if issue.greeting else ""
     pitch_text = pitch_html = ""
     if workshop and workshop.pitch:
-        pitch_tokens = markup._MD.parse(workshop.pitch)
-        pitch_text = markup.to_text(pitch_tokens)
+        pitch_text = markup.text_of(workshop.pitch)
         pitch_html = Markup(markup.inline_html(workshop.pitch, styles))
     details = [d for d in (workshop.date, workshop.format, workshop.location, workshop.price)] if workshop else []
     return {
@@ -198,7 +198,7 @@ def render_issue(config: Config, issue: Issue, *, web: bool = False) -> Rendered
     if not folder.is_dir():
         raise LayoutError("no layouts/ folder", path=folder, hint=f"it holds {EMAIL_LAYOUT} and {TEXT_LAYOUT}")
     env = _environment(str(folder))
-    body = markup.convert(issue.body_md, _styles(config), "" if web else view_url(config, issue))
+    body = markup.convert(issue.body_md, brand_styles(config), "" if web else view_url(config, issue))
     html_context = _context(config, issue, body, for_text=False, web=web)
     mjml_text = _render_template(env, folder, EMAIL_LAYOUT, html_context)
     try:

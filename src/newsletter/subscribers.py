@@ -11,10 +11,14 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import SubscriberError
 from .ledger import Ledger, load_ledger
 from .tokens import normalize_email
+
+if TYPE_CHECKING:
+    from filelock import BaseFileLock
 
 LIST_NAME = "subscribers.csv"
 # Column names used by the tools writers leave: Mailchimp, Substack, Buttondown, Kit/ConvertKit, Ghost...
@@ -101,7 +105,7 @@ def write_list(path: Path, header: list[str], rows: Iterator[list[str]] | list[l
         raise
 
 
-def _lock(root: Path):  # type: ignore[no-untyped-def]
+def _lock(root: Path) -> BaseFileLock:
     from filelock import FileLock
 
     return FileLock(str(list_path(root)) + ".lock", timeout=60)
