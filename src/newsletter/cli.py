@@ -323,6 +323,8 @@ def resubscribe(root: Path, addresses: tuple[str, ...], note: str) -> None:
       newsletter resubscribe ada@example.net --note "signed up again on the site"
     """
     _ledger_append(root, addresses, "resubscribe", "cli", note)
+    click.echo("if SendGrid suppresses the address too (a bounce, or its own unsubscribe list), remove it there "
+               "as well: SendGrid drops mail to its suppressed addresses", err=True)
 
 
 @main.command()
