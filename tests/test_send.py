@@ -89,6 +89,7 @@ def test_exact_delivery_with_suppressions_in_mixed_case(sender: Cli, fake: FakeS
     assert "sent: 2496 reader(s) in 3 batch(es)" in result.output
     assert "suppressed: 4" in result.output and "in doubt: 0 reader(s)" in result.output
     assert "readers:    2496 (after suppression)" in result.output
+    assert "progress: 2496/2496 readers, batch 3/3" in result.output  # plain lines when not a terminal
     for body in fake.requests:
         assert len(body["personalizations"]) <= 1000
         assert all(len(p["to"]) == 1 for p in body["personalizations"])

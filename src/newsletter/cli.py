@@ -29,6 +29,8 @@ def _run(ctx: click.Context, func: Callable[..., Any], *args: Any, **kwargs: Any
     except NewsletterError as exc:
         if _debug_wanted(ctx):
             raise
+        if exc.path is not None:
+            exc.path = _show(Path(exc.path))
         click.secho(f"error: {exc}", err=True, fg="red")
         ctx.exit(exc.exit_code)
     except (click.exceptions.Exit, click.ClickException, click.Abort, KeyboardInterrupt):
@@ -81,6 +83,8 @@ def main(debug: bool, root: Path | None) -> None:
 
 def _echo_problem(problem: Any) -> None:
     color = {"error": "red", "warning": "yellow"}.get(problem.level)
+    if problem.path is not None:
+        problem.path = _show(Path(problem.path))  # relative to where the writer stands, when inside it
     click.secho(str(problem), fg=color, err=False)
 
 
