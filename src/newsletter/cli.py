@@ -507,8 +507,7 @@ def serve(root: Path, host: str, port: int) -> None:
     """
     from .web import serve as run_server
 
-    click.echo(f"serving on http://{host}:{port} (Ctrl-C to stop)", err=True)
-    run_server(root, host, port)
+    run_server(root, host, port, ready=lambda url: click.echo(f"serving on {url} (Ctrl-C to stop)", err=True))
 
 
 @main.command()

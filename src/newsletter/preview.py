@@ -249,8 +249,12 @@ def run_preview(root: Path, slug: str | None, host: str, port: int, *, open_brow
                 ready: Any = None) -> None:
     """Serve the preview until interrupted."""
     previewer = Previewer(root, slug)
+    try:
+        server = make_server(previewer, host, port)
+    except OSError as exc:
+        raise NewsletterError(f"cannot listen on {host}:{port}: {exc.strerror}",
+                              hint="choose another with --port (0 picks a free one)") from None
     previewer.start()
-    server = make_server(previewer, host, port)
     url = f"http://{host}:{server.server_address[1]}/"
     if ready:
         ready(url)

@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from .config import Config, load_config
+from .errors import NewsletterError
 from .events import (
     PUBLIC_KEY_ENV,
     SIGNATURE_HEADER,
@@ -212,13 +213,24 @@ class AccessLog:
                      (time.perf_counter() - start) * 1000)
 
 
-def serve(root: Path, host: str, port: int) -> None:
-    """Run the app on uvicorn until interrupted."""
+def serve(root: Path, host: str, port: int, ready: Any = None) -> None:
+    """Run the app on uvicorn until interrupted; `ready(url)` is called once the port is known to be free."""
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if not os.environ.get(PUBLIC_KEY_ENV):
         log.warning("%s is not set: the event webhook will refuse every request (403)", PUBLIC_KEY_ENV)
     app = create_app(root)
+    import socket
+
+    with socket.socket() as probe:  # a clear message instead of uvicorn's log line when the port is taken
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise NewsletterError(f"cannot listen on {host}:{port}: {exc.strerror}",
+                                  hint="choose another with --port") from None
+    if ready:
+        ready(f"http://{host}:{port}")
     uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning", proxy_headers=True,
                 limit_concurrency=1000, timeout_keep_alive=5)
