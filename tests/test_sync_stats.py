@@ -52,6 +52,21 @@ def test_sync_pages_through_every_list_and_is_idempotent(ready_project: Path, fa
     assert len(lines) == 1 + 1 + 1206
 
 
+def test_sync_respects_a_later_resubscribe(ready_project: Path, fake: FakeSendGrid) -> None:
+    now = int(time.time())
+    append_event(ledger_path(ready_project), "back@readers.net", "unsubscribe")
+    append_event(ledger_path(ready_project), "back@readers.net", "resubscribe")
+    append_event(ledger_path(ready_project), "again@readers.net", "resubscribe")
+    fake.suppressions = {"/v3/suppression/unsubscribes": [
+        {"email": "back@readers.net", "created": now - 86400},  # listed before they came back
+        {"email": "again@readers.net", "created": now + 60},  # unsubscribed again after resubscribing
+    ]}
+    assert Cli(ready_project)("sync").exit_code == 0
+    ledger = Ledger(ledger_path(ready_project))
+    assert not ledger.is_suppressed("back@readers.net")
+    assert ledger.is_suppressed("again@readers.net")
+
+
 def test_send_syncs_first_unless_told_not_to(ready_project: Path, fake: FakeSendGrid,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NEWSLETTER_SECRET", "s")

@@ -45,6 +45,26 @@ def _created(item: dict[str, Any]) -> int:
         return 0
 
 
+def _resubscribe_times(root: Path) -> dict[str, int]:
+    """When each address last resubscribed (unix seconds): a SendGrid listing older than that is stale."""
+    import datetime as dt
+
+    times: dict[str, int] = {}
+    try:
+        fh = open(ledger_path(root), encoding="utf-8", errors="replace")  # noqa: SIM115
+    except FileNotFoundError:
+        return times
+    with fh:
+        for line in fh:
+            parts = line.split(",")
+            if len(parts) >= 3 and parts[1] == "resubscribe":
+                try:
+                    times[parts[0].strip().lower()] = int(dt.datetime.fromisoformat(parts[2]).timestamp())
+                except ValueError:
+                    continue
+    return times
+
+
 def sync_suppressions(root: Path, transport: Any, *, full: bool = False) -> SyncReport:
     """Fetch every list page by page and append what the ledger lacks; idempotent."""
     path = state_path(root)
@@ -57,6 +77,7 @@ def sync_suppressions(root: Path, transport: Any, *, full: bool = False) -> Sync
     started = int(time.time())
     report = SyncReport(since=since)
     ledger = load_ledger(root)
+    resubscribed = _resubscribe_times(root)
     for endpoint, event in LISTS.items():
         new: list[Event] = []
         offset = fetched = 0
@@ -76,8 +97,8 @@ def sync_suppressions(root: Path, transport: Any, *, full: bool = False) -> Sync
                 latest = ledger.event_of(email)
                 if latest is not None and latest != "resubscribe":
                     continue  # already suppressed: nothing to add
-                if latest == "resubscribe" and _created(item) and _created(item) < since:
-                    continue  # they came back after SendGrid listed them
+                if latest == "resubscribe" and _created(item) <= resubscribed.get(email, 0):
+                    continue  # they came back after SendGrid listed them: our ledger's word stands
                 detail = str(item.get("reason") or item.get("group_name") or "")[:200]
                 new.append(Event(email, event, source="sendgrid", detail=f"{endpoint}: {detail}".strip(": ")))
                 ledger.latest[email] = event
