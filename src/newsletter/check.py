@@ -255,7 +255,8 @@ def spam_problems(config: Config, rendered: RenderedEmail) -> list[Problem]:
         return [Problem("warning", f"spam score unavailable: {exc}")]
     fired = ", ".join(f"{name} {points:+g}" for points, name, _ in result.rules if points) or "none with points"
     level = "error" if result.score >= ERROR_AT else "warning" if result.score >= WARN_AT else "note"
-    return [Problem(level, f"spam score {result.score:g} (SpamAssassin, error at {ERROR_AT:g}); rules: {fired}")]
+    score = round(result.score, 1) + 0.0  # no "-0.0"
+    return [Problem(level, f"spam score {score:.1f} (SpamAssassin, error at {ERROR_AT:g}); rules: {fired}")]
 
 
 def link_problems(config: Config, issue: Issue, rendered: RenderedEmail, body_lines: dict[str, int]) -> list[Problem]:

@@ -85,7 +85,8 @@ def _echo_problem(problem: Any) -> None:
     color = {"error": "red", "warning": "yellow"}.get(problem.level)
     if problem.path is not None:
         problem.path = _show(Path(problem.path))  # relative to where the writer stands, when inside it
-    click.secho(str(problem), fg=color, err=False)
+    # errors and warnings on stdout, one per line; notes (the spam score, counts) are commentary: stderr
+    click.secho(str(problem), fg=color, err=problem.level not in ("error", "warning"))
 
 
 @main.command()
@@ -146,7 +147,8 @@ def check(root: Path, slug: str | None, links: bool, no_spam: bool) -> None:
         _echo_problem(problem)
     errors = sum(p.level == "error" for p in problems)
     warnings = sum(p.level == "warning" for p in problems)
-    click.echo(f"{issue.slug}: {errors} error(s), {warnings} warning(s)")
+    # stdout holds only the problem lines (for scripts); the tally goes to stderr
+    click.echo(f"{issue.slug}: {errors} error(s), {warnings} warning(s)", err=True)
     if errors:
         sys.exit(1)
 
