@@ -165,6 +165,15 @@ def test_markdown_features_become_email_safe_mjml(cli: Cli, project: Path) -> No
     assert "[Sunlight through trees]" in text
 
 
+def test_author_signs_the_essay(cli: Cli, project: Path) -> None:
+    meta = project / "issues" / SEED_SLUG / "issue.yaml"
+    meta.write_text(meta.read_text() + "author: Maya Hart\n")
+    assert cli("render").exit_code == 0
+    out = project / "build" / SEED_SLUG
+    assert "— Maya Hart</p>" in (out / "email.html").read_text()
+    assert "all along.\n\n— Maya Hart\n" in (out / "email.txt").read_text()
+
+
 def test_newest_issue_by_date_is_the_default(cli: Cli, project: Path) -> None:
     older = project / "issues" / "an-older-essay"
     older.mkdir()

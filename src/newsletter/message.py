@@ -44,7 +44,7 @@ class MessageBuilder:
                 "subscription_tracking": {"enable": False},
             },
         }
-        if cfg.reply_to and cfg.reply_to != cfg.sender.email:
+        if cfg.reply_to:
             body["reply_to"] = {"email": cfg.reply_to}
         if s.categories:
             body["categories"] = list(s.categories)
