@@ -14,7 +14,7 @@ from typing import Any
 
 from .errors import NewsletterError
 from .files import append_durably, read_jsonl
-from .ledger import Event, Ledger, append_events, ledger_path
+from .ledger import Event, Ledger, append_events, iter_events, ledger_path
 
 EVENTS_NAME = "events.jsonl"
 PUBLIC_KEY_ENV = "SENDGRID_WEBHOOK_PUBLIC_KEY"
@@ -197,23 +197,8 @@ def _own_unsubscribes(root: Path, slug: str) -> set[str]:
         return set()
     later = [t for p in sends.glob("*.jsonl") if p.stem != slug and (t := _first_run(p)) and t > start]
     end = min(later, default=None)
-    out: set[str] = set()
-    try:
-        fh = open(ledger_path(root), encoding="utf-8", errors="replace")  # noqa: SIM115
-    except FileNotFoundError:
-        return out
-    with fh:
-        for line in fh:
-            parts = line.rstrip("\n").split(",")
-            if len(parts) < 4 or parts[1] != "unsubscribe" or parts[3] not in ("page", "one-click"):
-                continue
-            try:
-                at = dt.datetime.fromisoformat(parts[2])
-            except ValueError:
-                continue
-            if at >= start and (end is None or at < end):
-                out.add(parts[0])
-    return out
+    return {e.email for e, at in iter_events(ledger_path(root), "unsubscribe")
+            if e.source in ("page", "one-click") and at is not None and at >= start and (end is None or at < end)}
 
 
 def issue_stats(root: Path, slug: str, sent: int) -> Stats:

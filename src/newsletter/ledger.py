@@ -11,7 +11,7 @@ import csv
 import datetime as dt
 import io
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,6 +183,23 @@ class Ledger:
         counts: Counter[str] = Counter(e for e in self.latest.values() if e != "resubscribe")
         counts[UNREADABLE] += sum(1 for e in self._tail_emails if self.latest.get(e, "resubscribe") == "resubscribe")
         return +counts
+
+
+def iter_events(path: Path, kind: str | None = None) -> Iterator[tuple[Event, dt.datetime | None]]:
+    """Readable events of the ledger in order (of one kind, if given), each with its time parsed."""
+    try:
+        fh = open(path, encoding="utf-8", errors="replace", newline="")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        return
+    with fh:
+        for row in csv.reader(fh):
+            if len(row) != 5 or row[1] not in _EVENT or (kind and row[1] != kind):
+                continue
+            try:
+                at: dt.datetime | None = dt.datetime.fromisoformat(row[2])
+            except ValueError:
+                at = None
+            yield Event(row[0].strip().lower(), row[1], row[2], row[3], row[4]), at
 
 
 def load_ledger(root: Path) -> Ledger:

@@ -10,7 +10,7 @@ from typing import Any
 
 from .errors import TransportError
 from .files import write_atomic
-from .ledger import Event, append_events, ledger_path, load_ledger
+from .ledger import Event, append_events, iter_events, ledger_path, load_ledger
 
 STATE_NAME = "sync.json"
 PAGE = 500  # SendGrid's maximum `limit` for the suppression lists
@@ -47,22 +47,7 @@ def _created(item: dict[str, Any]) -> int:
 
 def _resubscribe_times(root: Path) -> dict[str, int]:
     """When each address last resubscribed (unix seconds): a SendGrid listing older than that is stale."""
-    import datetime as dt
-
-    times: dict[str, int] = {}
-    try:
-        fh = open(ledger_path(root), encoding="utf-8", errors="replace")  # noqa: SIM115
-    except FileNotFoundError:
-        return times
-    with fh:
-        for line in fh:
-            parts = line.split(",")
-            if len(parts) >= 3 and parts[1] == "resubscribe":
-                try:
-                    times[parts[0].strip().lower()] = int(dt.datetime.fromisoformat(parts[2]).timestamp())
-                except ValueError:
-                    continue
-    return times
+    return {e.email: int(at.timestamp()) for e, at in iter_events(ledger_path(root), "resubscribe") if at}
 
 
 def sync_suppressions(root: Path, transport: Any, *, full: bool = False) -> SyncReport:
