@@ -152,6 +152,10 @@ def test_rerun_sends_nothing_twice(sender: Cli, fake: FakeSendGrid) -> None:
     assert second.exit_code == 0, second.output
     assert "already sent earlier: 1200" in second.output
     assert len(fake.delivered) == 1300 and max(fake.delivered.values()) == 1
+    third = sender("send", "--issue", SEED_SLUG)  # nothing left: no question asked, nothing sent
+    assert third.exit_code == 0, third.output
+    assert "nothing to send" in third.output and "Send now?" not in third.output
+    assert sum(fake.delivered.values()) == 1300
 
 
 def test_400_prints_sendgrids_errors_and_stops(sender: Cli, fake: FakeSendGrid) -> None:

@@ -389,9 +389,13 @@ def send(root: Path, slug: str, yes: bool, dry_run: bool, to: tuple[str, ...], a
         click.echo(f"batches:    {p.batches} (up to {p.batch_size} readers each)")
     if at:
         click.echo(f"scheduled:  {at.isoformat(timespec='minutes')}")
+    if not to and p.readers == 0:
+        click.echo("nothing to send: every reader on the list has been sent this issue, is suppressed, or is in "
+                   "doubt" if p.already_sent or p.suppressed or p.in_doubt_skipped
+                   else "nothing to send: subscribers/subscribers.csv has no readers")
     if dry_run:
         click.echo("dry run: nothing will be sent")
-    elif not (yes or to):
+    elif not (yes or to or p.readers == 0):
         try:
             confirmed = click.confirm("Send now?", default=False)
         except click.Abort:  # no terminal to answer on (cron, a pipe)
