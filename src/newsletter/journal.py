@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import SendError
-from .files import read_jsonl
+from .files import open_for_append, read_jsonl
 
 if TYPE_CHECKING:
     from filelock import BaseFileLock
@@ -129,14 +129,8 @@ class Journal:
         self._fd: int | None = None
 
     def __enter__(self) -> Journal:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        size = os.fstat(self._fd).st_size
-        if size:
-            with open(self.path, "rb") as fh:
-                fh.seek(size - 1)
-                if fh.read(1) != b"\n":
-                    os.write(self._fd, b"\n")  # a torn last line from a kill: start on a fresh one
+        # One descriptor for the whole run (the per-issue send lock keeps other writers out).
+        self._fd = open_for_append(self.path)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -14,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import SubscriberError
+from .files import atomic_writer
 from .ledger import Ledger, load_ledger
 from .tokens import normalize_email
 
@@ -89,20 +88,11 @@ def read_list(root: Path) -> tuple[list[str], list[list[str]]]:
 
 
 def write_list(path: Path, header: list[str], rows: Iterator[list[str]] | list[list[str]]) -> None:
-    """Rewrite the list atomically: a temp file beside it, fsynced, then os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            writer = csv.writer(fh, lineterminator="\n")
-            writer.writerow(header)
-            writer.writerows(rows)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Rewrite the list atomically (temp file, fsync, os.replace)."""
+    with atomic_writer(path) as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
 
 
 def _lock(root: Path) -> BaseFileLock:
