@@ -19,7 +19,7 @@ from .message import MAX_PER_REQUEST
 from .pipeline import load
 from .render import RenderedEmail, render_issue
 from .sendgrid import SendGridTransport, api_key_from_env
-from .subscribers import iter_subscribers
+from .subscribers import iter_unique_subscribers
 from .tokens import secret_from_env
 
 SCHEDULE_LIMIT = dt.timedelta(hours=72)
@@ -180,16 +180,10 @@ _PLAUSIBLE = re.compile(r'^[^@\s<>(),;:"\[\]\\]+@(?:[\w-]+\.)+[\w-]{2,}$')
 def eligible_readers(root: Path, ledger: Ledger, journal: JournalState, resend_in_doubt: bool,
                      counts: dict[str, int], invalid_examples: list[str] | None = None) -> Iterator[tuple[str, str]]:
     """(address, name) of each reader to send to now, streamed; counts what was skipped and why."""
-    seen: set[int] = set()
     sent, doubt = journal.sent, journal.in_doubt
     counts.setdefault("invalid", 0)
-    for email, name in iter_subscribers(root):
-        key = email.strip().lower()
+    for key, email, name in iter_unique_subscribers(root, counts):
         h = hash(key)
-        if h in seen:
-            counts["dups"] += 1
-            continue
-        seen.add(h)
         if ledger.is_suppressed(key):
             counts["suppressed"] += 1
         elif len(key) > 320 or not _PLAUSIBLE.match(key):

@@ -329,37 +329,41 @@ class ListCounts:
     ledger_problems: list[str] = field(default_factory=list)
 
 
+def iter_unique_subscribers(root: Path, counts: dict[str, int] | None = None) -> Iterator[tuple[str, str, str]]:
+    """(key, email, name) of each reader once: `key` is the address trimmed and lower-cased; a later row with
+    the same key is skipped and counted in counts["dups"]. Memory: one hash per reader."""
+    seen: set[int] = set()
+    for email, name in iter_subscribers(root):
+        key = email.strip().lower()
+        h = hash(key)  # str caches its hash: callers hashing `key` again pay nothing
+        if h in seen:
+            if counts is not None:
+                counts["dups"] = counts.get("dups", 0) + 1
+            continue
+        seen.add(h)
+        yield key, email, name
+
+
 def count_subscribers(root: Path) -> ListCounts:
     """Count the list against the ledger."""
     ledger = load_ledger(root)
-    seen: set[int] = set()
-    total = active = dups = 0
+    counts = {"dups": 0}
+    total = active = 0
     suppressed: Counter[str] = Counter()
-    for email, _ in iter_subscribers(root):
-        key = email.strip().lower()
-        h = hash(key)
-        if h in seen:
-            dups += 1
-            continue
-        seen.add(h)
+    for key, _, _ in iter_unique_subscribers(root, counts):
         total += 1
         if ledger.is_suppressed(key):
             suppressed[ledger.event_of(key) or "?"] += 1
         else:
             active += 1
-    return ListCounts(total=total, active=active, suppressed=suppressed, duplicates=dups,
+    return ListCounts(total=total, active=active, suppressed=suppressed, duplicates=counts["dups"],
                       ledger_problems=[str(p) for p in ledger.problems])
 
 
 def iter_listing(root: Path, *, suppressed: bool) -> Iterator[tuple[str, str, str]]:
     """(email, name, latest event) of active readers, or of suppressed ones."""
     ledger = load_ledger(root)
-    seen: set[int] = set()
-    for email, name in iter_subscribers(root):
-        key = email.strip().lower()
-        if hash(key) in seen:
-            continue
-        seen.add(hash(key))
+    for key, email, name in iter_unique_subscribers(root):
         if ledger.is_suppressed(key) == suppressed:
             yield email, name, ledger.event_of(key) or ""
 
