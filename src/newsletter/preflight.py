@@ -58,6 +58,7 @@ class Prepared:
     duplicates: int
     journal: JournalState
     warnings: list[str] = field(default_factory=list)
+    ledger: Ledger | None = None  # as read for the count; dispatch tails it rather than reading it again
 
     @property
     def batch_size(self) -> int:
@@ -141,6 +142,7 @@ def prepare(root: Path, options: SendOptions) -> Prepared:
         counts["readers"] += 1
     prepared = Prepared(root, config, issue, rendered, options, secret, api_key, subject, counts["readers"],
                         counts["suppressed"], counts["sent"], counts["doubt"], counts["dups"], journal)
+    prepared.ledger = ledger
     prepared.warnings = [str(p) for p in ledger.problems] + ([sync_warning] if sync_warning else [])
     if counts.get("invalid"):
         shown = ", ".join(repr(e) for e in invalid)

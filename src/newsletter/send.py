@@ -72,7 +72,8 @@ class Dispatcher:
         self.progress = progress or (lambda _: None)
         self.sleep = sleep
         self.report = SendReport(suppressed=prepared.suppressed, already_sent=prepared.already_sent)
-        self.ledger: Ledger = load_ledger(prepared.root)
+        self.ledger: Ledger = prepared.ledger or load_ledger(prepared.root)
+        self.ledger.refresh()  # whatever was appended since the count
         self.ledger_lock = threading.Lock()
         self.report_lock = threading.Lock()
         self.stop = threading.Event()
