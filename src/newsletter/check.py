@@ -240,15 +240,12 @@ def accessibility_problems(rendered: RenderedEmail, layouts: Path) -> list[Probl
 
 def spam_problems(config: Config, rendered: RenderedEmail) -> list[Problem]:
     """SpamAssassin's score of the message as a reader receives it (error at 5, warning at 2)."""
-    from .eml import build_eml
-    from .render import SAMPLE_READER
+    from .eml import build_sample_eml
     from .spam import ERROR_AT, WARN_AT, score_message, spamassassin_available
-    from .tokens import secret_from_env
 
     if not spamassassin_available():
         return [Problem("note", "spam score skipped: SpamAssassin is not installed (apt-get install spamassassin)")]
-    secret, _ = secret_from_env(required=False)
-    message = build_eml(config, rendered, secret=secret, address=SAMPLE_READER["email"], name=SAMPLE_READER["name"])
+    message = build_sample_eml(config, rendered)
     try:
         result = score_message(message)
     except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:

@@ -17,6 +17,15 @@ def _address(name: str, addr: str) -> HeaderAddress:
     return HeaderAddress(display_name=name, username=local, domain=domain)
 
 
+def build_sample_eml(config: Config, rendered: RenderedEmail) -> bytes:
+    """The message as the sample reader receives it (render --eml, the spam score)."""
+    from .render import SAMPLE_READER
+    from .tokens import secret_from_env
+
+    secret, _ = secret_from_env(required=False)
+    return build_eml(config, rendered, secret=secret, address=SAMPLE_READER["email"], name=SAMPLE_READER["name"])
+
+
 def build_eml(config: Config, rendered: RenderedEmail, *, secret: str, address: str, name: str = "",
               subject: str | None = None) -> bytes:
     """multipart/alternative (text, then HTML), UTF-8, with the headers a real send carries."""

@@ -9,8 +9,8 @@ from .bundle import Issue, load_issue, newest_slug
 from .config import Config, load_config
 from .errors import Problem
 from .files import write_atomic
-from .render import SAMPLE_READER, RenderedEmail, personalize, render_issue
-from .tokens import make_token, secret_from_env
+from .render import RenderedEmail, personalize_sample, render_issue
+from .tokens import secret_from_env
 
 
 @dataclass
@@ -34,20 +34,18 @@ def build(root: Path, slug: str | None, out_dir: Path | None = None, *, eml: boo
     """Render an issue for the sample reader and write email.html, email.txt, email.mjml (and email.eml)."""
     config, issue = load(root, slug)
     rendered = render_issue(config, issue)
-    secret, is_dev = secret_from_env(required=False)
-    token = make_token(secret, SAMPLE_READER["email"])
-    mjml, html, text = personalize(rendered, name=SAMPLE_READER["name"], token=token)
+    _, is_dev = secret_from_env(required=False)
+    mjml, html, text = personalize_sample(rendered)
     target = (out_dir if out_dir is not None else root / "build") / issue.slug
     paths = {"html": target / "email.html", "text": target / "email.txt", "mjml": target / "email.mjml"}
     write_atomic(paths["html"], html)
     write_atomic(paths["text"], text)
     write_atomic(paths["mjml"], mjml)
     if eml:
-        from .eml import build_eml
+        from .eml import build_sample_eml
 
         paths["eml"] = target / "email.eml"
-        data = build_eml(config, rendered, secret=secret, address=SAMPLE_READER["email"], name=SAMPLE_READER["name"])
-        write_atomic(paths["eml"], data.decode("ascii"))
+        write_atomic(paths["eml"], build_sample_eml(config, rendered).decode("ascii"))
     warnings = list(rendered.warnings)
     if is_dev:
         warnings.append(Problem("warning", "NEWSLETTER_SECRET is not set: the preview's unsubscribe link is signed "

@@ -72,20 +72,19 @@ class Previewer:
         """Render now; a failure is kept for the page instead of stopping the server."""
         from .check import check_issue
         from .pipeline import load
-        from .render import SAMPLE_READER, personalize, render_issue
-        from .tokens import make_token, secret_from_env
+        from .render import personalize_sample, render_issue
 
         new = PreviewState()
+        scoring: tuple[Any, Any] | None = None
         try:
             config, issue = load(self.root, self.slug)
             rendered = render_issue(config, issue)
-            secret, _ = secret_from_env(required=False)
-            _, page, text = personalize(rendered, name=SAMPLE_READER["name"],
-                                        token=make_token(secret, SAMPLE_READER["email"]))
+            _, page, text = personalize_sample(rendered)
             new = PreviewState(
                 html=page, dark_html=_dark(page), text=text, subject=rendered.subject, preheader=rendered.preheader,
                 sender=config.sender.name or config.sender.email, slug=issue.slug,
                 problems=[str(p) for p in check_issue(config, issue, rendered, spam=False)])
+            scoring = (config, rendered)
         except NewsletterError as exc:
             new = PreviewState(error=str(exc))
         except Exception as exc:  # noqa: BLE001 - a writer mid-edit must see the problem, not a dead server
@@ -93,18 +92,15 @@ class Previewer:
         with self.lock:
             new.version = self.state.version + 1
             self.state = new
-        if not new.error:
+        if scoring is not None:
             # SpamAssassin takes about a second: its verdict joins the check results when ready.
-            threading.Thread(target=self._score, args=(new,), daemon=True).start()
+            threading.Thread(target=self._score, args=(new, *scoring), daemon=True).start()
 
-    def _score(self, state: PreviewState) -> None:
+    def _score(self, state: PreviewState, config: Any, rendered: Any) -> None:
         from .check import spam_problems
-        from .pipeline import load
-        from .render import render_issue
 
         try:
-            config, issue = load(self.root, self.slug)
-            problems = [str(p) for p in spam_problems(config, render_issue(config, issue))]
+            problems = [str(p) for p in spam_problems(config, rendered)]
         except Exception:  # noqa: BLE001 - a failed score only leaves the line out
             return
         with self.lock:

@@ -248,6 +248,15 @@ def output_warnings(rendered: RenderedEmail) -> list[Problem]:
     return out
 
 
+def personalize_sample(rendered: RenderedEmail) -> tuple[str, str, str]:
+    """(mjml, html, text) for the sample reader that previews show, signed with NEWSLETTER_SECRET when set
+    (else the development key)."""
+    from .tokens import make_token, secret_from_env
+
+    secret, _ = secret_from_env(required=False)
+    return personalize(rendered, name=SAMPLE_READER["name"], token=make_token(secret, SAMPLE_READER["email"]))
+
+
 def personalize(rendered: RenderedEmail, *, name: str, token: str) -> tuple[str, str, str]:
     """(mjml, html, text) as one reader sees them: the substitution tags filled, escaped per part."""
     values = reader_substitutions(name, token)
