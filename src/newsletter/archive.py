@@ -15,7 +15,7 @@ from .config import Config, load_config
 from .files import write_atomic
 from .journal import journal_path, load_state
 from .markup import inline_html
-from .render import TOKEN_TAG, brand_styles, fill, reader_substitutions, render_issue
+from .render import brand_styles, fill, reader_substitutions, render_issue
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".svg", ".avif"}
 _UNSUB_LINK = re.compile(r"<a\b[^>]*/unsubscribe/[^>]*>.*?</a>", re.S | re.I)
@@ -43,10 +43,9 @@ def archived_issues(root: Path, config: Config) -> list[Issue]:
 def web_page(config: Config, issue: Issue) -> str:
     """The issue as a web page: no greeting, no per-reader link or token, images relative to the page."""
     rendered = render_issue(config, issue, web=True)
-    page = fill(rendered.html, reader_substitutions("", "")) if TOKEN_TAG in rendered.html else rendered.html
-    # A layout that ignores `web` must still not publish an unsubscribe link.
-    page = _UNSUB_LINK.sub("", page)
-    return page.replace("%%nl_name_html%%", "")
+    # `web` leaves out the greeting and the unsubscribe link; a layout that ignores it still publishes neither
+    # a token nor a tag.
+    return _UNSUB_LINK.sub("", fill(rendered.html, reader_substitutions("", "")))
 
 
 def _feed(config: Config, issues: list[Issue], feed_url: str) -> str:

@@ -51,14 +51,16 @@ def placeholder_problems(data: dict[str, Any], path: Path, line_of: Any) -> list
     return out
 
 
-def _line_in_file(path: Path, needle: str) -> int | None:
+def _line_of(lines: list[str], needle: str) -> int | None:
+    """The first line (1-based) holding `needle`."""
+    return next((number for number, line in enumerate(lines, 1) if needle in line), None)
+
+
+def _file_lines(path: Path) -> list[str]:
     try:
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if needle in line:
-                return number
+        return path.read_text(encoding="utf-8").splitlines()
     except OSError:
-        return None
-    return None
+        return []
 
 
 def _relative_luminance(color: str) -> float:
@@ -91,6 +93,7 @@ def check_issue(config: Config, issue: Issue, rendered: RenderedEmail, *, links:
     """
     problems: list[Problem] = []
     cfg_path = config.path
+    cfg_lines = _file_lines(cfg_path)  # read once: every link's origin is looked up in it
     problems += placeholder_problems(config.doc.data, cfg_path, config.line)
     if issue.doc is not None:
         problems += placeholder_problems(issue.doc.data, issue.yaml_path, issue.doc.line)
@@ -121,7 +124,7 @@ def check_issue(config: Config, issue: Issue, rendered: RenderedEmail, *, links:
             seen.add(url)
             continue
         seen.add(url)
-        path, line = _origin(url, body_lines, issue, config)
+        path, line = _origin(url, body_lines, issue, config, cfg_lines)
         scheme = urlsplit(url).scheme.lower()
         if scheme == "http":
             problems.append(Problem("error", f"`http://` link: use https:// ({url})", path, line))
@@ -136,7 +139,7 @@ def check_issue(config: Config, issue: Issue, rendered: RenderedEmail, *, links:
         elif scheme != "https":
             problems.append(Problem("warning", f"link with an unusual scheme: {url}", path, line))
         host = urlsplit(url).hostname or ""
-        if _RESERVED.fullmatch(host) and _line_in_file(cfg_path, host) is None:
+        if _RESERVED.fullmatch(host) and _line_of(cfg_lines, host) is None:
             # hosts written in newsletter.yaml are already reported once, as placeholders
             problems.append(Problem("error", f"link to the reserved example domain `{host}`: {url}", path, line))
     local_images = [i.url for i in rendered.body.images if not urlsplit(i.url).scheme]
@@ -264,9 +267,10 @@ def link_problems(config: Config, issue: Issue, rendered: RenderedEmail, body_li
     urls = [u for u in _URL_ATTR.findall(rendered.html)
             if urlsplit(u).scheme in ("http", "https") and TOKEN_TAG not in u and not u.startswith(own)]
     out = []
+    cfg_lines = _file_lines(config.path)
     for result in check_links(urls):
         if result.broken:
-            path, line = _origin(result.url, body_lines, issue, config)
+            path, line = _origin(result.url, body_lines, issue, config, cfg_lines)
             what = f"HTTP {result.status}" if result.status else result.error
             out.append(Problem("error", f"broken link ({what}): {result.url}", path, line))
     out.append(Problem("note", f"links: {len(set(urls))} checked"))
@@ -282,10 +286,11 @@ def _yaml_line(issue: Issue, *keys: str) -> int | None:
     return None
 
 
-def _origin(url: str, body_lines: dict[str, int], issue: Issue, config: Config) -> tuple[Path, int | None]:
+def _origin(url: str, body_lines: dict[str, int], issue: Issue, config: Config,
+            cfg_lines: list[str]) -> tuple[Path, int | None]:
     if url in body_lines:
         return issue.body_path, body_lines[url]
-    line = _line_in_file(config.path, url)
+    line = _line_of(cfg_lines, url)
     if line:
         return config.path, line
     return config.root / "layouts", None

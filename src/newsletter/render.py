@@ -213,14 +213,13 @@ def render_issue(config: Config, issue: Issue, *, web: bool = False) -> Rendered
     text = re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
     rendered = RenderedEmail(issue=issue, subject=issue.subject, preheader=issue.preheader, mjml=mjml_text,
                              html=html, text=text, body=body)
-    rendered.warnings = output_warnings(rendered)
+    rendered.warnings = output_warnings(rendered, folder)
     return rendered
 
 
-def output_warnings(rendered: RenderedEmail) -> list[Problem]:
-    """Problems visible in the output itself (what mjml-python lets through silently)."""
+def output_warnings(rendered: RenderedEmail, where: Path) -> list[Problem]:
+    """Problems visible in the output itself (what mjml-python lets through silently); `where`: layouts/."""
     out: list[Problem] = []
-    where = rendered.issue.dir.parent.parent / LAYOUTS_DIR
     leftover = re.search(r"<mj-[a-z-]+", rendered.html)
     if leftover:
         out.append(Problem("error", f"unknown MJML tag `{leftover.group(0)}>` copied into the HTML (a typo?)", where))

@@ -134,8 +134,7 @@ def create_app(root: Path) -> Any:
             if state.ledger.event_of(email) == "unsubscribe":
                 return False  # idempotent: already recorded
             append_events(ledger_path(root), [Event(email, "unsubscribe", source=source)])
-            state.ledger.refresh()
-            return True
+            return True  # the next request's refresh reads it back
 
     def record_events(events: list[dict[str, Any]]) -> tuple[int, int]:
         # The lock is taken in a worker thread, never across an await on the event loop.
