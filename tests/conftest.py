@@ -96,3 +96,24 @@ def seed_paragraphs() -> list[str]:
     if paras[-1].endswith("0"):
         paras[-1] = paras[-1][:-1].strip()
     return [p for p in paras if p]
+
+
+@pytest.fixture(scope="session")
+def short_write_shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/shim/shortwrite.c built as an LD_PRELOAD library: a disk that fills up under one file."""
+    import subprocess
+
+    out = tmp_path_factory.mktemp("shim") / "shortwrite.so"
+    source = Path(__file__).parent / "shim" / "shortwrite.c"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-o", str(out), str(source), "-ldl"], check=True)
+    return out
+
+
+def shim_env(shim: Path, match: str, *, tear: str = "", full_file: Path | None = None) -> dict[str, str]:
+    """Environment that makes writes to files whose path contains `match` come up short (see shortwrite.c)."""
+    env = {"LD_PRELOAD": str(shim), "SHIM_MATCH": match}
+    if tear:
+        env["SHIM_TEAR"] = tear
+    if full_file is not None:
+        env["SHIM_FULL_FILE"] = str(full_file)
+    return env

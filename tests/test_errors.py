@@ -96,8 +96,10 @@ def test_newsletter_yaml_reports_every_problem_at_once(cli: Cli, project: Path) 
 
 def test_no_newsletter_yaml(cli: Cli, project: Path) -> None:
     (project / "newsletter.yaml").unlink()
-    out = run_error(cli, "render")
-    assert "no newsletter.yaml here" in out and "--root" in out
+    result = cli("render")
+    assert result.exit_code == 2, result.output  # a usage error: the command was run on the wrong folder
+    assert f"no newsletter.yaml in {project}" in result.output and "--root" in result.output
+    assert not (project / "build").exists()
 
 
 def test_broken_layout_is_named(cli: Cli, project: Path) -> None:

@@ -126,3 +126,145 @@ def test_suppressed_in_any_case_is_never_active(tmp_path_factory, data, event, p
     ledger = Ledger(path)
     for variant in (address, address.upper(), _variant(address, flips[::-1]), f" {address.title()} "):
         assert ledger.is_suppressed(variant)
+
+
+# -- read strictly: an unreadable address makes send refuse -----------------------------------------------
+def _ledger_text(*rows: str) -> str:
+    return HEADER + "\n" + "".join(r + "\n" for r in rows)
+
+
+def test_utf16_or_semicolons_make_send_refuse(ready_project: Path, monkeypatch) -> None:
+    monkeypatch.setenv("NEWSLETTER_SECRET", "s3cret")
+    cli = Cli(ready_project)
+    cli("subscribers", "add", "ada@readers.net")
+    cli("subscribers", "add", "bob@readers.net")
+    path = ledger_path(ready_project)
+    text = _ledger_text("ada@readers.net,unsubscribe,2026-11-01T10:00:00Z,cli,")
+    for data, line in ((text.encode("utf-16"), 1), (text.replace(",", ";").encode(), 1),
+                       (text.encode() + b"bob@readers.net\x00;unsub\n", 3)):
+        path.write_bytes(data)
+        result = cli("send", "--issue", "micro-moments-of-connection", "--dry-run")
+        assert result.exit_code == 1, result.output
+        assert f"unsubscribes.csv:{line}: cannot read the address on this line" in result.output
+        assert "re-save it as CSV UTF-8 with commas" in result.output and "nothing was sent" in result.output
+        assert "would send" not in result.output
+
+
+def test_bom_crlf_and_a_torn_last_line_are_fine(ready_project: Path, monkeypatch) -> None:
+    monkeypatch.setenv("NEWSLETTER_SECRET", "s3cret")
+    cli = Cli(ready_project)
+    for who in ("ada", "bob", "cy"):
+        cli("subscribers", "add", f"{who}@readers.net")
+    path = ledger_path(ready_project)
+    path.write_bytes(b"\xef\xbb\xbf" + _ledger_text("ada@readers.net,unsubscribe,2026-11-01T10:00:00Z,cli,")
+                     .replace("\n", "\r\n").encode() + b"bob@readers.net,unsubscr")
+    ledger = Ledger(path)
+    assert not ledger.unreadable
+    assert ledger.is_suppressed("ada@readers.net") and ledger.is_suppressed("bob@readers.net")
+    result = cli("send", "--issue", "micro-moments-of-connection", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "would send: 1 reader(s)" in result.output
+
+
+def test_remains_of_a_short_write_do_not_block_sending(project: Path) -> None:
+    path = ledger_path(project)
+    path.write_text(_ledger_text("victim@rea", "ada@readers.net,unsubscribe,2026-11-01T10:00:00Z,cli,"))
+    ledger = Ledger(path)
+    assert not ledger.unreadable and ledger.is_suppressed("ada@readers.net")
+    assert any("interrupted write" in p.message for p in ledger.problems)
+
+
+def test_a_line_that_becomes_unreadable_mid_send_stops_the_send(project: Path) -> None:
+    path = ledger_path(project)
+    append_event(path, "ada@readers.net", "unsubscribe")
+    ledger = Ledger(path)
+    with open(path, "ab") as fh:
+        fh.write(b"b\x00o\x00b\x00@\x00\n")
+    ledger.refresh()
+    import pytest
+
+    from newsletter.errors import LedgerError
+
+    with pytest.raises(LedgerError, match="unsubscribes.csv"):
+        ledger.check_readable()
+
+
+# -- a full disk: the command says so and exits 1 ---------------------------------------------------------
+def test_unsubscribe_on_a_full_disk_fails_then_succeeds_with_room(project: Path, short_write_shim: Path) -> None:
+    import os
+
+    from conftest import shim_env
+
+    exe = str(Path(sys.executable).parent / "newsletter")
+    append_event(ledger_path(project), "first@readers.net", "unsubscribe")
+    argv = [exe, "unsubscribe", "--root", str(project), "victim@readers.net"]
+    full = subprocess.run(argv, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **shim_env(short_write_shim, "unsubscribes.csv", tear="victim@rea")})
+    assert full.returncode == 1, full.stdout + full.stderr
+    assert "disk full: could not record the unsubscribe of victim@readers.net in " in full.stderr
+    assert "subscribers/unsubscribes.csv" in full.stderr and "recorded in" not in full.stdout
+    assert ledger_path(project).read_bytes().endswith(b"\nvictim@rea")  # what the disk took
+    ok = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    lines = ledger_path(project).read_text().splitlines()
+    assert lines[-2] == "victim@rea" and lines[-1].startswith("victim@readers.net,unsubscribe,")  # a fresh line
+    ledger = Ledger(ledger_path(project))
+    assert ledger.is_suppressed("victim@readers.net") and not ledger.unreadable
+
+
+# -- the folder is found like git finds its repository -------------------------------------------------------
+def test_commands_outside_a_newsletter_refuse_and_create_nothing(tmp_path: Path, monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    from newsletter.cli import main
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    for argv in (["unsubscribe", "ada@readers.net"], ["subscribers", "add", "ada@readers.net"],
+                 ["subscribers", "count"], ["render"], ["resubscribe", "ada@readers.net"]):
+        result = CliRunner().invoke(main, argv)
+        assert result.exit_code == 2, (argv, result.output)
+        assert "no newsletter.yaml here or in any parent folder: run this in your newsletter's folder or pass " \
+               "--root" in result.output
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_commands_find_the_newsletter_from_a_subfolder(project: Path, monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    from newsletter.cli import main
+
+    monkeypatch.chdir(project / "issues" / "micro-moments-of-connection")
+    result = CliRunner().invoke(main, ["unsubscribe", "ada@readers.net"])
+    assert result.exit_code == 0, result.output
+    assert Ledger(ledger_path(project)).is_suppressed("ada@readers.net")
+    assert not (project / "issues" / "micro-moments-of-connection" / "subscribers").exists()
+
+
+def test_repeats_and_unknown_addresses_get_a_note(cli: Cli, project: Path) -> None:
+    cli("subscribers", "add", "ada@readers.net")
+    first = cli("unsubscribe", "Ada@Readers.net")
+    assert first.output.startswith("unsubscribe: ada@readers.net (recorded in ")
+    again = cli("unsubscribe", "ada@readers.net")
+    assert again.exit_code == 0 and "already suppressed (latest event: unsubscribe); nothing recorded" in again.output
+    stranger = cli("unsubscribe", "stranger@readers.net")
+    assert "stranger@readers.net: not on the list; recorded so it is never mailed" in stranger.output
+    back = cli("resubscribe", "bob@readers.net")
+    assert back.exit_code == 0 and "bob@readers.net is not suppressed; nothing recorded" in back.output
+    assert [line.split(",")[:2] for line in ledger_path(project).read_text().splitlines()[1:]] == [
+        ["ada@readers.net", "unsubscribe"], ["stranger@readers.net", "unsubscribe"]]
+
+
+def test_export_neutralises_formulas(cli: Cli, project: Path, tmp_path: Path) -> None:
+    (project / "subscribers" / "subscribers.csv").write_text(
+        "email,name,note\nada@readers.net,=HYPERLINK(\"http://x\"),+1\nbob@readers.net,@SUM(A1),-2\n"
+        "cy@readers.net,Plain,ok\n")
+    out = tmp_path / "out.csv"
+    assert cli("subscribers", "export", str(out)).exit_code == 0
+    import csv
+
+    rows = list(csv.reader(out.open()))
+    assert rows[1] == ["ada@readers.net", "'=HYPERLINK(\"http://x\")", "'+1"]
+    assert rows[2] == ["bob@readers.net", "'@SUM(A1)", "'-2"]
+    assert rows[3] == ["cy@readers.net", "Plain", "ok"]

@@ -489,3 +489,58 @@ def test_three_kills_during_a_20000_reader_send(sender: Cli, fake: FakeSendGrid,
     everyone = {e for e, _ in rows}
     assert set(fake.delivered) | doubt == everyone
     assert f"in doubt: {len(doubt)} reader(s)" in final.stdout
+
+
+# -- a disk that fills up inside each kind of journal record ---------------------------------------------
+# (record torn, the fake's answer to batch 2's first request)
+TORN_RECORDS = {
+    "batch": ('"t":"batch","b":2', ""),
+    "attempt": ('"t":"attempt","b":2', ""),
+    "ok": ('"t":"ok","b":2', ""),
+    "retry": ('"t":"retry","b":2', "500"),
+    "failed": ('"t":"failed","b":2', "400"),
+    "doubt": ('"t":"doubt","b":2', "drop_after"),
+    "replaced": ('"t":"replaced","b":2', "413"),
+}
+
+
+def _count(label: str, output: str) -> int:
+    import re
+
+    match = re.search(rf"^{label}: (\d+) reader", output, re.MULTILINE)
+    assert match, output
+    return int(match.group(1))
+
+
+@pytest.mark.parametrize("kind", list(TORN_RECORDS))
+def test_a_short_journal_write_never_mails_anyone_twice(sender: Cli, fake: FakeSendGrid, short_write_shim: Path,
+                                                        kind: str) -> None:
+    from conftest import shim_env
+
+    root = sender.root
+    configure(root, batch_size=3, concurrency=1, retries=2)
+    everyone = {e for e, _ in readers(12)}
+    write_list(root, readers(12))
+    tear, answer = TORN_RECORDS[kind]
+    fake.plan = ["", answer]
+    exe = str(Path(sys.executable).parent / "newsletter")
+    argv = [exe, "send", "--root", str(root), "--issue", SEED_SLUG, "--yes", "--no-sync"]
+    full = subprocess.run(argv, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **shim_env(short_write_shim, f"sends/{SEED_SLUG}.jsonl", tear=tear)})
+    assert full.returncode == 1, full.stdout + full.stderr
+    assert f"disk full: could not record the `{kind}` record of batch 2 in " in full.stderr, full.stderr
+    assert "internal error" not in full.stderr and "Traceback" not in full.stderr
+    assert len(fake.requests) <= 2  # the run stopped at the failed write
+    if kind in ("batch", "attempt"):
+        assert len(fake.requests) == 1  # batch 2's request never left
+    fake.plan = []
+    rerun = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=os.environ.copy())
+    output = rerun.stdout + rerun.stderr
+    delivered = set(fake.delivered)
+    assert max(fake.delivered.values()) == 1, fake.delivered  # nobody mailed twice
+    in_doubt = _count("in doubt", rerun.stdout)
+    assert len(everyone - delivered) <= in_doubt, output  # everyone not mailed is reported
+    if kind in ("batch", "attempt"):
+        assert rerun.returncode == 0 and delivered == everyone and in_doubt == 0, output
+    else:  # the answer (or the request's fate) could not be recorded: the batch is reported in doubt
+        assert rerun.returncode == 1 and in_doubt == 3 and "in doubt" in rerun.stderr, output

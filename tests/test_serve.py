@@ -65,8 +65,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def server(project: Path, tmp_path: Path) -> Iterator[Server]:
+def start_server(project: Path, tmp_path: Path, extra_env: dict[str, str] | None = None) -> Server:
+    """`newsletter serve` on a free port, as a subprocess (so LD_PRELOAD shims apply to it); waits for /healthz."""
     (project / "newsletter.yaml").write_text(
         FILLED_CONFIG.replace("base_url: https://letters.micromoments.net",
                               f"base_url: https://micromoments.net{PREFIX}"))
@@ -74,13 +74,14 @@ def server(project: Path, tmp_path: Path) -> Iterator[Server]:
     public = base64.b64encode(key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).decode()
     port = free_port()
-    env = dict(os.environ, NEWSLETTER_SECRET=SECRET, SENDGRID_WEBHOOK_PUBLIC_KEY=public)
+    env = dict(os.environ, NEWSLETTER_SECRET=SECRET, SENDGRID_WEBHOOK_PUBLIC_KEY=public, **(extra_env or {}))
     log_path = tmp_path / "serve.log"
-    log = open(log_path, "wb")  # noqa: SIM115
+    log = open(log_path, "wb")  # noqa: SIM115 - closed by stop_server
     exe = str(Path(sys.executable).parent / "newsletter")
     proc = subprocess.Popen([exe, "serve", "--root", str(project), "--port", str(port)], stdout=log,
                             stderr=subprocess.STDOUT, env=env)
     srv = Server(project, port, proc, key, log_path)
+    srv.log = log  # type: ignore[attr-defined]
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -91,10 +92,20 @@ def server(project: Path, tmp_path: Path) -> Iterator[Server]:
         assert proc.poll() is None, log_path.read_text()
         assert time.monotonic() < deadline, "serve did not start"
         time.sleep(0.1)
+    return srv
+
+
+def stop_server(srv: Server) -> None:
+    srv.proc.terminate()
+    srv.proc.wait(timeout=10)
+    srv.log.close()  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def server(project: Path, tmp_path: Path) -> Iterator[Server]:
+    srv = start_server(project, tmp_path)
     yield srv
-    proc.terminate()
-    proc.wait(timeout=10)
-    log.close()
+    stop_server(srv)
 
 
 def test_get_shows_the_address_and_changes_nothing(server: Server) -> None:
@@ -185,7 +196,7 @@ def test_signed_webhook_events(server: Server) -> None:
     )
     status, text = server.request("POST", f"{PREFIX}/webhooks/sendgrid", body, server.signed(body))
     assert status == 200, text
-    assert json.loads(text) == {"received": 7, "new": 7, "ledger": 5}
+    assert json.loads(text) == {"received": 7, "new": 7, "ledger": 5, "skipped": 0}
     events = {tuple(line.split(",")[:2]) for line in server.ledger_lines()}
     assert events == {("bob@readers.net", "unsubscribe"), ("cy@readers.net", "bounce"),
                       ("ed@readers.net", "spamreport"), ("fi@readers.net", "invalid"),
@@ -286,3 +297,131 @@ def test_captured_list_unsubscribe_url_works_against_serve(server: Server, monke
                                {"Content-Type": "application/x-www-form-urlencoded"})
     assert status == 200
     assert [line.split(",")[:2] for line in server.ledger_lines()] == [["mail.client@readers.net", "unsubscribe"]]
+
+
+# -- a full disk: nothing claimed that was not stored ----------------------------------------------------
+def test_one_click_on_a_full_disk_answers_503_then_records_with_room(project: Path, tmp_path: Path,
+                                                                     short_write_shim: Path) -> None:
+    from conftest import shim_env
+
+    full = tmp_path / "disk-is-full"
+    full.touch()
+    srv = start_server(project, tmp_path, shim_env(short_write_shim, "subscribers/", full_file=full))
+    try:
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        status, page = srv.request("POST", srv.url("victim@readers.net"), b"List-Unsubscribe=One-Click", headers)
+        assert status == 503, page  # a one-click client retries on 5xx
+        assert "not</strong> recorded" in page and "You are unsubscribed" not in page
+        assert not Ledger(ledger_path(project)).latest  # nothing whole was stored
+        full.unlink()  # room again: the client's retry is stored
+        status, page = srv.request("POST", srv.url("victim@readers.net"), b"List-Unsubscribe=One-Click", headers)
+        assert status == 200 and "You are unsubscribed" in page
+        ledger = Ledger(ledger_path(project))
+        assert ledger.is_suppressed("victim@readers.net") and not ledger.unreadable
+        lines = ledger_path(project).read_bytes().split(b"\n")
+        assert any(line.startswith(b"victim@readers.net,unsubscribe,") for line in lines)
+        time.sleep(0.2)
+        log = srv.log_path.read_text()
+        assert "unsubscribe not recorded: disk full" in log and "victim@readers.net" not in log
+    finally:
+        stop_server(srv)
+
+
+def test_webhook_batch_on_a_full_disk_is_stored_when_sendgrid_retries(project: Path, tmp_path: Path,
+                                                                      short_write_shim: Path) -> None:
+    from conftest import shim_env
+
+    full = tmp_path / "disk-is-full"
+    full.touch()
+    srv = start_server(project, tmp_path, shim_env(short_write_shim, "subscribers/", full_file=full))
+    try:
+        now = int(time.time())
+        body = _events({"email": "una@readers.net", "event": "unsubscribe", "sg_event_id": "f1", "timestamp": now},
+                       {"email": "bo@readers.net", "event": "bounce", "type": "bounce", "sg_event_id": "f2",
+                        "timestamp": now})
+        status, text = srv.request("POST", f"{PREFIX}/webhooks/sendgrid", body, srv.signed(body))
+        assert status == 503, text  # not stored, so not acknowledged
+        full.unlink()
+        status, text = srv.request("POST", f"{PREFIX}/webhooks/sendgrid", body, srv.signed(body))  # the retry
+        assert status == 200, text
+        assert json.loads(text)["new"] == 2 and json.loads(text)["ledger"] == 2
+        ledger = Ledger(ledger_path(project))
+        assert ledger.event_of("una@readers.net") == "unsubscribe" and ledger.event_of("bo@readers.net") == "bounce"
+    finally:
+        stop_server(srv)
+
+
+def test_webhook_skips_malformed_addresses_and_keeps_the_rest(server: Server) -> None:
+    now = int(time.time())
+    body = _events({"email": 12345, "event": "unsubscribe", "sg_event_id": "m1", "timestamp": now},
+                   {"email": "evil@readers.net\nforged@readers.net,unsubscribe", "event": "unsubscribe",
+                    "sg_event_id": "m2", "timestamp": now},
+                   {"email": ["x@readers.net"], "event": "spamreport", "sg_event_id": "m3", "timestamp": now},
+                   {"email": "fine@readers.net", "event": "unsubscribe", "sg_event_id": "m4", "timestamp": now})
+    status, text = server.request("POST", f"{PREFIX}/webhooks/sendgrid", body, server.signed(body))
+    assert status == 200, text
+    assert json.loads(text) == {"received": 4, "new": 1, "ledger": 1, "skipped": 3}
+    assert [line.split(",")[0] for line in server.ledger_lines()] == ["fine@readers.net"]
+    time.sleep(0.2)
+    log = server.log_path.read_text()
+    assert "evil@" not in log and "forged@" not in log and "Traceback" not in log
+    deep = b"[" * 100_000 + b"]" * 100_000
+    assert server.request("POST", f"{PREFIX}/webhooks/sendgrid", deep, server.signed(deep))[0] == 400
+
+
+def test_half_open_connections_do_not_starve_real_readers(server: Server) -> None:
+    """1000 clients send half a request line and stop: real ones are still answered within a second, and
+    the stalled ones are dropped once they have not finished their headers in 10 s."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
+    held: list[socket.socket] = []
+    try:
+        start = time.monotonic()
+        for _ in range(1000):
+            s = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            s.sendall(b"GET /letters/heal")  # half a request line, then nothing
+            held.append(s)
+        now = int(time.time())
+        body = _events({"email": "wh@readers.net", "event": "unsubscribe", "sg_event_id": "h1", "timestamp": now})
+        checks = [("GET", f"{PREFIX}/healthz", b"", {}),
+                  ("POST", server.url("held@readers.net"), b"List-Unsubscribe=One-Click",
+                   {"Content-Type": "application/x-www-form-urlencoded"}),
+                  ("POST", f"{PREFIX}/webhooks/sendgrid", body, server.signed(body))]
+        for method, path, data, headers in checks * 3:
+            t0 = time.monotonic()
+            status, _ = server.request(method, path, data, headers)
+            assert status == 200 and time.monotonic() - t0 < 1.0, (path, status, time.monotonic() - t0)
+        assert time.monotonic() - start < 9, "the checks must run while the connections are held"
+        assert Ledger(ledger_path(server.root)).is_suppressed("held@readers.net")
+        # the server drops them: each held socket reads EOF (or a reset) once the 10 s are up
+        deadline = start + 25
+        open_ = list(held)
+        while open_ and time.monotonic() < deadline:
+            still = []
+            for s in open_:
+                s.settimeout(0.01)
+                try:
+                    if s.recv(1) == b"":
+                        continue
+                except (TimeoutError, BlockingIOError):
+                    still.append(s)
+                    continue
+                except OSError:
+                    continue
+            open_ = still
+            time.sleep(0.2)
+        assert not open_, f"{len(open_)} stalled connections still open after 25 s"
+        assert time.monotonic() - start >= 9.5  # ... and not before their 10 s
+    finally:
+        for s in held:
+            s.close()
+
+
+def test_control_characters_cannot_forge_log_lines(server: Server) -> None:
+    server.request("GET", f"{PREFIX}/nothing%0a2026-12-01%2012:00:00,000%20GET%20/forged%20200")
+    time.sleep(0.3)
+    lines = server.log_path.read_text().splitlines()
+    assert not any(line.startswith("2026-12-01 12:00:00,000 GET /forged") for line in lines), lines
+    assert any("\\n2026-12-01" in line for line in lines)

@@ -30,7 +30,7 @@ def test_import_export_formats(cli: Cli, project: Path, name: str, column: str, 
     result = cli("subscribers", "import", str(EXPORTS / name))
     assert result.exit_code == 0, result.output
     assert f"addresses from column {column!r}" in result.output
-    assert "added:           2" in result.output
+    assert "\nadded 2\n" in result.output
     rows = list_rows(project)
     assert {r["email"]: r["name"] for r in rows} == expected
 
@@ -60,7 +60,7 @@ def test_dedupe_within_file_and_against_list(cli: Cli, project: Path, tmp_path: 
     again = tmp_path / "again.csv"
     again.write_text("email,name\nADA@example.net,A\nnew@example.net,N\nNew@Example.net,N2\n")
     result = cli("subscribers", "import", str(again))
-    assert "added:           1" in result.output
+    assert "\nadded 1\n" in result.output
     assert "already present: 1" in result.output
     assert "duplicates:      1" in result.output
     assert [r["email"] for r in list_rows(project)] == ["ada@example.net", "GRACE@example.net", "new@example.net"]
@@ -71,11 +71,11 @@ def test_suppressed_addresses_are_not_readded(cli: Cli, project: Path, tmp_path:
     cli("unsubscribe", "grace@example.net", "--event", "bounce")
     result = cli("subscribers", "import", str(EXPORTS / "mailchimp.csv"))
     assert result.exit_code == 0
-    assert "suppressed:      2 (bounce 1, unsubscribe 1" in result.output
+    assert "kept out:        2 already suppressed in the ledger (bounce 1, unsubscribe 1)" in result.output
     assert not (project / "subscribers" / "subscribers.csv").exists()
     cli("resubscribe", "grace@example.net", "--note", "came back")
     result = cli("subscribers", "import", str(EXPORTS / "mailchimp.csv"))
-    assert "added:           1" in result.output
+    assert "\nadded 1\n" in result.output
     assert [r["email"] for r in list_rows(project)] == ["GRACE@example.net"]
 
 
@@ -92,7 +92,7 @@ def test_addresses_written_with_names_or_mailto(cli: Cli, project: Path, tmp_pat
     f = tmp_path / "odd.csv"
     f.write_text('email\n"Ada Lovelace <ada@example.net>"\nmailto:bob@example.net\n')
     result = cli("subscribers", "import", str(f))
-    assert "added:           2" in result.output
+    assert "\nadded 2\n" in result.output
     assert [r["email"] for r in list_rows(project)] == ["ada@example.net", "bob@example.net"]
 
 

@@ -130,7 +130,11 @@ def check_issue(config: Config, issue: Issue, rendered: RenderedEmail, *, links:
             problems.append(Problem("error", f"`http://` link: use https:// ({url})", path, line))
         elif not scheme:
             if url in body_lines and any(i.url == url for i in rendered.body.images):
-                if not (issue.dir / url).is_file():
+                inside = _inside(issue.dir, url)
+                if inside is None:
+                    problems.append(Problem("error", f"image `{url}` is outside issues/{issue.slug}/: put the "
+                                            "image in the issue's folder and write its name alone", path, line))
+                elif not inside.is_file():
                     problems.append(Problem("error", f"image file `{url}` not found beside body.md", path, line))
                 continue
             problems.append(Problem("error", f"relative link `{url}`: links in email must be absolute https:// URLs",
@@ -284,6 +288,17 @@ def _yaml_line(issue: Issue, *keys: str) -> int | None:
         if issue.doc.line(key):
             return issue.doc.line(key)
     return None
+
+
+def _inside(folder: Path, url: str) -> Path | None:
+    """The file a relative image URL names, when it stays inside `folder` (no `/etc/...`, no `../`)."""
+    from urllib.parse import unquote
+
+    name = unquote(url.split("?", 1)[0].split("#", 1)[0])
+    if name.startswith(("/", "\\")) or "\x00" in name:
+        return None
+    target = (folder / name).resolve()
+    return target if target.is_relative_to(folder.resolve()) else None
 
 
 def _origin(url: str, body_lines: dict[str, int], issue: Issue, config: Config,

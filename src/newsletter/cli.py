@@ -52,7 +52,8 @@ def command_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """--root and --debug on every subcommand, and the one place errors become messages."""
 
     @click.option("--root", "root", type=click.Path(file_okay=False, path_type=Path), default=None,
-                  envvar="NEWSLETTER_ROOT", help="The newsletter's folder (default: the current directory).")
+                  help="The newsletter's folder (also NEWSLETTER_ROOT; default: the nearest folder holding "
+                       "newsletter.yaml, from here upward).")
     @click.option("--debug", is_flag=True, help="Show tracebacks instead of short error messages.")
     @click.pass_context
     @functools.wraps(func)
@@ -63,7 +64,7 @@ def command_options(func: Callable[..., Any]) -> Callable[..., Any]:
         while root is None and parent is not None:  # `newsletter subscribers --root DIR import ...`
             root = parent.params.get("root")
             parent = parent.parent
-        return _run(ctx, func, resolve_root(root), **kwargs)
+        return _run(ctx, lambda: func(resolve_root(root), **kwargs))
 
     return wrapper
 
@@ -199,44 +200,65 @@ def subscribers(root: Path | None) -> None:
 
 
 @subscribers.command("import")
-@click.argument("file", type=click.Path(path_type=Path))
+@click.argument("files", metavar="FILE...", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Read and count everything, write nothing.")
 @command_options
-def subscribers_import(root: Path, file: Path) -> None:
-    """Import an export from Mailchimp, Substack, Buttondown, Kit or any CSV with an email column.
+def subscribers_import(root: Path, files: tuple[Path, ...], dry_run: bool) -> None:
+    """Import other tools' exports: CSV files, a folder of them, or the export zip itself.
 
-    Addresses are validated (syntax, no DNS) and folded case-insensitively; addresses suppressed in the
-    ledger are not re-added. The list is rewritten atomically.
+    Mailchimp, Substack, Kit, Buttondown, beehiiv, Ghost, listmonk, MailerLite, Sendy or any CSV with an email
+    column. Each platform's do-not-mail statuses (unsubscribed, cleaned/bounced, complained, blocklisted...)
+    go to the ledger (source import:<platform>) before any reader is added; unconfirmed and pending readers
+    are skipped. An opt-out in any file beats an active row in another. The list is rewritten atomically.
+
+    \b
+    Examples:
+      newsletter subscribers import ~/Downloads/mailchimp-audience-export.zip
+      newsletter subscribers import email_list.micro-moments.csv --dry-run
     """
-    from .subscribers import SHOW_FIRST, import_file
+    from .subscribers import SHOW_FIRST, import_exports
 
-    r = import_file(root, file)
-    delim = {",": "comma", ";": "semicolon", "\t": "tab"}[r.delimiter]
-    guessed = " (guessed from its values)" if r.email_column_guessed else ""
-    if r.headerless:
-        guessed += "; the file has no header row, so its first line was imported too"
-    names = f"; names from {', '.join(repr(n) for n in r.name_columns)}" if r.name_columns else ""
-    click.echo(f"read {r.rows} row(s) from {file} ({r.encoding}, {delim}-separated); "
-               f"addresses from column {r.email_column!r}{guessed}{names}")
-    click.echo(f"  added:           {r.added}")
+    r = import_exports(root, list(files), dry_run=dry_run)
+    for f in r.files:
+        delim = {",": "comma", ";": "semicolon", "\t": "tab"}[f.delimiter]
+        guessed = " (guessed from its values)" if f.email_column_guessed else ""
+        if f.headerless:
+            guessed += "; the file has no header row, so its first line was imported too"
+        names = f"; names from {', '.join(repr(n) for n in f.name_columns)}" if f.name_columns else ""
+        status = f"; status from {f.status_column if f.status_column == 'the file name' else repr(f.status_column)}" \
+            if f.status_column else ""
+        click.echo(f"read {len(f.rows)} row(s) from {f.source} ({f.platform}, {f.encoding}, {delim}-separated); "
+                   f"addresses from column {f.email_column!r}{guessed}{names}{status}")
+    click.echo(("dry run, nothing written: " if dry_run else "") + r.summary)
+    if r.suppressed:
+        verb = "would be recorded" if dry_run else "recorded"
+        click.echo(f"  ledger:          {r.ledger_new} opt-out(s) {verb}"
+                   + (f", {r.ledger_known} already there" if r.ledger_known else ""))
     click.echo(f"  already present: {r.already_present}")
-    click.echo(f"  duplicates:      {r.duplicates} (same address twice in the file)")
-    by = ", ".join(f"{k} {v}" for k, v in sorted(r.suppressed_by.items()))
-    click.echo(f"  suppressed:      {r.suppressed}" + (f" ({by}; not re-added: only `newsletter resubscribe` "
-                                                       "lifts a suppression)" if r.suppressed else ""))
+    click.echo(f"  duplicates:      {r.duplicates} (same address twice in the files)")
+    if r.kept_out:
+        by = ", ".join(f"{k} {v}" for k, v in sorted(r.kept_out.items()))
+        click.echo(f"  kept out:        {sum(r.kept_out.values())} already suppressed in the ledger ({by}); only "
+                   "`newsletter resubscribe` lifts a suppression")
     click.echo(f"  invalid:         {len(r.invalid)}")
-    for line, value, reason in r.invalid[:SHOW_FIRST]:
-        click.echo(f"    line {line}: {value!r}: {reason}")
+    for source, line, value, reason in r.invalid[:SHOW_FIRST]:
+        click.echo(f"    {_where(source, len(r.files))}line {line}: {value!r}: {reason}")
     if len(r.invalid) > SHOW_FIRST:
         click.echo(f"    ... and {len(r.invalid) - SHOW_FIRST} more")
     if r.malformed:
         click.echo(f"  malformed rows:  {len(r.malformed)} (skipped)")
-        for line, what in r.malformed[:SHOW_FIRST]:
-            click.echo(f"    line {line}: {what}")
+        for source, line, what in r.malformed[:SHOW_FIRST]:
+            click.echo(f"    {_where(source, len(r.files))}line {line}: {what}")
     if r.empty:
         click.echo(f"  rows without an address: {r.empty}")
-    if r.added == 0 and r.already_present == 0 and r.suppressed == 0:
-        click.secho(f"error: {file}: nothing could be imported; the list is unchanged", err=True, fg="red")
+    if r.imported_nothing:
+        click.secho(f"error: {', '.join(str(f) for f in files)}: nothing could be imported; the list is unchanged",
+                    err=True, fg="red")
         sys.exit(1)
+
+
+def _where(source: str, files: int) -> str:
+    return f"{source}: " if files > 1 else ""
 
 
 @subscribers.command("add")
@@ -248,6 +270,25 @@ def subscribers_add(root: Path, email: str, name: str) -> None:
     from .subscribers import add_subscriber
 
     click.echo(f"added {add_subscriber(root, email, name)}")
+
+
+@subscribers.command("remove")
+@click.argument("addresses", metavar="ADDR...", nargs=-1, required=True)
+@command_options
+def subscribers_remove(root: Path, addresses: tuple[str, ...]) -> None:
+    """Take readers off the list. Their history in the ledger stays: an opt-out is never forgotten.
+
+    \b
+    Example:
+      newsletter subscribers remove ada@example.net
+    """
+    from .subscribers import remove_subscribers
+
+    removed, absent = remove_subscribers(root, addresses)
+    for address in removed:
+        click.echo(f"removed {address}")
+    for address in absent:
+        click.echo(f"{address} is not on the list")
 
 
 @subscribers.command("list")
@@ -289,16 +330,23 @@ def subscribers_export(root: Path, file: Path, include_suppressed: bool) -> None
     click.echo(f"wrote {n} reader(s) to {file}")
 
 
-def _ledger_append(root: Path, addresses: tuple[str, ...], event: str, source: str, detail: str) -> None:
-    from .ledger import Event, append_events, ledger_path, now_iso
+def _ledger_append(root: Path, addresses: tuple[str, ...], event: str, detail: str) -> None:
+    from .ledger import ledger_path
+    from .subscribers import record_ledger_events
 
-    bad = [a for a in addresses if "@" not in a or any(c.isspace() for c in a.strip())]
-    if bad:
-        raise click.BadParameter(f"not an address: {bad[0]!r}", param_hint="ADDR")
-    at = now_iso()
-    append_events(ledger_path(root), [Event(a, event, at, source, detail) for a in addresses])
-    for a in addresses:
-        click.echo(f"{event}: {a.strip().lower()} (recorded in {_show(ledger_path(root))})")
+    where = _show(ledger_path(root))
+    for o in record_ledger_events(root, addresses, event, detail=detail):
+        if o.outcome == "recorded":
+            click.echo(f"{event}: {o.address} (recorded in {where})")
+        elif o.outcome == "not-on-list" and event == "resubscribe":
+            click.echo(f"{event}: {o.address}: recorded; not on the list yet: "
+                       f"`newsletter subscribers add {o.address}` adds them")
+        elif o.outcome == "not-on-list":
+            click.echo(f"{event}: {o.address}: not on the list; recorded so it is never mailed")
+        elif o.outcome == "already-suppressed":
+            click.echo(f"{o.address} is already suppressed (latest event: {o.previous}); nothing recorded")
+        else:
+            click.echo(f"{o.address} is not suppressed; nothing recorded")
 
 
 @main.command()
@@ -314,7 +362,7 @@ def unsubscribe(root: Path, addresses: tuple[str, ...], reason: str, event: str)
     Example:
       newsletter unsubscribe ada@example.net --reason "asked by reply"
     """
-    _ledger_append(root, addresses, event, "cli", reason)
+    _ledger_append(root, addresses, event, reason)
 
 
 @main.command()
@@ -328,7 +376,7 @@ def resubscribe(root: Path, addresses: tuple[str, ...], note: str) -> None:
     Example:
       newsletter resubscribe ada@example.net --note "signed up again on the site"
     """
-    _ledger_append(root, addresses, "resubscribe", "cli", note)
+    _ledger_append(root, addresses, "resubscribe", note)
     click.echo("if SendGrid suppresses the address too (a bounce, or its own unsubscribe list), remove it there "
                "as well: SendGrid drops mail to its suppressed addresses", err=True)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .errors import ConfigError
+from .errors import ConfigError, UsageError
 from .yamlfile import YamlDoc, describe, load_yaml, unknown_key_message
 
 CONFIG_NAME = "newsletter.yaml"
@@ -121,9 +121,23 @@ class Config:
 
 
 def resolve_root(root: str | Path | None) -> Path:
-    """--root, else NEWSLETTER_ROOT, else the current directory."""
-    value = root or os.environ.get("NEWSLETTER_ROOT") or "."
-    return Path(value).expanduser().resolve()
+    """--root, else NEWSLETTER_ROOT, else the nearest folder holding newsletter.yaml from the current directory
+    upward (as git finds its repository). Raises UsageError (exit 2) when there is none: a command run in the
+    wrong folder must not create a ledger there that no send will ever read."""
+    given = root or os.environ.get("NEWSLETTER_ROOT")
+    if given:
+        folder = Path(given).expanduser().resolve()
+        if not (folder / CONFIG_NAME).is_file():
+            how = "--root" if root else "NEWSLETTER_ROOT"
+            raise UsageError(f"no {CONFIG_NAME} in {folder} (given by {how})",
+                             hint="point it at your newsletter's folder, the one holding newsletter.yaml")
+        return folder
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / CONFIG_NAME).is_file():
+            return folder
+    raise UsageError(f"no {CONFIG_NAME} here or in any parent folder: run this in your newsletter's folder "
+                     "or pass --root")
 
 
 class _Problems:

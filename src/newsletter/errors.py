@@ -29,6 +29,12 @@ class NewsletterError(Exception):
         return text
 
 
+class UsageError(NewsletterError):
+    """The command cannot run as typed (no newsletter folder, a bad argument): exit 2."""
+
+    exit_code = 2
+
+
 class ConfigError(NewsletterError):
     """newsletter.yaml is missing, malformed or holds wrong values."""
 
@@ -47,6 +53,30 @@ class SubscriberError(NewsletterError):
 
 class LedgerError(NewsletterError):
     """The unsubscribe ledger cannot be read or written."""
+
+
+class StorageError(NewsletterError):
+    """A write that matters could not complete (disk full, I/O error, read-only file system): never a success."""
+
+    errno: int | None = None
+
+    @classmethod
+    def from_os(cls, exc: OSError, path: Path, what: str) -> StorageError:
+        """'disk full: could not record <what> in <path>' and the like, from the OSError behind it."""
+        import errno
+
+        reason = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system",
+                  errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+                  errno.EIO: "I/O error"}.get(exc.errno or 0, exc.strerror or type(exc).__name__)
+        hint = "free some space, then run the command again" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        err = cls(f"{reason}: could not record {what}", path=path, hint=hint)
+        err.errno = exc.errno
+        return err
+
+    def __str__(self) -> str:
+        # The file goes last here: "disk full: could not record ... in subscribers/unsubscribes.csv"
+        text = f"{self.message} in {self.path}" if self.path is not None else self.message
+        return text + (f"\n  hint: {self.hint}" if self.hint else "")
 
 
 class SendError(NewsletterError):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .addresses import is_plausible, normalize
 from .errors import NewsletterError
 from .files import append_durably, read_jsonl
 from .ledger import Event, Ledger, append_events, iter_events, ledger_path
@@ -76,6 +77,8 @@ def parse_batch(body: bytes) -> list[dict[str, Any]]:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise WebhookError("malformed JSON", 400) from None
+    except RecursionError:  # a body nested 100,000 deep: refused, not a 500
+        raise WebhookError("malformed JSON: nested too deeply", 400) from None
     if not isinstance(data, list) or not all(isinstance(e, dict) for e in data):
         raise WebhookError("expected a JSON array of event objects", 400)
     return data
@@ -115,33 +118,53 @@ class EventLog:
             if isinstance(e.get("timestamp"), int | float) and e["timestamp"] >= cutoff and e.get("sg_event_id"):
                 self.seen.add(str(e["sg_event_id"]))
 
-    def record(self, events: Iterable[dict[str, Any]], ledger: Ledger) -> tuple[int, int]:
-        """Append new events to the log and suppressing ones to the ledger; returns (logged, ledger events)."""
-        fresh = []
+    def record(self, events: Iterable[dict[str, Any]], ledger: Ledger) -> RecordResult:
+        """Append new events to the log and suppressing ones to the ledger. Event ids are marked as seen only
+        after every write succeeded: a batch that fails (StorageError, a lock held too long) is answered with
+        an error and SendGrid's retry is stored in full. Events whose address is not a plausible address (not
+        a string, a line break) are skipped and counted, never written and never logged with the address."""
+        result = RecordResult()
+        fresh: list[dict[str, Any]] = []
+        ids: set[str] = set()
         for e in events:
             eid = str(e.get("sg_event_id") or "")
-            if eid and eid in self.seen:
+            if eid and (eid in self.seen or eid in ids):
                 continue  # SendGrid delivered this batch before
+            email = e.get("email")
+            if not isinstance(email, str) or not is_plausible(normalize(email)):
+                result.skipped += 1
+                continue
             if eid:
-                self.seen.add(eid)
+                ids.add(eid)
             fresh.append(e)
         if not fresh:
-            return 0, 0
+            return result
         ledger.refresh()
         to_ledger = []
         for e in fresh:
             kind = ledger_event_for(e)
-            email = str(e.get("email") or "").strip().lower()
-            if kind and email and ledger.event_of(email) != kind:
+            email = normalize(e["email"])
+            if kind and ledger.event_of(email) != kind:
                 detail = f"{e.get('event')} {e.get('sg_event_id') or ''}".strip()
                 if e.get("reason"):
                     detail += f": {e['reason']}"
                 to_ledger.append(Event(email, kind, source="sendgrid", detail=detail[:200]))
         if to_ledger:
-            append_events(ledger_path(self.root), to_ledger)
+            append_events(ledger_path(self.root), to_ledger, what=f"{len(to_ledger)} event(s) from SendGrid")
         data = b"".join(json.dumps(e, separators=(",", ":"), ensure_ascii=False).encode() + b"\n" for e in fresh)
-        append_durably(self.path, data)
-        return len(fresh), len(to_ledger)
+        append_durably(self.path, data, what=f"{len(fresh)} event(s) from SendGrid")
+        self.seen |= ids  # only now: everything this batch needs is on disk
+        result.logged, result.ledger = len(fresh), len(to_ledger)
+        return result
+
+
+@dataclass
+class RecordResult:
+    """What one webhook batch stored."""
+
+    logged: int = 0
+    ledger: int = 0
+    skipped: int = 0
 
 
 def read_events(path: Path) -> Iterator[dict[str, Any]]:

@@ -1,7 +1,13 @@
-"""Writes that matter: atomic replacement, and appends fsynced under a file lock; JSON-lines reading."""
+"""Writes that matter: atomic replacement, and appends fsynced under a file lock; JSON-lines reading.
+
+Every write here either puts all its bytes on disk and fsyncs them, or raises `StorageError`: `os.write` may
+write less than it was given (a full disk, a signal), and a short count is never taken for a success.
+Files that hold readers' addresses are created private (0600); published files follow the umask.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -10,58 +16,93 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
+from .errors import StorageError
+
+PRIVATE = 0o600
+
+
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write every byte of `data` to `fd`, looping over short writes; raises OSError when the disk takes none."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        if n <= 0:  # a write of 0 bytes would loop forever: the disk is full in all but name
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        view = view[n:]
+
 
 @contextmanager
-def atomic_writer(path: Path) -> Iterator[TextIO]:
-    """A text file that replaces `path` only once complete and fsynced: a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+def atomic_writer(path: Path, *, what: str = "the file", private: bool = False) -> Iterator[TextIO]:
+    """A text file that replaces `path` only once complete and fsynced: a crash or a full disk never leaves
+    half a file. `private` files are 0600; others follow the umask (mkstemp's 0600 would otherwise survive
+    the rename and hide a published page from the web server)."""
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as exc:
+        raise StorageError.from_os(exc, path, what) from None
+    try:
+        os.fchmod(fd, PRIVATE if private else _umask_mode())
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
             yield fh
-            fh.flush()
+            fh.flush()  # BufferedWriter loops over short writes and raises on a full disk
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise StorageError.from_os(exc, path, what) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def write_atomic(path: Path, data: str) -> None:
+def write_atomic(path: Path, data: str, *, what: str = "the file", private: bool = False) -> None:
     """Replace `path` with `data` atomically."""
-    with atomic_writer(path) as fh:
+    with atomic_writer(path, what=what, private=private) as fh:
         fh.write(data)
 
 
-def open_for_append(path: Path, header: bytes = b"") -> int:
-    """An O_APPEND descriptor whose next write starts on a fresh line: a torn last line left by a crash is
-    closed first, and `header` is written when the file is new or empty."""
+def open_for_append(path: Path, header: bytes = b"", *, private: bool = True) -> int:
+    """An O_APPEND descriptor whose next write starts on a fresh line: a torn last line left by a crash or a
+    full disk is closed first, and `header` is written when the file is new or empty. Raises OSError."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, PRIVATE if private else 0o644)
     try:
         size = os.fstat(fd).st_size
         if size == 0:
             if header:
-                os.write(fd, header)
+                write_all(fd, header)
         elif os.pread(fd, 1, size - 1) != b"\n":
-            os.write(fd, b"\n")
+            write_all(fd, b"\n")
     except BaseException:
         os.close(fd)
         raise
     return fd
 
 
-def append_durably(path: Path, data: bytes, *, header: bytes = b"", lock_timeout: float = 60.0) -> None:
-    """Append `data` under `<path>.lock`, then fsync (see open_for_append for torn lines and the header)."""
-    from filelock import FileLock
+def append_durably(path: Path, data: bytes, *, what: str, header: bytes = b"", lock_timeout: float = 60.0) -> None:
+    """Append `data` under `<path>.lock`, then fsync (see open_for_append for torn lines and the header).
+    Raises StorageError when any byte could not be written or synced, and filelock.Timeout."""
+    from filelock import FileLock, Timeout
 
-    with FileLock(str(path) + ".lock", timeout=lock_timeout):
-        fd = open_for_append(path, header)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    try:
+        with FileLock(str(path) + ".lock", timeout=lock_timeout):
+            fd = open_for_append(path, header)
+            try:
+                write_all(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    except Timeout:
+        raise  # a TimeoutError (so an OSError) that means "busy", not "broken": the caller words it
+    except OSError as exc:
+        raise StorageError.from_os(exc, path, what) from None
 
 
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
@@ -76,7 +117,7 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
                 break  # torn last line: it was never written (nor fsynced) whole
             try:
                 record = json.loads(raw)
-            except ValueError:
-                continue
+            except (ValueError, RecursionError):
+                continue  # a torn record followed by a later one on the same line, or a hand edit
             if isinstance(record, dict):
                 yield record

@@ -12,6 +12,9 @@ File: subscribers/sends/<slug>.jsonl, one JSON object per line:
                                              or unsubscribes that arrived while waiting to retry)
   {"t": "doubt", "b": 7, "error": ...}       the request went out and no answer came: fate unknown
 A batch whose last record is `attempt` or `doubt` is in doubt: never re-sent unless asked.
+
+A record counts only when it is whole (it ends in a newline): a request leaves only after its `attempt`
+record was written whole and fsynced, so a torn `attempt` (a full disk, a kill) means the request never left.
 """
 
 from __future__ import annotations
@@ -24,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import SendError
-from .files import open_for_append, read_jsonl
+from .errors import SendError, StorageError
+from .files import open_for_append, read_jsonl, write_all
 
 if TYPE_CHECKING:
     from filelock import BaseFileLock
@@ -127,10 +130,14 @@ class Journal:
         self.path = path
         self._lock = threading.Lock()
         self._fd: int | None = None
+        self._torn = False  # a write failed part-way: the next record must start on a fresh line
 
     def __enter__(self) -> Journal:
         # One descriptor for the whole run (the per-issue send lock keeps other writers out).
-        self._fd = open_for_append(self.path)
+        try:
+            self._fd = open_for_append(self.path)
+        except OSError as exc:
+            raise StorageError.from_os(exc, self.path, "the start of this send") from None
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -139,13 +146,24 @@ class Journal:
             self._fd = None
 
     def write(self, *records: dict[str, Any]) -> None:
-        """Append records and fsync: when this returns they survive a crash."""
+        """Append records whole and fsync them: when this returns they survive a crash. Raises StorageError
+        when any byte could not be written or synced; the caller must then not do what the record announces."""
         data = b"".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")).encode() + b"\n" for r in records)
         with self._lock:
             if self._fd is None:
                 raise SendError("the journal is not open", path=self.path)
-            os.write(self._fd, data)
-            os.fsync(self._fd)
+            try:
+                if self._torn:
+                    write_all(self._fd, b"\n")  # close the torn record: it stays unreadable, never merges
+                    self._torn = False
+                write_all(self._fd, data)
+                os.fsync(self._fd)
+            except OSError as exc:
+                self._torn = True
+                first = records[0] if records else {}
+                what = f"the `{first.get('t', '?')}` record of batch {first.get('b', '?')}" if "b" in first else (
+                    f"the `{first.get('t', '?')}` record")
+                raise StorageError.from_os(exc, self.path, what) from None
 
 
 def send_lock(root: Path, slug: str) -> BaseFileLock:

@@ -1,8 +1,11 @@
 """The append-only unsubscribe ledger: the single source of truth for who must never be mailed again.
 
 Format (subscribers/unsubscribes.csv): header `email,event,at,source,detail`, one event per physical line.
-An address is suppressed when its latest event is anything but `resubscribe`; a line that cannot be read
-(a torn write, a hand edit) suppresses the address it names. Writers append under a file lock and fsync.
+An address is suppressed when its latest event is a suppressing one (`unsubscribe`, `bounce`, `spamreport`,
+`invalid`); `resubscribe` and `subscribe` (a confirmed double opt-in) lift it. A line that cannot be read but
+still names an address (a torn write, a hand edit) suppresses that address; a line whose address cannot be
+read at all (the file re-saved as UTF-16 or with `;`) makes the ledger *unreadable*, and `send` refuses.
+Writers append under a file lock and fsync.
 """
 
 from __future__ import annotations
@@ -10,20 +13,25 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from .addresses import is_plausible
+from .addresses import normalize as normalize_email
 from .errors import LedgerError, Problem
 from .files import append_durably
-from .tokens import normalize_email
 
 LEDGER_NAME = "unsubscribes.csv"
 HEADER = "email,event,at,source,detail"
-EVENTS = ("unsubscribe", "bounce", "spamreport", "invalid", "resubscribe")
+SUPPRESSING = ("unsubscribe", "bounce", "spamreport", "invalid")
+LIFTING = ("resubscribe", "subscribe")
+EVENTS = SUPPRESSING + LIFTING
 UNREADABLE = "unreadable"  # the pseudo-event of a line that cannot be read: suppressing
-_EVENT = {e: e for e in EVENTS}  # interned event names: a million rows share five strings
+_EVENT = {e: e for e in EVENTS}  # interned event names: a million rows share six strings
+_LIFTING = frozenset(LIFTING)
 LOCK_TIMEOUT = 60.0
 _CHUNK = 1 << 20
 
@@ -54,31 +62,34 @@ def _clean(value: str) -> str:
     return " ".join(str(value).split())
 
 
-def append_events(path: Path, events: Iterable[Event]) -> int:
-    """Append events under the ledger's lock, flushed and fsynced; returns how many were written."""
+def append_events(path: Path, events: Iterable[Event], what: str = "") -> int:
+    """Append events under the ledger's lock, written whole and fsynced; returns how many were written.
+    Raises StorageError (naming `what` and the file) when they could not all be written."""
     from filelock import Timeout
 
     rows = io.StringIO()
     writer = csv.writer(rows, lineterminator="\n")
     count = 0
+    first: Event | None = None
     for e in events:
+        first = first or e
         if e.event not in EVENTS:
             raise LedgerError(f"unknown ledger event `{e.event}` (known: {', '.join(EVENTS)})")
         email = normalize_email(e.email)
-        if not email or "\n" in email:
+        if not is_plausible(email):
             raise LedgerError(f"not an address: {e.email!r}")
         writer.writerow([email, e.event, e.at or now_iso(), _clean(e.source), _clean(e.detail)])
         count += 1
-    if not count:
+    if not count or first is None:
         return 0
+    what = what or (f"the {first.event} of {normalize_email(first.email)}" if count == 1
+                    else f"{count} ledger events")
     try:
         append_durably(path, rows.getvalue().encode("utf-8"), header=(HEADER + "\n").encode(),
-                       lock_timeout=LOCK_TIMEOUT)
+                       lock_timeout=LOCK_TIMEOUT, what=what)
     except Timeout:
         raise LedgerError("the ledger is locked by another process for too long", path=path,
                           hint=f"if no newsletter command is running, delete {path}.lock") from None
-    except OSError as exc:
-        raise LedgerError(f"cannot append to the ledger: {exc.strerror}", path=path) from None
     return count
 
 
@@ -100,6 +111,8 @@ class Ledger:
         self._line = 0
         self._tail_emails: set[str] = set()  # addresses named by an incomplete last line
         self._reported: set[int] = set()
+        # Lines whose address cannot be read at all: nobody can tell whom they suppress, so `send` refuses.
+        self.unreadable: list[Problem] = []
         self.refresh()
 
     def refresh(self) -> int:
@@ -128,8 +141,8 @@ class Ledger:
         if tail.strip():
             # A torn (or still being written) last line: suppress what it names, re-read it next time.
             parts = tail.decode("utf-8", errors="replace").split(",")
-            email = normalize_email(parts[0].strip('"'))
-            if email:
+            email = normalize_email(parts[0].strip('"').lstrip("\ufeff"))
+            if email and "@" in email:
                 self._tail_emails.add(email)
             if self._line + 1 not in self._reported:
                 self._reported.add(self._line + 1)
@@ -146,8 +159,12 @@ class Ledger:
         events = _EVENT
         for raw in lines:
             number += 1
+            if raw.endswith("\r"):  # CRLF, as a spreadsheet saves it
+                raw = raw[:-1]
+            if number == 1 and raw.startswith("\ufeff"):  # a byte-order mark, ditto
+                raw = raw[1:]
             parts = raw.split(",") if '"' not in raw else next(csv.reader([raw]), [])
-            if len(parts) == 5 and parts[1] in events:
+            if len(parts) == 5 and parts[1] in events and "\ufffd" not in parts[0]:
                 latest[parts[0].strip().lower()] = events[parts[1]]
             elif number == 1 and raw.strip().lower().startswith("email,"):
                 continue
@@ -158,18 +175,40 @@ class Ledger:
 
     def _unreadable(self, parts: list[str], number: int, raw: str) -> None:
         email = normalize_email(parts[0].strip('"')) if parts else ""
-        if email:
+        if number in self._reported:
+            return
+        self._reported.add(number)
+        if is_plausible(email):
             self.latest[email] = UNREADABLE  # it is this address's latest event, and it suppresses
-        if number not in self._reported:
-            self._reported.add(number)
-            self.problems.append(Problem("warning", f"unreadable line, counted as suppressing {email or '?'}: "
+            self.problems.append(Problem("warning", f"unreadable line, counted as suppressing {email}: "
                                          f"{raw[:60]!r}", self.path, number))
+        elif _torn_write(raw):
+            # What a write cut short by a full disk or a crash leaves, closed by the next append: the command
+            # that wrote it failed and said so, so it names nobody who was promised anything.
+            self.problems.append(Problem("warning", f"the remains of an interrupted write: {raw[:60]!r}",
+                                         self.path, number))
+        else:
+            self.unreadable.append(Problem("error", f"cannot read the address on this line: {raw[:60]!r}",
+                                           self.path, number))
+
+    def check_readable(self) -> None:
+        """Raise LedgerError naming the first line whose address cannot be read: mailing with such a ledger
+        could mail someone it suppresses."""
+        if not self.unreadable:
+            return
+        first = self.unreadable[0]
+        more = f" (and {len(self.unreadable) - 1} more line(s))" if len(self.unreadable) > 1 else ""
+        raise LedgerError(
+            f"{first.message}{more}: the ledger is not UTF-8 comma-separated CSV, so nobody can tell whom it "
+            "suppresses; nothing was sent", path=self.path, line=first.line,
+            hint="re-save it as CSV UTF-8 with commas, header `email,event,at,source,detail` (or restore it "
+                 "from a backup), then check it with `newsletter subscribers count`")
 
     def is_suppressed(self, email: str) -> bool:
         """Whether mail to `email` (any case, any surrounding space) is forbidden."""
         key = email.strip().lower()
         event = self.latest.get(key)
-        return (event is not None and event != "resubscribe") or key in self._tail_emails
+        return (event is not None and event not in _LIFTING) or key in self._tail_emails
 
     def event_of(self, email: str) -> str | None:
         """The latest event of an address (None when the ledger never named it)."""
@@ -180,8 +219,8 @@ class Ledger:
 
     def suppressed_counts(self) -> Counter[str]:
         """How many addresses are suppressed, by their latest event."""
-        counts: Counter[str] = Counter(e for e in self.latest.values() if e != "resubscribe")
-        counts[UNREADABLE] += sum(1 for e in self._tail_emails if self.latest.get(e, "resubscribe") == "resubscribe")
+        counts: Counter[str] = Counter(e for e in self.latest.values() if e not in _LIFTING)
+        counts[UNREADABLE] += sum(1 for e in self._tail_emails if self.latest.get(e, "resubscribe") in _LIFTING)
         return +counts
 
 
@@ -200,6 +239,15 @@ def iter_events(path: Path, kind: str | None = None) -> Iterator[tuple[Event, dt
             except ValueError:
                 at = None
             yield Event(row[0].strip().lower(), row[1], row[2], row[3], row[4]), at
+
+
+_TORN = re.compile(r'^[^\s,;"\x00\ufffd]*(,[a-z]*(,[0-9T:Z-]*)?)?$')
+
+
+def _torn_write(raw: str) -> bool:
+    """A line that is the start of a well-formed one: part of an address, maybe the start of an event and time.
+    A line re-saved with `;` or tabs, in UTF-16 (NULs) or another encoding (U+FFFD) is not."""
+    return bool(_TORN.match(raw))
 
 
 def load_ledger(root: Path) -> Ledger:

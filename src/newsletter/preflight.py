@@ -136,6 +136,7 @@ def prepare(root: Path, options: SendOptions) -> Prepared:
         return Prepared(root, config, issue, rendered, options, secret, api_key, f"[Test] {subject}",
                         len(options.to), 0, 0, 0, 0, journal)
     ledger = load_ledger(root)
+    ledger.check_readable()
     counts = {"readers": 0, "suppressed": 0, "sent": 0, "doubt": 0, "dups": 0}
     invalid: list[str] = []
     for _ in eligible_readers(root, ledger, journal, options.resend_in_doubt, counts, invalid):

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import SendError, TransportError
+from .errors import LedgerError, SendError, StorageError, TransportError
 from .journal import Journal, journal_path, load_state, send_lock
 from .ledger import Ledger, load_ledger
 from .message import MessageBuilder
@@ -90,6 +90,7 @@ class Dispatcher:
         # second ago is not mailed.
         with self.ledger_lock:
             self.ledger.refresh()
+            self.ledger.check_readable()  # a line nobody can read may be an opt-out: stop rather than guess
             keep = [r for r in readers if not self.ledger.is_suppressed(r[0])]
         if len(keep) != len(readers):
             with self.report_lock:
@@ -103,25 +104,45 @@ class Dispatcher:
             return b
 
     def run_batch(self, readers: list[tuple[str, str]]) -> None:
-        """Send one batch (splitting it on 413), recording everything; never raises TransportError."""
+        """Send one batch (splitting it on 413), recording everything; never raises TransportError. When the
+        journal cannot be written (a full disk) or the ledger cannot be read, the run stops: a request whose
+        `attempt` record is not whole never leaves."""
         if self.stop.is_set():
             with self.report_lock:
                 self.report.not_attempted += len(readers)
             return
+        flight = {"left": False, "b": 0}
+        try:
+            self._run_batch(readers, flight)
+        except (StorageError, LedgerError) as exc:
+            self.stop.set()
+            with self.report_lock:
+                self.report.stopped = self.report.stopped or str(exc)
+                fate = ("its answer could not be recorded, so it is in doubt" if flight["left"]
+                        else "not sent; a re-run sends it")
+                self.report.errors.append(f"batch {flight['b'] or '-'} ({len(readers)} readers): {fate}: {exc}")
+                if not flight["left"]:
+                    self.report.failed += len(readers)
+                    self.report.failed_batches += 1
+            self._done(len(readers))
+
+    def _run_batch(self, readers: list[tuple[str, str]], flight: dict[str, Any]) -> None:
         readers = self._fresh_readers(readers)
         if not readers:
             return
         body = self.builder.body(readers)
-        b = self._next_id()
+        b = flight["b"] = self._next_id()
         assert self.journal is not None
         self.journal.write({"t": "batch", "b": b, "emails": [e for e, _ in readers]})
         attempt, rate_waits = 0, 0
         while True:
             attempt += 1
-            self.journal.write({"t": "attempt", "b": b, "n": attempt})
+            flight["left"] = False
+            self.journal.write({"t": "attempt", "b": b, "n": attempt})  # whole and fsynced, or no request
             try:
                 with self.report_lock:
                     self.report.requests += 1
+                flight["left"] = True
                 accepted = self._send(body)
             except TransportError as exc:
                 action = self._classify(exc, attempt, rate_waits)

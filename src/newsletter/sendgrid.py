@@ -127,8 +127,22 @@ class SendGridTransport:
 
 def api_key_from_env() -> str:
     """SENDGRID_API_KEY, or a SendError saying how to set it."""
-    key = os.environ.get(API_KEY_ENV, "").strip()
+    raw = os.environ.get(API_KEY_ENV, "")
+    key = raw.strip()
     if not key:
         raise SendError(f"{API_KEY_ENV} is not set: it is needed to send",
                         hint="create a key with the Mail Send permission in SendGrid (Settings > API Keys)")
+    check_key_shape(key)
     return key
+
+
+def check_key_shape(key: str) -> None:
+    """Refuse a key that cannot go into an HTTP header, before any request: the error names the fault, never
+    the key (http.client's own error would print it, header and all)."""
+    fix = f"copy the key again and set {API_KEY_ENV} to it alone, on one line"
+    if "\n" in key or "\r" in key:
+        raise SendError(f"{API_KEY_ENV} contains a line break", hint=fix)
+    if any(c.isspace() for c in key):
+        raise SendError(f"{API_KEY_ENV} contains a space or other whitespace", hint=fix)
+    if not key.isascii() or not key.isprintable():
+        raise SendError(f"{API_KEY_ENV} contains characters that cannot be sent (not printable ASCII)", hint=fix)

@@ -3,30 +3,24 @@
 from __future__ import annotations
 
 import csv
-import io
-import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import SubscriberError
+from .addresses import bare, is_plausible, normalize, validate
+from .addresses import normalize as normalize_email
+from .errors import SubscriberError, UsageError
+from .exports import ExportFile, ExportRow, column_index, iter_sources, read_export
 from .files import atomic_writer
-from .ledger import Ledger, load_ledger
-from .tokens import normalize_email
+from .ledger import load_ledger
 
 if TYPE_CHECKING:
     from filelock import BaseFileLock
 
 LIST_NAME = "subscribers.csv"
-# Column names used by the tools writers leave: Mailchimp, Substack, Buttondown, Kit/ConvertKit, Ghost...
-EMAIL_COLUMNS = ("email", "email address", "e-mail", "email_address", "emailaddress", "e-mail address",
-                 "subscriber email", "subscriber", "mail")
-NAME_COLUMNS = ("name", "full name", "full_name", "fullname", "display name", "subscriber name")
-FIRST_COLUMNS = ("first name", "first_name", "firstname", "fname", "given name")
-LAST_COLUMNS = ("last name", "last_name", "lastname", "lname", "surname", "family name")
-LOOKS_LIKE_EMAIL = re.compile(r"^\s*[^@\s,;]+@[^@\s,;]+\.[^@\s,;]+\s*$")
 SHOW_FIRST = 5
 
 
@@ -44,52 +38,78 @@ class Subscriber:
     extra: dict[str, str] = field(default_factory=dict)
 
 
-def _column_index(header: list[str], names: tuple[str, ...]) -> int | None:
-    lowered = [h.strip().lower().lstrip("\ufeff") for h in header]
-    for name in names:
-        if name in lowered:
-            return lowered.index(name)
-    return None
+_column_index = column_index
+
+
+def _rows(path: Path) -> Iterator[list[str]]:
+    """The list's CSV rows, streamed; a file that is not UTF-8, or a field that runs away (an unclosed quote),
+    becomes one SubscriberError naming the line and what to do, never a decoding traceback."""
+    try:
+        fh = open(path, encoding="utf-8-sig", newline="")  # noqa: SIM115 - closed by the with below
+    except FileNotFoundError:
+        return
+    with fh:
+        reader = csv.reader(fh)
+        try:
+            yield from reader
+        except UnicodeDecodeError:
+            raise SubscriberError("not UTF-8 text", path=path, line=_first_undecodable_line(path),
+                                  hint="re-save the list as UTF-8 (\"CSV UTF-8\" in Excel or Numbers)") from None
+        except csv.Error as exc:
+            too_long = "field larger than field limit" in str(exc)
+            raise SubscriberError(
+                "a field is too long (over 128 KB)" if too_long else f"malformed CSV: {exc}", path=path,
+                line=reader.line_num,
+                hint="the field is too long: an unclosed quote near this line is the usual cause; fix or remove it"
+                if too_long else "an unclosed quote is the usual cause") from None
+
+
+def _first_undecodable_line(path: Path) -> int:
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return 1
+
+
+def _header(rows: Iterator[list[str]], path: Path) -> list[str] | None:
+    header = next(rows, None)
+    if header is not None and _column_index(header, ("email",)) is None:
+        raise SubscriberError(f"no `email` column (columns: {', '.join(header)})", path=path, line=1)
+    return header
 
 
 def iter_subscribers(root: Path) -> Iterator[tuple[str, str]]:
     """(email, name) of every row of the list, streamed; rows without an address are skipped."""
     path = list_path(root)
-    try:
-        fh = open(path, encoding="utf-8-sig", newline="")  # noqa: SIM115 - closed in finally
-    except FileNotFoundError:
+    rows = _rows(path)
+    header = _header(rows, path)
+    if header is None:
         return
-    with fh:
-        reader = csv.reader(fh)
-        header = next(reader, None)
-        if header is None:
-            return
-        email_at = _column_index(header, ("email",))
-        if email_at is None:
-            raise SubscriberError(f"no `email` column (columns: {', '.join(header)})", path=path, line=1)
-        name_at = _column_index(header, ("name",))
-        for row in reader:
-            if len(row) > email_at and row[email_at].strip():
-                name = row[name_at] if name_at is not None and len(row) > name_at else ""
-                yield row[email_at].strip(), name.strip()
+    email_at = _column_index(header, ("email",)) or 0
+    name_at = _column_index(header, ("name",))
+    for row in rows:
+        if len(row) > email_at and row[email_at].strip():
+            name = row[name_at] if name_at is not None and len(row) > name_at else ""
+            yield row[email_at].strip(), name.strip()
 
 
 def read_list(root: Path) -> tuple[list[str], list[list[str]]]:
     """The whole list as (header, rows): for rewriting it."""
     path = list_path(root)
-    if not path.exists():
+    rows = _rows(path)
+    header = _header(rows, path)
+    if header is None:
         return ["email", "name"], []
-    with open(path, encoding="utf-8-sig", newline="") as fh:
-        reader = csv.reader(fh)
-        header = next(reader, ["email", "name"])
-        if _column_index(header, ("email",)) is None:
-            raise SubscriberError(f"no `email` column (columns: {', '.join(header)})", path=path, line=1)
-        return header, [row for row in reader if any(cell.strip() for cell in row)]
+    return header, [row for row in rows if any(cell.strip() for cell in row)]
 
 
-def write_list(path: Path, header: list[str], rows: Iterator[list[str]] | list[list[str]]) -> None:
-    """Rewrite the list atomically (temp file, fsync, os.replace)."""
-    with atomic_writer(path) as fh:
+def write_list(path: Path, header: list[str], rows: Iterator[list[str]] | list[list[str]], *,
+               private: bool = True) -> None:
+    """Rewrite the list atomically (temp file, fsync, os.replace); created 0600: it holds readers' addresses."""
+    with atomic_writer(path, what="the subscriber list", private=private) as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(header)
         writer.writerows(rows)
@@ -101,194 +121,154 @@ def _lock(root: Path) -> BaseFileLock:
     return FileLock(str(list_path(root)) + ".lock", timeout=60)
 
 
-def _bare_address(raw: str) -> str:
-    """`Ada <ada@x.net>` and `mailto:ada@x.net` (as some exports write them) -> `ada@x.net`."""
-    raw = raw.strip()
-    if raw.lower().startswith("mailto:"):
-        raw = raw[7:].split("?", 1)[0]
-    if raw.endswith(">") and "<" in raw:
-        raw = raw[raw.rindex("<") + 1:-1]
-    return raw.strip()
-
-
 def validate_address(raw: str) -> str:
     """The normalised address, or raises ValueError with the reason (syntax only, no DNS)."""
-    from email_validator import EmailNotValidError, validate_email
-
-    try:
-        return str(validate_email(_bare_address(raw), check_deliverability=False).normalized)
-    except EmailNotValidError as exc:
-        raise ValueError(str(exc)) from None
+    return validate(raw)
 
 
 @dataclass
 class ImportReport:
-    """What an import did, for the writer."""
+    """What an import did (or, with --dry-run, would do), for the writer."""
 
-    source: Path
-    encoding: str = "utf-8"
-    delimiter: str = ","
-    email_column: str = ""
-    email_column_guessed: bool = False
-    headerless: bool = False
-    name_columns: list[str] = field(default_factory=list)
+    files: list[ExportFile] = field(default_factory=list)
+    dry_run: bool = False
     rows: int = 0
     added: int = 0
     already_present: int = 0
     duplicates: int = 0
-    suppressed: int = 0
-    suppressed_by: Counter[str] = field(default_factory=Counter)
-    invalid: list[tuple[int, str, str]] = field(default_factory=list)  # (line, value, reason)
-    malformed: list[tuple[int, str]] = field(default_factory=list)  # (line, what is wrong)
+    suppressed: Counter[str] = field(default_factory=Counter)  # do-not-mail rows, by the platform's status
+    skipped: Counter[str] = field(default_factory=Counter)  # unconfirmed, pending... (not added, not recorded)
+    kept_out: Counter[str] = field(default_factory=Counter)  # active rows the ledger already suppresses, by event
+    ledger_new: int = 0
+    ledger_known: int = 0  # opt-outs the ledger already held
+    invalid: list[tuple[str, int, str, str]] = field(default_factory=list)  # (file, line, value, reason)
+    malformed: list[tuple[str, int, str]] = field(default_factory=list)  # (file, line, what is wrong)
     empty: int = 0
 
+    @property
+    def summary(self) -> str:
+        """`added 20; suppressed 10 unsubscribed, 10 cleaned (bounced); skipped 3 unconfirmed`."""
+        parts = [f"added {self.added}"]
+        if self.suppressed:
+            parts.append("suppressed " + ", ".join(f"{n} {label}" for label, n in self.suppressed.most_common()))
+        if self.skipped:
+            parts.append("skipped " + ", ".join(f"{n} {label}" for label, n in self.skipped.most_common()))
+        return "; ".join(parts)
 
-def _decode(data: bytes, path: Path) -> tuple[str, str]:
-    if not data.strip():
-        raise SubscriberError("the file is empty", path=path)
-    if b"\x00" in data[:8192]:
-        if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+    @property
+    def imported_nothing(self) -> bool:
+        """Nothing in the files could be used: no reader, no opt-out, nothing already there."""
+        return not (self.added or self.already_present or self.suppressed or self.skipped or self.kept_out)
+
+
+@dataclass(slots=True)
+class _OptOut:
+    event: str
+    at: str
+    platform: str
+    label: str
+    source: str
+
+
+def import_exports(root: Path, paths: list[Path], *, dry_run: bool = False) -> ImportReport:
+    """Merge exports (files, a zip, a folder) into the list and the ledger.
+
+    Every file is read and checked before anything is written. Opt-outs go to the ledger first (source
+    `import:<platform>`, the export's date where it has one), so none of those readers can be mailed by the
+    time the list grows; an opt-out in any file beats an active row in another, whatever the order. The list
+    is then rewritten atomically with the new active readers. `dry_run` writes nothing."""
+    from .ledger import LIFTING, Event, append_events, iter_events, ledger_path
+
+    report = ImportReport(dry_run=dry_run)
+    for name, data in iter_sources(paths):
+        report.files.append(read_export(name, data))
+    active: dict[str, tuple[str, ExportRow]] = {}
+    opt_outs: dict[str, _OptOut] = {}
+    skipped: dict[str, str] = {}  # an active row elsewhere wins over an unconfirmed one
+    for f in report.files:
+        report.malformed.extend((f.source, line, what) for line, what in f.malformed)
+        report.empty += f.empty
+        for row in f.rows:
+            report.rows += 1
+            if row.status.kind == "skip" and row.address.lower().endswith("@deletion-request.substack.com"):
+                report.skipped[row.status.label] += 1
+                continue
             try:
-                return data.decode("utf-16"), "utf-16"
-            except UnicodeDecodeError:
-                pass
-        raise SubscriberError("this is a binary file, not CSV", path=path,
-                              hint="export the list as CSV (comma, semicolon or tab separated)")
-    try:
-        return data.decode("utf-8-sig"), "utf-8"
-    except UnicodeDecodeError:
-        # Excel on Windows writes cp1252; bytes it leaves undefined are kept as replacement characters
-        return data.decode("cp1252", errors="replace"), "windows-1252"
+                address = validate(row.address)
+            except ValueError as exc:
+                report.invalid.append((f.source, row.line, row.address, str(exc)))
+                continue
+            key = normalize(address)
+            if row.status.kind == "suppress":
+                report.suppressed[row.status.label] += 1
+                opt_outs.setdefault(key, _OptOut(row.status.event, row.at, f.platform, row.status.label, f.source))
+            elif key in (skipped if row.status.kind == "skip" else active):
+                report.duplicates += 1
+            elif row.status.kind == "skip":
+                report.skipped[row.status.label] += 1
+                skipped[key] = row.status.label
+            else:
+                active[key] = (address, row)
 
+    ledger = load_ledger(root)
+    lifted_at = {}
+    if any(ledger.event_of(k) in LIFTING for k in opt_outs):
+        # A reader who came back after the export was made stays back: only an opt-out dated after their
+        # resubscribe (or an undated one, to be safe) suppresses them again.
+        lifted_at = {e.email: e.at for e, _ in iter_events(ledger_path(root))
+                     if e.event in LIFTING and e.email in opt_outs}
+    events: list[Event] = []
+    for key, o in opt_outs.items():
+        if ledger.is_suppressed(key) or (o.at and lifted_at.get(key, "") > o.at):
+            report.ledger_known += 1
+            continue
+        detail = f"{o.label} in {Path(o.source.rsplit('!', 1)[-1]).name}"
+        events.append(Event(key, o.event, o.at, f"import:{o.platform}", detail))
+    report.ledger_new = len(events)
+    if events and not dry_run:
+        append_events(ledger_path(root), events, what=f"{len(events)} opt-out(s) from the import")
+        for e in events:
+            ledger.latest[e.email] = e.event  # as the file now says; the ledger is not read again
 
-def _delimiter(text: str) -> str:
-    first = text.split("\n", 1)[0]
-    counts = {d: first.count(d) for d in (",", ";", "\t")}
-    best = max(counts, key=lambda d: counts[d])
-    return best if counts[best] else ","
-
-
-def import_file(root: Path, source: Path) -> ImportReport:
-    """Merge an export into the list; the list is rewritten atomically and only when something is added."""
-    try:
-        data = source.read_bytes()
-    except FileNotFoundError:
-        raise SubscriberError("file not found", path=source) from None
-    except IsADirectoryError:
-        raise SubscriberError("this is a folder, not a CSV file", path=source) from None
-    except OSError as exc:
-        raise SubscriberError(f"cannot read: {exc.strerror}", path=source) from None
-    text, encoding = _decode(data, source)
-    report = ImportReport(source=source, encoding=encoding, delimiter=_delimiter(text))
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=report.delimiter)
-    try:
-        header = next(reader)
-    except (StopIteration, csv.Error) as exc:
-        raise SubscriberError(f"cannot read a header row: {exc}", path=source, line=1) from None
-    header = [h.strip().lstrip("\ufeff") for h in header]
-    try:
-        records = [(reader.line_num, row) for row in reader]
-    except csv.Error as exc:
-        raise SubscriberError(f"malformed CSV: {exc}", path=source, line=reader.line_num,
-                              hint="an unclosed quote is the usual cause") from None
-
-    if any(LOOKS_LIKE_EMAIL.match(h) for h in header):
-        # No header row: the first line is a reader too.
-        records.insert(0, (1, header))
-        header = [f"column {i + 1}" for i in range(max(len(r) for _, r in records))]
-        report.headerless = True
-    email_at = _column_index(header, EMAIL_COLUMNS)
-    if email_at is None:
-        email_at = next((i for i, h in enumerate(header) if "mail" in h.lower()), None)
-    if email_at is None:
-        # No telling header: the column whose values mostly look like addresses.
-        sample = records[:200]
-        scores = Counter(i for _, row in sample for i, v in enumerate(row) if LOOKS_LIKE_EMAIL.match(v))
-        if scores and scores.most_common(1)[0][1] >= max(1, len(sample) // 2):
-            email_at = scores.most_common(1)[0][0]
-            report.email_column_guessed = True
-        else:
-            raise SubscriberError(
-                f"no email column found; columns: {', '.join(repr(h) for h in header) or '(none)'}",
-                path=source, line=1, hint="name the column `email` (or `Email Address`) and import again")
-    report.email_column = header[email_at] if email_at < len(header) else f"column {email_at + 1}"
-    name_at = _column_index(header, NAME_COLUMNS)
-    first_at = _column_index(header, FIRST_COLUMNS)
-    last_at = _column_index(header, LAST_COLUMNS)
-    report.name_columns = [header[i] for i in (name_at, first_at, last_at) if i is not None]
-
-    ledger: Ledger = load_ledger(root)
-    with _lock(root):
+    with nullcontext() if dry_run else _lock(root):  # a dry run leaves not even a lock file behind
         list_header, list_rows = read_list(root)
         list_email_at = _column_index(list_header, ("email",)) or 0
-        list_name_at = _column_index(list_header, ("name",))
-        if list_name_at is None:
-            list_header.append("name")
-            list_name_at = len(list_header) - 1
-        present = {normalize_email(r[list_email_at]) for r in list_rows if len(r) > list_email_at}
-        # Other columns of the export are kept: append the ones the list lacks.
-        used = {email_at, name_at, first_at, last_at}
-        extra_cols = [(i, h) for i, h in enumerate(header) if i not in used and h]
-        known = {h.lower(): j for j, h in enumerate(list_header)}
-        for _, h in extra_cols:
-            if h.lower() not in known:
-                known[h.lower()] = len(list_header)
-                list_header.append(h)
-        width = len(list_header)
-        seen: set[str] = set()
-        new_rows: list[list[str]] = []
-        for line, row in records:
-            if not any(cell.strip() for cell in row):
-                continue
-            report.rows += 1
-            extra_cells = row[len(header):]
-            if len(row) < len(header) and len(row) <= email_at:
-                report.malformed.append((line, f"{len(row)} field(s) where the header has {len(header)}"))
-                continue
-            if len(row) > len(header) and any(c.strip() for c in extra_cells):
-                report.malformed.append((line, f"{len(row)} fields where the header has {len(header)}"))
-                continue
-            raw = row[email_at].strip()
-            if not raw:
-                report.empty += 1
-                continue
-            try:
-                address = validate_address(raw)
-            except ValueError as exc:
-                report.invalid.append((line, raw, str(exc)))
-                continue
-            key = normalize_email(address)
-            if key in seen:
-                report.duplicates += 1
-                continue
-            seen.add(key)
+        present = {normalize(r[list_email_at]) for r in list_rows if len(r) > list_email_at}
+        columns = {h.lower(): j for j, h in enumerate(list_header)}
+
+        def column(name: str) -> int:
+            if name.lower() not in columns:
+                columns[name.lower()] = len(list_header)
+                list_header.append(name)
+            return columns[name.lower()]
+
+        new_rows: list[dict[int, str]] = []
+        for key, (address, row) in active.items():
             if key in present:
                 report.already_present += 1
                 continue
-            if ledger.is_suppressed(key):
-                report.suppressed += 1
-                report.suppressed_by[ledger.event_of(key) or "?"] += 1
+            if key in opt_outs or ledger.is_suppressed(key):
+                if key not in opt_outs:
+                    report.kept_out[ledger.event_of(key) or "?"] += 1
                 continue
-            name = _name(row, name_at, first_at, last_at)
-            out = [""] * width
-            out[list_email_at] = address
-            out[list_name_at] = name
-            for i, h in extra_cols:
-                if i < len(row):
-                    out[known[h.lower()]] = row[i].strip()
-            new_rows.append(out)
+            cells = {column("email"): address, column("name"): row.name}
+            if row.first_name:
+                cells[column("first_name")] = row.first_name
+            for h, value in row.extra:
+                cells[column(h)] = value
+            new_rows.append(cells)
         report.added = len(new_rows)
-        if new_rows:
-            padded = [r + [""] * (width - len(r)) for r in list_rows]
-            write_list(list_path(root), list_header, padded + new_rows)
+        if new_rows and not dry_run:
+            width = len(list_header)
+            out = [r + [""] * (width - len(r)) for r in list_rows]
+            out += [[c.get(i, "") for i in range(width)] for c in new_rows]
+            write_list(list_path(root), list_header, out)
     return report
 
 
-def _name(row: list[str], name_at: int | None, first_at: int | None, last_at: int | None) -> str:
-    def cell(i: int | None) -> str:
-        return row[i].strip() if i is not None and i < len(row) else ""
-
-    return " ".join(cell(name_at).split()) or " ".join(f"{cell(first_at)} {cell(last_at)}".split())
+def import_file(root: Path, source: Path) -> ImportReport:
+    """Import one file (see import_exports)."""
+    return import_exports(root, [source])
 
 
 def add_subscriber(root: Path, email: str, name: str = "") -> str:
@@ -368,11 +348,83 @@ def iter_listing(root: Path, *, suppressed: bool) -> Iterator[tuple[str, str, st
             yield email, name, ledger.event_of(key) or ""
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _neutralise(cell: str) -> str:
+    # OWASP's advice against CSV injection: a spreadsheet must not run a cell that starts like a formula.
+    return "'" + cell if cell.startswith(_FORMULA_START) else cell
+
+
 def export_subscribers(root: Path, target: Path, *, include_suppressed: bool = False) -> int:
-    """Write the active readers (all columns) to `target` atomically; returns how many rows."""
+    """Write the active readers (all columns) to `target` atomically; returns how many rows. Cells that a
+    spreadsheet would run as a formula get a leading `'`."""
     header, rows = read_list(root)
     email_at = _column_index(header, ("email",)) or 0
     ledger = load_ledger(root)
-    keep = [r for r in rows if len(r) > email_at and (include_suppressed or not ledger.is_suppressed(r[email_at]))]
-    write_list(target, header, keep)
+    keep = [[_neutralise(c) for c in r] for r in rows
+            if len(r) > email_at and (include_suppressed or not ledger.is_suppressed(r[email_at]))]
+    write_list(target, [_neutralise(h) for h in header], keep)
     return len(keep)
+
+
+@dataclass
+class LedgerOutcome:
+    """What `unsubscribe`/`resubscribe` did for one address."""
+
+    address: str
+    outcome: str  # recorded | not-on-list | already-suppressed | not-suppressed
+    previous: str | None = None
+
+
+def record_ledger_events(root: Path, addresses: Iterable[str], event: str, *, detail: str = "",
+                         source: str = "cli") -> list[LedgerOutcome]:
+    """Append `event` for each address the ledger does not already say it about: a suppression of an address
+    already suppressed, or a lift of one that is not, appends nothing. Raises UsageError for a non-address
+    (before anything is written) and StorageError when the line could not be written whole."""
+    from .ledger import LIFTING, Event, append_events, ledger_path, now_iso
+
+    keys: list[str] = []
+    for raw in addresses:
+        key = normalize(bare(raw))
+        if not is_plausible(key):
+            raise UsageError(f"not an address: {raw!r}")
+        if key not in keys:
+            keys.append(key)
+    ledger = load_ledger(root)
+    wanted = set(keys)
+    on_list = {k for k, _, _ in iter_unique_subscribers(root) if k in wanted}
+    outcomes: list[LedgerOutcome] = []
+    new: list[Event] = []
+    at = now_iso()
+    for key in keys:
+        previous = ledger.event_of(key)
+        lifting = event in LIFTING
+        if ledger.is_suppressed(key) != lifting:
+            outcomes.append(LedgerOutcome(key, "not-suppressed" if lifting else "already-suppressed", previous))
+            continue
+        new.append(Event(key, event, at, source, detail))
+        outcomes.append(LedgerOutcome(key, "recorded" if key in on_list else "not-on-list", previous))
+    if new:
+        append_events(ledger_path(root), new, what=f"the {event} of {', '.join(e.email for e in new[:3])}"
+                      + (" ..." if len(new) > 3 else ""))
+    return outcomes
+
+
+def remove_subscribers(root: Path, addresses: Iterable[str]) -> tuple[list[str], list[str]]:
+    """Take readers off the list (their ledger history stays); returns (removed, not on the list)."""
+    keys = {normalize(bare(a)) for a in addresses}
+    with _lock(root):
+        header, rows = read_list(root)
+        email_at = _column_index(header, ("email",)) or 0
+        keep, removed = [], []
+        for row in rows:
+            key = normalize(row[email_at]) if len(row) > email_at else ""
+            if key in keys:
+                removed.append(key)
+            else:
+                keep.append(row)
+        if removed:
+            write_list(list_path(root), header, keep)
+    found = set(removed)
+    return sorted(found), sorted(keys - found)

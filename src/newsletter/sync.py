@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .addresses import is_plausible, normalize
 from .errors import TransportError
 from .files import write_atomic
-from .ledger import Event, append_events, iter_events, ledger_path, load_ledger
+from .ledger import LIFTING, Event, append_events, iter_events, ledger_path, load_ledger
 
 STATE_NAME = "sync.json"
 PAGE = 500  # SendGrid's maximum `limit` for the suppression lists
@@ -46,8 +47,13 @@ def _created(item: dict[str, Any]) -> int:
 
 
 def _resubscribe_times(root: Path) -> dict[str, int]:
-    """When each address last resubscribed (unix seconds): a SendGrid listing older than that is stale."""
-    return {e.email: int(at.timestamp()) for e, at in iter_events(ledger_path(root), "resubscribe") if at}
+    """When each address last resubscribed or confirmed a sign-up (unix seconds): a SendGrid listing older
+    than that is stale."""
+    times: dict[str, int] = {}
+    for e, at in iter_events(ledger_path(root)):
+        if e.event in LIFTING and at:
+            times[e.email] = int(at.timestamp())
+    return times
 
 
 def sync_suppressions(root: Path, transport: Any, *, full: bool = False) -> SyncReport:
@@ -76,13 +82,13 @@ def sync_suppressions(root: Path, transport: Any, *, full: bool = False) -> Sync
                 raise TransportError(f"GET /v3/{endpoint} answered something that is not a list")
             fetched += len(page)
             for item in page:
-                email = str(item.get("email") or "").strip().lower()
-                if not email:
+                email = normalize(str(item.get("email") or ""))
+                if not is_plausible(email):
                     continue
                 latest = ledger.event_of(email)
-                if latest is not None and latest != "resubscribe":
+                if latest is not None and latest not in LIFTING:
                     continue  # already suppressed: nothing to add
-                if latest == "resubscribe" and _created(item) <= resubscribed.get(email, 0):
+                if latest in LIFTING and _created(item) <= resubscribed.get(email, 0):
                     continue  # they came back after SendGrid listed them: our ledger's word stands
                 detail = str(item.get("reason") or item.get("group_name") or "")[:200]
                 new.append(Event(email, event, source="sendgrid", detail=f"{endpoint}: {detail}".strip(": ")))
@@ -91,8 +97,8 @@ def sync_suppressions(root: Path, transport: Any, *, full: bool = False) -> Sync
                 break
             offset += PAGE
         if new:
-            append_events(ledger_path(root), new)
+            append_events(ledger_path(root), new, what=f"{len(new)} suppression(s) from SendGrid")
         report.fetched[endpoint] = fetched
         report.appended[endpoint] = len(new)
-    write_atomic(path, json.dumps({"last_sync": started}) + "\n")
+    write_atomic(path, json.dumps({"last_sync": started}) + "\n", what="the time of this sync")
     return report

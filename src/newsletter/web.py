@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import html
 import logging
 import os
@@ -20,6 +22,7 @@ from .events import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     EventLog,
+    RecordResult,
     WebhookError,
     parse_batch,
     verify_signature,
@@ -44,6 +47,15 @@ class WebState:
     ledger: Ledger
     events: EventLog
     lock: threading.Lock  # check-then-append of one process is atomic: a second POST writes nothing new
+
+
+def _loggable(text: str) -> str:
+    """Control characters escaped: a request path with %0a must not forge a second log line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _without_address(text: str, email: str) -> str:
+    return text.replace(email, _mask(email))
 
 
 def _mask(email: str) -> str:
@@ -133,10 +145,11 @@ def create_app(root: Path) -> Any:
             state.ledger.refresh()
             if state.ledger.event_of(email) == "unsubscribe":
                 return False  # idempotent: already recorded
-            append_events(ledger_path(root), [Event(email, "unsubscribe", source=source)])
+            append_events(ledger_path(root), [Event(email, "unsubscribe", source=source)],
+                          what=f"a {source} unsubscribe")
             return True  # the next request's refresh reads it back
 
-    def record_events(events: list[dict[str, Any]]) -> tuple[int, int]:
+    def record_events(events: list[dict[str, Any]]) -> RecordResult:
         # The lock is taken in a worker thread, never across an await on the event loop.
         with state.lock:
             return state.events.record(events, state.ledger)
@@ -152,7 +165,16 @@ def create_app(root: Path) -> Any:
         form = parse_qs(body.decode("utf-8", "replace"))
         one_click = form.get("List-Unsubscribe", [""])[0] == "One-Click" or (
             b'name="List-Unsubscribe"' in body and b"One-Click" in body)
-        await run_in_threadpool(record_unsubscribe, email, "one-click" if one_click else "page")
+        try:
+            await run_in_threadpool(record_unsubscribe, email, "one-click" if one_click else "page")
+        except (NewsletterError, OSError) as exc:
+            # Nothing was stored, so nothing is claimed: 503 makes a one-click client retry, and the reader
+            # is told plainly. The log line names the cause, never the address.
+            log.error("unsubscribe not recorded: %s", _loggable(_without_address(str(exc), email)))
+            return _page(config, "We could not unsubscribe you just now",
+                         "<p>Something went wrong on our side and your request was <strong>not</strong> recorded. "
+                         "Please try again in a few minutes, or reply to any issue and ask to be removed: "
+                         "we will do it by hand.</p>", 503)
         return _page(config, "You are unsubscribed",
                      f"<p><strong>{html.escape(email)}</strong> will get no more emails from "
                      f"{html.escape(config.name)}.</p><p>Thank you for reading. If this was a mistake, reply "
@@ -169,8 +191,14 @@ def create_app(root: Path) -> Any:
             events = parse_batch(body)
         except WebhookError as exc:
             return JSONResponse({"error": exc.message}, status_code=exc.status)
-        logged, suppressed = await run_in_threadpool(record_events, events)
-        return JSONResponse({"received": len(events), "new": logged, "ledger": suppressed})
+        try:
+            result = await run_in_threadpool(record_events, events)
+        except (NewsletterError, OSError) as exc:
+            # Not stored, so not acknowledged: SendGrid retries a batch that is not answered 2xx.
+            log.error("webhook batch not stored: %s", _loggable(str(exc)))
+            return JSONResponse({"error": "could not store the events; retry later"}, status_code=503)
+        return JSONResponse({"received": len(events), "new": result.logged, "ledger": result.ledger,
+                             "skipped": result.skipped})
 
     async def health(request: Request) -> Any:
         return JSONResponse({"status": "ok", "newsletter": config.name})
@@ -207,13 +235,57 @@ class AccessLog:
         try:
             await self.app(scope, receive, capture)
         finally:
-            path = _TOKEN_IN_PATH.sub("/unsubscribe/<token>", scope.get("path", ""))
-            log.info("%s %s %d %.1fms", scope.get("method", "-"), path, status["code"],
+            path = _loggable(_TOKEN_IN_PATH.sub("/unsubscribe/<token>", scope.get("path", "")))
+            log.info("%s %s %d %.1fms", _loggable(scope.get("method", "-")), path, status["code"],
                      (time.perf_counter() - start) * 1000)
+
+
+HEADER_TIMEOUT = 10.0  # seconds a client has to finish a request's headers
+
+
+def _protocol_class() -> type:
+    """uvicorn's h11 protocol with a header-read deadline. uvicorn has none: a client that sends half a
+    request line and stops holds its connection (and a slot) for ever, so 1000 of them starve real readers.
+    Here a connection whose request headers are not complete within HEADER_TIMEOUT seconds of its start (or of
+    the previous response) is closed."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeoutProtocol(H11Protocol):  # type: ignore[misc]
+        _header_timer: asyncio.TimerHandle | None = None
+
+        def _arm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+            self._header_timer = self.loop.call_later(HEADER_TIMEOUT, self._headers_late)
+
+        def _headers_late(self) -> None:
+            self._header_timer = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.transport.close()  # still no complete request line and headers: drop it
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+            super().connection_lost(exc)
+
+    return HeaderTimeoutProtocol
 
 
 def serve(root: Path, host: str, port: int, ready: Any = None) -> None:
     """Run the app on uvicorn until interrupted; `ready(url)` is called once the port is known to be free."""
+    import resource
+
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -229,7 +301,13 @@ def serve(root: Path, host: str, port: int, ready: Any = None) -> None:
         except OSError as exc:
             raise NewsletterError(f"cannot listen on {host}:{port}: {exc.strerror}",
                                   hint="choose another with --port") from None
+    # Many idle connections are cheap (the header deadline closes the stalled ones); running out of file
+    # descriptors is not: take what the system allows.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536) if hard > 0 else 65536, hard))
     if ready:
         ready(f"http://{host}:{port}")
+    # No limit_concurrency: uvicorn counts idle connections against it and answers 503 to real readers.
     uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning", proxy_headers=True,
-                limit_concurrency=1000, timeout_keep_alive=5)
+                http=_protocol_class(), timeout_keep_alive=5, backlog=2048)

@@ -57,6 +57,7 @@ def load_yaml(path: Path, error: type[NewsletterError]) -> YamlDoc:
     except OSError as exc:
         raise error(f"cannot read: {exc.strerror}", path=path) from None
     try:
+        _refuse_aliases(text, path, error)
         node = yaml.compose(text, Loader=_Loader)
         data = yaml.load(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
@@ -81,6 +82,16 @@ def load_yaml(path: Path, error: type[NewsletterError]) -> YamlDoc:
     if node is not None:
         _collect_lines(node, (), lines)
     return YamlDoc(path=path, data=data, lines=lines)
+
+
+def _refuse_aliases(text: str, path: Path, error: type[NewsletterError]) -> None:
+    """Anchors and aliases are refused: a writer never needs them, and nested aliases (a "billion laughs"
+    file of 1.7 KB) would make every walk over the document exponential. One pass over the parser's events."""
+    for event in yaml.parse(text, Loader=_Loader):
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            mark = event.start_mark
+            raise error("YAML anchors/aliases are not supported (`&name` / `*name`): write the value out",
+                        path=path, line=mark.line + 1 if mark else None)
 
 
 def _bad_scalar_line(node: yaml.Node | None) -> int | None:
