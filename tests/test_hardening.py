@@ -113,7 +113,7 @@ def test_files_others_read_follow_the_umask_and_address_files_are_private(ready_
         add_subscriber(ready_project, "ada@readers.net")
         append_event(ledger_path(ready_project), "bob@readers.net", "unsubscribe")
         with Journal(journal_path(ready_project, SEED_SLUG)) as j:
-            j.write({"t": "run"})
+            j.run(readers=0, resend_in_doubt=False)
         from newsletter.events import EventLog
         from newsletter.ledger import load_ledger
 

@@ -138,12 +138,9 @@ def check(root: Path, slug: str | None, links: bool, no_spam: bool) -> None:
     Example:
       newsletter check --issue micro-moments-of-connection
     """
-    from .check import check_issue
-    from .pipeline import load
-    from .render import render_issue
+    from .pipeline import check as check_issue
 
-    config, issue = load(root, slug)
-    problems = check_issue(config, issue, render_issue(config, issue), links=links, spam=not no_spam)
+    _, issue, _, problems = check_issue(root, slug, links=links, spam=not no_spam)
     for problem in problems:
         _echo_problem(problem)
     errors = sum(p.level == "error" for p in problems)
@@ -251,10 +248,8 @@ def subscribers_import(root: Path, files: tuple[Path, ...], dry_run: bool) -> No
             click.echo(f"    {_where(source, len(r.files))}line {line}: {what}")
     if r.empty:
         click.echo(f"  rows without an address: {r.empty}")
-    if r.imported_nothing:
-        click.secho(f"error: {', '.join(str(f) for f in files)}: nothing could be imported; the list is unchanged",
-                    err=True, fg="red")
-        sys.exit(1)
+    if (failure := r.failure()) is not None:
+        raise failure
 
 
 def _where(source: str, files: int) -> str:
@@ -411,39 +406,34 @@ def send(root: Path, slug: str, yes: bool, dry_run: bool, to: tuple[str, ...], a
     from .preflight import SendOptions, parse_at, prepare
     from .send import dispatch
 
-    for address in to:
-        if "@" not in address:
-            raise click.BadParameter(f"not an address: {address!r}", param_hint="--to")
     at = parse_at(at_text) if at_text else None
     options = SendOptions(slug=slug, dry_run=dry_run, to=to, at=at, resend_in_doubt=resend_in_doubt,
                           sandbox=sandbox, concurrency=concurrency, sync=not no_sync)
     p = prepare(root, options)
     for warning in p.warnings:
         click.secho(warning, fg="yellow", err=True)
-    sender = f"{p.config.sender.name} <{p.config.sender.email}>"
+    t = p.tally
     click.echo(f"issue:      {p.issue.slug}")
     click.echo(f"subject:    {p.subject}")
-    click.echo(f"from:       {sender}")
+    click.echo(f"from:       {p.config.sender.name} <{p.config.sender.email}>")
     if to:
         click.echo(f"test copy:  {', '.join(to)}")
     else:
         click.echo(f"readers:    {p.readers} (after suppression)")
-        click.echo(f"suppressed: {p.suppressed}")
-        if p.already_sent:
-            click.echo(f"already sent earlier: {p.already_sent} (this run continues where the last stopped)")
-        if p.in_doubt_skipped:
-            click.echo(f"in doubt:   {p.in_doubt_skipped} reader(s) from an earlier run, not re-sent "
+        click.echo(f"suppressed: {t.suppressed}")
+        if t.already_sent:
+            click.echo(f"already sent earlier: {t.already_sent} (this run continues where the last stopped)")
+        if t.in_doubt:
+            click.echo(f"in doubt:   {t.in_doubt} reader(s) from an earlier run, not re-sent "
                        "(--resend-in-doubt to send them again)")
         click.echo(f"batches:    {p.batches} (up to {p.batch_size} readers each)")
     if at:
         click.echo(f"scheduled:  {at.isoformat(timespec='minutes')}")
-    if not to and p.readers == 0:
-        click.echo("nothing to send: every reader on the list has been sent this issue, is suppressed, or is in "
-                   "doubt" if p.already_sent or p.suppressed or p.in_doubt_skipped
-                   else "nothing to send: subscribers/subscribers.csv has no readers")
+    if p.nothing_to_send:
+        click.echo(p.nothing_to_send)
     if dry_run:
         click.echo("dry run: nothing will be sent")
-    elif not (yes or to or p.readers == 0):
+    elif not (yes or to or p.nothing_to_send):
         try:
             confirmed = click.confirm("Send now?", default=False)
         except click.Abort:  # no terminal to answer on (cron, a pipe)
@@ -452,13 +442,13 @@ def send(root: Path, slug: str, yes: bool, dry_run: bool, to: tuple[str, ...], a
         if not confirmed:
             click.echo("not sent (pass --yes to send without being asked)")
             sys.exit(1)
-    report = dispatch(p, _progress_printer(p.readers, p.batches) if not (to or dry_run) else None)
+    report = dispatch(p, _progress_printer() if not (to or dry_run) else None)
     _print_report(report, dry_run=dry_run, test=bool(to))
     if not report.ok:
         sys.exit(1)
 
 
-def _progress_printer(readers: int, batches: int):  # type: ignore[no-untyped-def]
+def _progress_printer():  # type: ignore[no-untyped-def]
     """A progress bar on a terminal; a plain line every ~5% otherwise."""
     import threading
     import time
@@ -533,7 +523,10 @@ def status(root: Path, slug: str) -> None:
     from .send import send_status
 
     s = send_status(root, slug)
-    click.echo(f"issue:      {s.slug} ({s.runs} send run(s))")
+    click.echo(f"issue:      {s.slug} ({len(s.runs)} send run(s))")
+    for run in s.runs:
+        click.echo(f"  run:      started {run.started}" + (f", ended {run.ended}" if run.ended else
+                                                           ", did not finish (killed or stopped)"))
     click.echo(f"sent:       {s.sent} reader(s) in {s.sent_batches} batch(es)")
     click.echo(f"pending:    {s.pending} reader(s) not sent yet")
     click.echo(f"suppressed: {s.suppressed}")
@@ -597,12 +590,10 @@ def stats(root: Path, slug: str, as_json: bool) -> None:
     import json
 
     from .events import issue_stats
-    from .journal import journal_path, load_state
     from .pipeline import load
 
     _, issue = load(root, slug)
-    sent = len(load_state(journal_path(root, issue.slug)).sent)
-    s = issue_stats(root, issue.slug, sent)
+    s = issue_stats(root, issue.slug)
     if as_json:
         click.echo(json.dumps(s.as_dict(), indent=2))
         return

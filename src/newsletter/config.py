@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .errors import ConfigError, UsageError
+from .errors import ConfigError, UsageError, where
+from .recipients import is_plausible, normalize
 from .yamlfile import YamlDoc, describe, load_yaml, unknown_key_message
 
 CONFIG_NAME = "newsletter.yaml"
 HEX_COLOR = re.compile(r"^#(?:[0-9a-fA-F]{3}){1,2}$")
-SIMPLE_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 DEFAULT_COLORS: dict[str, str] = {
     "background": "#f4f1ec",  # around the email
@@ -156,9 +156,7 @@ class _Problems:
         if len(self.items) == 1:
             line, msg = self.items[0]
             raise error(msg, path=self.doc.path, line=line)
-        text = "\n".join(
-            f"{self.doc.path}:{line}: {msg}" if line else f"{self.doc.path}: {msg}" for line, msg in self.items
-        )
+        text = "\n".join(f"{where(self.doc.path, line)}{msg}" for line, msg in self.items)
         raise error(f"{len(self.items)} problems:\n{text}")
 
 
@@ -230,10 +228,10 @@ def load_config(root: Path) -> Config:
         )
     else:
         p.add(("sender",), f"`sender` must be `{{name: ..., email: ...}}`, not a {describe(raw_sender)}")
-    if sender.email and not SIMPLE_EMAIL.match(sender.email):
+    if sender.email and not is_plausible(normalize(sender.email)):
         p.add(("sender", "email"), f"`sender.email` is not an email address: {sender.email!r}")
     reply_to = _text(p, data, "reply_to", ("reply_to",)) or sender.email
-    if reply_to and not SIMPLE_EMAIL.match(reply_to):
+    if reply_to and not is_plausible(normalize(reply_to)):
         p.add(("reply_to",), f"`reply_to` is not an email address: {reply_to!r}")
     postal_address = _text(p, data, "postal_address", ("postal_address",), required=True)
 
@@ -341,7 +339,7 @@ def _load_sendgrid(p: _Problems, raw: dict[str, Any]) -> SendgridSettings:
             out["asm_groups_to_display"] = tuple(groups)
     if raw.get("unsubscribe_mailto"):
         mailto = str(raw["unsubscribe_mailto"]).strip()
-        if not SIMPLE_EMAIL.match(mailto):
+        if not is_plausible(normalize(mailto)):
             p.add(("sendgrid", "unsubscribe_mailto"),
                   f"`sendgrid.unsubscribe_mailto` is not an email address: {mailto!r}")
         out["unsubscribe_mailto"] = mailto

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
+
+
+def where(path: Path | str | None, line: int | None = None) -> str:
+    """`path:line: `, `path: ` or nothing: how every message says where."""
+    if path is None:
+        return ""
+    return f"{path}:{line}: " if line else f"{path}: "
 
 
 class NewsletterError(Exception):
@@ -20,10 +28,7 @@ class NewsletterError(Exception):
         self.hint = hint
 
     def __str__(self) -> str:
-        where = ""
-        if self.path is not None:
-            where = f"{self.path}:{self.line}: " if self.line else f"{self.path}: "
-        text = f"{where}{self.message}"
+        text = f"{where(self.path, self.line)}{self.message}"
         if self.hint:
             text += f"\n  hint: {self.hint}"
         return text
@@ -103,22 +108,28 @@ class TransportError(NewsletterError):
         self.body = body
 
 
+class Level(StrEnum):
+    """How much a Problem matters: an error stops `check` (and `send`); warnings and notes inform."""
+
+    ERROR = "error"
+    WARNING = "warning"
+    NOTE = "note"
+
+
 class Problem:
     """One finding of `render` or `check`: level `error` or `warning`, with file and line when known."""
 
     __slots__ = ("level", "message", "path", "line")
 
-    def __init__(self, level: str, message: str, path: Path | str | None = None, line: int | None = None) -> None:
-        self.level = level
+    def __init__(self, level: Level | str, message: str, path: Path | str | None = None,
+                 line: int | None = None) -> None:
+        self.level = Level(level)
         self.message = message
         self.path = path
         self.line = line
 
     def __str__(self) -> str:
-        where = ""
-        if self.path is not None:
-            where = f"{self.path}:{self.line}: " if self.line else f"{self.path}: "
-        return f"{self.level}: {where}{self.message}"
+        return f"{self.level}: {where(self.path, self.line)}{self.message}"
 
     def __repr__(self) -> str:
         return f"Problem({str(self)!r})"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import datetime as dt
 import json
 import time
 from collections.abc import Iterable, Iterator
@@ -12,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .addresses import is_plausible, normalize
 from .errors import NewsletterError
 from .files import append_durably, read_jsonl
 from .ledger import Event, Ledger, append_events, iter_events, ledger_path
+from .recipients import is_plausible, normalize
 
 EVENTS_NAME = "events.jsonl"
 PUBLIC_KEY_ENV = "SENDGRID_WEBHOOK_PUBLIC_KEY"
@@ -199,33 +198,26 @@ class Stats:
         return out
 
 
-def _first_run(path: Path) -> dt.datetime | None:
-    for record in read_jsonl(path):
-        if record.get("t") == "run":
-            try:
-                return dt.datetime.fromisoformat(str(record["at"]))
-            except (KeyError, ValueError):
-                return None
-    return None
-
-
 def _own_unsubscribes(root: Path, slug: str) -> set[str]:
     """Unsubscribes through our own page or one-click POST (the link does not name the issue): those that
     came after this issue's first send and before the next issue's are counted for this one."""
-    from .journal import SENDS_DIR
+    from .journal import first_run_at, journal_path, sends_dir
 
-    sends = root / "subscribers" / SENDS_DIR
-    start = _first_run(sends / f"{slug}.jsonl")
+    start = first_run_at(journal_path(root, slug))
     if start is None:
         return set()
-    later = [t for p in sends.glob("*.jsonl") if p.stem != slug and (t := _first_run(p)) and t > start]
+    later = [t for p in sends_dir(root).glob("*.jsonl") if p.stem != slug and (t := first_run_at(p)) and t > start]
     end = min(later, default=None)
     return {e.email for e, at in iter_events(ledger_path(root), "unsubscribe")
             if e.source in ("page", "one-click") and at is not None and at >= start and (end is None or at < end)}
 
 
-def issue_stats(root: Path, slug: str, sent: int) -> Stats:
-    """Count the events SendGrid attributed to this issue (custom arg `newsletter_issue`)."""
+def issue_stats(root: Path, slug: str) -> Stats:
+    """Count the events SendGrid attributed to this issue (custom arg `newsletter_issue`), against the readers
+    the journal says SendGrid accepted."""
+    from .journal import journal_path, load_state
+
+    sent = load_state(journal_path(root, slug)).sent_readers
     buckets: dict[str, set[str]] = {k: set() for k in ("delivered", "bounce", "open", "click", "unsub", "spam")}
     links: dict[str, set[str]] = {}
     for e in read_events(events_path(root)):

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import SubscriberError
+from .recipients import is_plausible, normalize
 
 # Column names used by the tools writers leave: Mailchimp, Substack, Buttondown, Kit/ConvertKit, Ghost...
 EMAIL_COLUMNS = ("email", "email address", "e-mail", "email_address", "emailaddress", "e-mail address",
@@ -26,7 +27,6 @@ EMAIL_COLUMNS = ("email", "email address", "e-mail", "email_address", "emailaddr
 NAME_COLUMNS = ("name", "full name", "full_name", "fullname", "display name", "subscriber name")
 FIRST_COLUMNS = ("first name", "first_name", "firstname", "fname", "given name")
 LAST_COLUMNS = ("last name", "last_name", "lastname", "lname", "surname", "family name")
-LOOKS_LIKE_EMAIL = re.compile(r"^\s*[^@\s,;]+@[^@\s,;]+\.[^@\s,;]+\s*$")
 MAX_FIELD = 64 * 1024  # a longer cell is a broken file, not a reader
 EXPORT_SUFFIXES = (".csv", ".tsv", ".txt")
 
@@ -211,6 +211,10 @@ def column_index(header: list[str], names: tuple[str, ...]) -> int | None:
     return None
 
 
+def _looks_like_address(value: str) -> bool:
+    return is_plausible(normalize(value))
+
+
 def _word(value: str) -> str:
     return " ".join(value.strip().lower().replace("_", " ").replace("-", " ").split())
 
@@ -262,7 +266,7 @@ def read_export(source: str, data: bytes) -> ExportFile:
     except csv.Error as exc:
         raise SubscriberError(f"malformed CSV: {exc}", path=source, line=reader.line_num,
                               hint="an unclosed quote is the usual cause") from None
-    if any(LOOKS_LIKE_EMAIL.match(h) for h in header):
+    if any(_looks_like_address(h) for h in header):
         # No header row: the first line is a reader too.
         records.insert(0, (1, header))
         header = [f"column {i + 1}" for i in range(max(len(r) for _, r in records))]
@@ -306,7 +310,7 @@ def _email_column(header: list[str], records: list[tuple[int, list[str]]], out: 
     if email_at is None:
         # No telling header: the column whose values mostly look like addresses.
         sample = records[:200]
-        scores = Counter(i for _, row in sample for i, v in enumerate(row) if LOOKS_LIKE_EMAIL.match(v))
+        scores = Counter(i for _, row in sample for i, v in enumerate(row) if _looks_like_address(v))
         if scores and scores.most_common(1)[0][1] >= max(1, len(sample) // 2):
             email_at = scores.most_common(1)[0][0]
             out.email_column_guessed = True

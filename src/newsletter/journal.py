@@ -2,7 +2,8 @@
 request goes out, its outcome after. Re-running a send reads it to continue where it stopped.
 
 File: subscribers/sends/<slug>.jsonl, one JSON object per line:
-  {"t": "run", ...}                          a send started
+  {"t": "run", "at", "readers", ...}         a send started
+  {"t": "end", "at"}                         ... and ended (a killed run has none)
   {"t": "batch", "b": 7, "emails": [...]}    batch 7 is these readers (normalised addresses)
   {"t": "attempt", "b": 7, "n": 1}           a request for batch 7 is about to go out
   {"t": "retry", "b": 7, "status": 500}      it was answered without being accepted (will retry)
@@ -19,21 +20,28 @@ record was written whole and fsynced, so a torn `attempt` (a full disk, a kill) 
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import json
 import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import SendError, StorageError
 from .files import open_for_append, read_jsonl, write_all
+from .recipients import normalize
 
 if TYPE_CHECKING:
     from filelock import BaseFileLock
 
 SENDS_DIR = "sends"
+# The record types: spelled here and nowhere else.
+_RUN, _END, _BATCH, _ATTEMPT, _OK, _RETRY, _FAILED, _REPLACED, _DOUBT = (
+    "run", "end", "batch", "attempt", "ok", "retry", "failed", "replaced", "doubt")
 
 
 def journal_path(root: Path, slug: str) -> Path:
@@ -41,14 +49,36 @@ def journal_path(root: Path, slug: str) -> Path:
     return root / "subscribers" / SENDS_DIR / f"{slug}.jsonl"
 
 
+def sends_dir(root: Path) -> Path:
+    """subscribers/sends/: one journal per issue."""
+    return root / "subscribers" / SENDS_DIR
+
+
+class BatchFate(StrEnum):
+    """Where a batch stands, as the journal tells it."""
+
+    DEFINED = "defined"  # its readers are named; no request has left (or one was answered without acceptance)
+    DOUBT = "doubt"  # a request left and no answer was recorded: its readers may have the issue
+    FAILED = "failed"  # given up by a run; a re-run sends its readers
+
+
 @dataclass
 class BatchState:
     """One batch as the journal tells it."""
 
     readers: int
-    state: str  # defined | sent | failed | doubt
+    state: BatchFate
     emails: list[str] = field(default_factory=list)
     error: str = ""
+
+
+@dataclass
+class RunInfo:
+    """One `send` run: when it started and ended (empty when it was killed) and how many readers it meant."""
+
+    started: str
+    ended: str = ""
+    readers: int = 0
 
 
 @dataclass
@@ -56,18 +86,42 @@ class JournalState:
     """What earlier runs of this issue's send did."""
 
     sent: set[int] = field(default_factory=set)  # hash() of the address: compact for a million readers
-    in_doubt: set[int] = field(default_factory=set)
+    doubt: set[int] = field(default_factory=set)
     doubt_batches: dict[int, BatchState] = field(default_factory=dict)
     failed_batches: dict[int, BatchState] = field(default_factory=dict)
     sent_batches: int = 0
     next_batch: int = 1
-    runs: int = 0
-    torn: int = 0
+    run_list: list[RunInfo] = field(default_factory=list)
+
+    def is_sent(self, address: str) -> bool:
+        """Whether SendGrid accepted a request that held this reader."""
+        return hash(normalize(address)) in self.sent
+
+    def in_doubt(self, address: str) -> bool:
+        """Whether this reader is in a batch whose fate is unknown (and was not acknowledged since)."""
+        h = hash(normalize(address))
+        return h in self.doubt and h not in self.sent
+
+    def runs(self) -> list[RunInfo]:
+        """Every run, oldest first."""
+        return list(self.run_list)
+
+    def first_sent_at(self) -> dt.datetime | None:
+        """When the first run started (None before any)."""
+        for run in self.run_list:
+            with contextlib.suppress(ValueError):
+                return dt.datetime.fromisoformat(run.started)
+        return None
+
+    @property
+    def sent_readers(self) -> int:
+        """Readers acknowledged by SendGrid."""
+        return len(self.sent)
 
     @property
     def in_doubt_readers(self) -> int:
         """Readers whose batch is in doubt and who have not been acknowledged since."""
-        return len(self.in_doubt - self.sent)
+        return len(self.doubt - self.sent)
 
     def doubt_batch_count(self) -> int:
         """In-doubt batches with at least one reader not acknowledged since."""
@@ -79,41 +133,44 @@ def read_records(path: Path) -> Iterator[dict[str, Any]]:
     return read_jsonl(path)
 
 
+def first_run_at(path: Path) -> dt.datetime | None:
+    """When the first send of this journal started, reading no further than its first record."""
+    for rec in read_records(path):
+        if rec.get("t") == _RUN:
+            with contextlib.suppress(KeyError, ValueError):
+                return dt.datetime.fromisoformat(str(rec["at"]))
+            return None
+    return None
+
+
 def load_state(path: Path) -> JournalState:
     """Replay the journal, keeping readers' addresses only for batches that are not settled."""
     state = JournalState()
     open_batches: dict[int, BatchState] = {}  # defined or attempted, outcome not yet read
     for rec in read_records(path):
         kind = rec.get("t")
-        if kind == "run":
-            state.runs += 1
+        if kind == _RUN:
+            state.run_list.append(RunInfo(str(rec.get("at", "")), readers=int(rec.get("readers", 0) or 0)))
             continue
-        b = int(rec.get("b", 0))
+        if kind == _END:
+            if state.run_list:
+                state.run_list[-1].ended = str(rec.get("at", ""))
+            continue
+        try:
+            b = int(rec.get("b", 0))
+        except (TypeError, ValueError):
+            continue
         state.next_batch = max(state.next_batch, b + 1)
-        if kind == "batch":
-            open_batches[b] = BatchState(readers=len(rec["emails"]), state="defined", emails=rec["emails"])
+        if kind == _BATCH:
+            emails = [str(e) for e in rec.get("emails", [])]
+            open_batches[b] = BatchState(readers=len(emails), state=BatchFate.DEFINED, emails=emails)
             continue
         batch = open_batches.get(b)
-        if batch is None:
-            continue
-        if kind in ("attempt", "doubt"):
-            batch.state, batch.error = "doubt", str(rec.get("error", "no answer recorded"))
-        elif kind == "retry":
-            batch.state = "defined"
-        elif kind == "ok":
-            # Settled: only the hashes are kept, so a million-reader journal stays small in memory.
-            state.sent.update(hash(e) for e in batch.emails)
-            state.sent_batches += 1
-            del open_batches[b]
-        elif kind == "replaced":
-            del open_batches[b]
-        elif kind == "failed":
-            state.failed_batches[b] = BatchState(readers=batch.readers, state="failed",
-                                                 error=str(rec.get("error", "")), emails=batch.emails)
-            del open_batches[b]
+        if batch is not None:
+            _apply(state, open_batches, b, batch, kind, rec)
     for b, batch in open_batches.items():
-        if batch.state == "doubt":  # the request went out (or may have) and no answer was recorded
-            state.in_doubt.update(hash(e) for e in batch.emails)
+        if batch.state is BatchFate.DOUBT:  # the request went out (or may have) and no answer was recorded
+            state.doubt.update(hash(e) for e in batch.emails)
             state.doubt_batches[b] = batch
     # Readers of failed batches that a later run delivered are settled too.
     for b in [b for b, f in state.failed_batches.items() if all(hash(e) in state.sent for e in f.emails)]:
@@ -123,8 +180,28 @@ def load_state(path: Path) -> JournalState:
     return state
 
 
+def _apply(state: JournalState, open_batches: dict[int, BatchState], b: int, batch: BatchState, kind: Any,
+           rec: dict[str, Any]) -> None:
+    """One outcome record of an open batch."""
+    if kind in (_ATTEMPT, _DOUBT):
+        batch.state, batch.error = BatchFate.DOUBT, str(rec.get("error", "no answer recorded"))
+    elif kind == _RETRY:
+        batch.state = BatchFate.DEFINED
+    elif kind == _OK:
+        # Settled: only the hashes are kept, so a million-reader journal stays small in memory.
+        state.sent.update(hash(e) for e in batch.emails)
+        state.sent_batches += 1
+        del open_batches[b]
+    elif kind == _REPLACED:
+        del open_batches[b]
+    elif kind == _FAILED:
+        state.failed_batches[b] = BatchState(readers=batch.readers, state=BatchFate.FAILED,
+                                             error=str(rec.get("error", "")), emails=batch.emails)
+        del open_batches[b]
+
+
 class Journal:
-    """Appends records, each flushed and fsynced before the caller goes on."""
+    """Appends records, each written whole and fsynced before the caller goes on; one method per record."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -145,10 +222,47 @@ class Journal:
             os.close(self._fd)
             self._fd = None
 
-    def write(self, *records: dict[str, Any]) -> None:
-        """Append records whole and fsync them: when this returns they survive a crash. Raises StorageError
-        when any byte could not be written or synced; the caller must then not do what the record announces."""
-        data = b"".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")).encode() + b"\n" for r in records)
+    # -- the records ------------------------------------------------------------------------------------
+    def run(self, readers: int, resend_in_doubt: bool) -> None:
+        """A send starts."""
+        self._write({"t": _RUN, "at": _now(), "readers": readers, "resend_in_doubt": resend_in_doubt})
+
+    def end(self) -> None:
+        """A send ends (killed runs have none)."""
+        self._write({"t": _END, "at": _now()})
+
+    def batch(self, b: int, emails: list[str]) -> None:
+        """Batch `b` is these readers (normalised addresses)."""
+        self._write({"t": _BATCH, "b": b, "emails": emails})
+
+    def attempt(self, b: int, n: int) -> None:
+        """A request for batch `b` is about to leave: it must not leave unless this returned."""
+        self._write({"t": _ATTEMPT, "b": b, "n": n})
+
+    def ok(self, b: int, status: int, message_id: str) -> None:
+        """SendGrid accepted batch `b`."""
+        self._write({"t": _OK, "b": b, "status": status, "id": message_id})
+
+    def retry(self, b: int, status: int | None, error: str) -> None:
+        """Batch `b` was answered without being accepted; it will be tried again."""
+        self._write({"t": _RETRY, "b": b, "status": status, "error": error})
+
+    def failed(self, b: int, status: int | None, error: str) -> None:
+        """Batch `b` is given up in this run; the next run sends its readers."""
+        self._write({"t": _FAILED, "b": b, "status": status, "error": error})
+
+    def replaced(self, b: int, why: str) -> None:
+        """Batch `b` was not sent; its readers went into new batches."""
+        self._write({"t": _REPLACED, "b": b, "why": why})
+
+    def doubt(self, b: int, error: str) -> None:
+        """A request for batch `b` left and no answer came."""
+        self._write({"t": _DOUBT, "b": b, "error": error})
+
+    def _write(self, record: dict[str, Any]) -> None:
+        """Append a record whole and fsync it: when this returns it survives a crash. Raises StorageError when
+        any byte could not be written or synced; the caller must then not do what the record announces."""
+        data = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
         with self._lock:
             if self._fd is None:
                 raise SendError("the journal is not open", path=self.path)
@@ -160,10 +274,13 @@ class Journal:
                 os.fsync(self._fd)
             except OSError as exc:
                 self._torn = True
-                first = records[0] if records else {}
-                what = f"the `{first.get('t', '?')}` record of batch {first.get('b', '?')}" if "b" in first else (
-                    f"the `{first.get('t', '?')}` record")
+                what = f"the `{record['t']}` record of batch {record['b']}" if "b" in record else (
+                    f"the `{record['t']}` record")
                 raise StorageError.from_os(exc, self.path, what) from None
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def send_lock(root: Path, slug: str) -> BaseFileLock:

@@ -19,10 +19,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .addresses import is_plausible
-from .addresses import normalize as normalize_email
 from .errors import LedgerError, Problem
 from .files import append_durably
+from .recipients import is_plausible, normalize
 
 LEDGER_NAME = "unsubscribes.csv"
 HEADER = "email,event,at,source,detail"
@@ -75,14 +74,14 @@ def append_events(path: Path, events: Iterable[Event], what: str = "") -> int:
         first = first or e
         if e.event not in EVENTS:
             raise LedgerError(f"unknown ledger event `{e.event}` (known: {', '.join(EVENTS)})")
-        email = normalize_email(e.email)
+        email = normalize(e.email)
         if not is_plausible(email):
             raise LedgerError(f"not an address: {e.email!r}")
         writer.writerow([email, e.event, e.at or now_iso(), _clean(e.source), _clean(e.detail)])
         count += 1
     if not count or first is None:
         return 0
-    what = what or (f"the {first.event} of {normalize_email(first.email)}" if count == 1
+    what = what or (f"the {first.event} of {normalize(first.email)}" if count == 1
                     else f"{count} ledger events")
     try:
         append_durably(path, rows.getvalue().encode("utf-8"), header=(HEADER + "\n").encode(),
@@ -95,7 +94,7 @@ def append_events(path: Path, events: Iterable[Event], what: str = "") -> int:
 
 def append_event(path: Path, email: str, event: str, source: str = "cli", detail: str = "") -> Event:
     """Append one event; returns it."""
-    e = Event(email=normalize_email(email), event=event, at=now_iso(), source=source, detail=detail)
+    e = Event(email=normalize(email), event=event, at=now_iso(), source=source, detail=detail)
     append_events(path, [e])
     return e
 
@@ -141,7 +140,7 @@ class Ledger:
         if tail.strip():
             # A torn (or still being written) last line: suppress what it names, re-read it next time.
             parts = tail.decode("utf-8", errors="replace").split(",")
-            email = normalize_email(parts[0].strip('"').lstrip("\ufeff"))
+            email = normalize(parts[0].strip('"').lstrip("\ufeff"))
             if email and "@" in email:
                 self._tail_emails.add(email)
             if self._line + 1 not in self._reported:
@@ -165,7 +164,7 @@ class Ledger:
                 raw = raw[1:]
             parts = raw.split(",") if '"' not in raw else next(csv.reader([raw]), [])
             if len(parts) == 5 and parts[1] in events and "\ufffd" not in parts[0]:
-                latest[parts[0].strip().lower()] = events[parts[1]]
+                latest[normalize(parts[0])] = events[parts[1]]
             elif number == 1 and raw.strip().lower().startswith("email,"):
                 continue
             elif raw.strip():
@@ -174,7 +173,7 @@ class Ledger:
         return len(lines)
 
     def _unreadable(self, parts: list[str], number: int, raw: str) -> None:
-        email = normalize_email(parts[0].strip('"')) if parts else ""
+        email = normalize(parts[0].strip('"')) if parts else ""
         if number in self._reported:
             return
         self._reported.add(number)
@@ -206,13 +205,13 @@ class Ledger:
 
     def is_suppressed(self, email: str) -> bool:
         """Whether mail to `email` (any case, any surrounding space) is forbidden."""
-        key = email.strip().lower()
+        key = normalize(email)
         event = self.latest.get(key)
         return (event is not None and event not in _LIFTING) or key in self._tail_emails
 
     def event_of(self, email: str) -> str | None:
         """The latest event of an address (None when the ledger never named it)."""
-        key = normalize_email(email)
+        key = normalize(email)
         if key in self._tail_emails:
             return UNREADABLE
         return self.latest.get(key)
@@ -238,7 +237,7 @@ def iter_events(path: Path, kind: str | None = None) -> Iterator[tuple[Event, dt
                 at: dt.datetime | None = dt.datetime.fromisoformat(row[2])
             except ValueError:
                 at = None
-            yield Event(row[0].strip().lower(), row[1], row[2], row[3], row[4]), at
+            yield Event(normalize(row[0]), row[1], row[2], row[3], row[4]), at
 
 
 _TORN = re.compile(r'^[^\s,;"\x00\ufffd]*(,[a-z]*(,[0-9T:Z-]*)?)?$')

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import TYPE_CHECKING, Any
 
 from .render import reader_substitutions
 from .tokens import make_token, unsubscribe_url
 
 if TYPE_CHECKING:
-    from .preflight import Prepared
+    from .config import Config
+    from .render import RenderedEmail
 
 MAX_PER_REQUEST = 1000  # SendGrid: at most 1000 personalizations (and recipients) per request
 
@@ -21,22 +23,22 @@ def _to_name(name: str) -> str:
 class MessageBuilder:
     """Builds request bodies: the shared part once, then a small personalization per reader."""
 
-    def __init__(self, prepared: Prepared) -> None:
-        p = prepared
-        cfg = p.config
+    def __init__(self, config: Config, rendered: RenderedEmail, *, secret: str, slug: str, subject: str,
+                 sandbox: bool = False, send_at: dt.datetime | None = None) -> None:
+        cfg = config
         s = cfg.sendgrid
-        self.secret = p.secret
+        self.secret = secret
         self.base_url = cfg.base_url
         self.mailto = s.unsubscribe_mailto
         body: dict[str, Any] = {
             "from": {"email": cfg.sender.email, "name": cfg.sender.name} if cfg.sender.name
             else {"email": cfg.sender.email},
-            "subject": p.subject,
+            "subject": subject,
             "content": [  # text/plain first, then text/html: SendGrid requires this order
-                {"type": "text/plain", "value": p.rendered.text},
-                {"type": "text/html", "value": p.rendered.html},
+                {"type": "text/plain", "value": rendered.text},
+                {"type": "text/html", "value": rendered.html},
             ],
-            "custom_args": {"newsletter_issue": p.issue.slug},
+            "custom_args": {"newsletter_issue": slug},
             "tracking_settings": {
                 "click_tracking": {"enable": s.click_tracking, "enable_text": False},
                 "open_tracking": {"enable": s.open_tracking},
@@ -52,10 +54,10 @@ class MessageBuilder:
             body["asm"] = {"group_id": s.asm_group_id}
             if s.asm_groups_to_display:
                 body["asm"]["groups_to_display"] = list(s.asm_groups_to_display)
-        if p.options.sandbox or s.sandbox:
+        if sandbox or s.sandbox:
             body["mail_settings"] = {"sandbox_mode": {"enable": True}}
-        if p.options.at is not None:
-            body["send_at"] = int(p.options.at.timestamp())
+        if send_at is not None:
+            body["send_at"] = int(send_at.timestamp())
         self.shared = body
 
     def personalization(self, email: str, name: str) -> dict[str, Any]:

@@ -4,22 +4,20 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .bundle import Issue
-from .check import check_issue
 from .config import Config
-from .errors import SendError, TransportError
+from .errors import Level, SendError, TransportError, UsageError
 from .journal import JournalState, journal_path, load_state
 from .ledger import Ledger, load_ledger
-from .message import MAX_PER_REQUEST
-from .pipeline import load
-from .render import RenderedEmail, render_issue
+from .message import MAX_PER_REQUEST, MessageBuilder
+from .pipeline import check
+from .recipients import Eligibility, eligible, is_plausible, normalize
+from .render import RenderedEmail
 from .sendgrid import SendGridTransport, api_key_from_env
-from .subscribers import iter_unique_subscribers
+from .subscribers import iter_subscribers
 from .tokens import secret_from_env
 
 SCHEDULE_LIMIT = dt.timedelta(hours=72)
@@ -38,8 +36,13 @@ class SendOptions:
     concurrency: int | None = None
     sync: bool = True
 
+    def __post_init__(self) -> None:
+        bad = [a for a in self.to if not is_plausible(normalize(a))]
+        if bad:
+            raise UsageError(f"--to {bad[0]!r} is not an address")
 
-@dataclass
+
+@dataclass(kw_only=True)
 class Prepared:
     """Everything checked and counted before anything goes out."""
 
@@ -51,14 +54,15 @@ class Prepared:
     secret: str
     api_key: str
     subject: str
-    readers: int  # eligible now: not suppressed, not already sent, not in doubt
-    suppressed: int
-    already_sent: int
-    in_doubt_skipped: int
-    duplicates: int
     journal: JournalState
+    tally: Eligibility = field(default_factory=Eligibility)
     warnings: list[str] = field(default_factory=list)
     ledger: Ledger | None = None  # as read for the count; dispatch tails it rather than reading it again
+
+    @property
+    def readers(self) -> int:
+        """Eligible now: not suppressed, not already sent, not in doubt (the test copies' count with --to)."""
+        return len(self.options.to) if self.options.to else self.tally.readers
 
     @property
     def batch_size(self) -> int:
@@ -69,6 +73,21 @@ class Prepared:
     def batches(self) -> int:
         """Requests this run will make (before any split)."""
         return -(-self.readers // self.batch_size)
+
+    def builder(self) -> MessageBuilder:
+        """The request builder for this send."""
+        return MessageBuilder(self.config, self.rendered, secret=self.secret, slug=self.issue.slug,
+                              subject=self.subject, sandbox=self.options.sandbox, send_at=self.options.at)
+
+    @property
+    def nothing_to_send(self) -> str:
+        """Why this run has nobody to send to ("" when it has someone)."""
+        if self.options.to or self.readers:
+            return ""
+        t = self.tally
+        if t.already_sent or t.suppressed or t.in_doubt:
+            return "nothing to send: every reader on the list has been sent this issue, is suppressed, or is in doubt"
+        return "nothing to send: subscribers/subscribers.csv has no readers"
 
 
 def parse_at(text: str, now: dt.datetime | None = None) -> dt.datetime:
@@ -89,15 +108,38 @@ def parse_at(text: str, now: dt.datetime | None = None) -> dt.datetime:
 
 def prepare(root: Path, options: SendOptions) -> Prepared:
     """Pre-flight: check passes, secrets present, the key works; count readers. Sends nothing."""
-    config, issue = load(root, options.slug)
-    rendered = render_issue(config, issue)
-    problems = check_issue(config, issue, rendered)
-    errors = [p for p in problems if p.level == "error"]
+    config, issue, rendered, problems = check(root, options.slug)
+    errors = [p for p in problems if p.level == Level.ERROR]
     if errors:
         listed = "\n".join(f"  {p}" for p in errors[:8]) + (f"\n  ... and {len(errors) - 8} more" if len(errors) > 8
                                                              else "")
         raise SendError(f"`newsletter check` found {len(errors)} error(s); nothing was sent:\n{listed}",
                         hint=f"fix them, then run `newsletter check --issue {issue.slug}`")
+    _require_secrets(options)
+    secret, _ = secret_from_env(required=True)
+    api_key = "" if options.dry_run else api_key_from_env()
+    warnings = [] if options.dry_run else _check_key(root, config, api_key, options)
+    prepared = Prepared(root=root, config=config, issue=issue, rendered=rendered, options=options, secret=secret,
+                        api_key=api_key, subject=f"[Test] {rendered.subject}" if options.to else rendered.subject,
+                        journal=load_state(journal_path(root, issue.slug)), warnings=warnings)
+    if options.to:
+        return prepared
+    ledger = load_ledger(root)
+    ledger.check_readable()
+    for _ in eligible(iter_subscribers(root), ledger, prepared.journal, resend_in_doubt=options.resend_in_doubt,
+                      tally=prepared.tally):
+        pass
+    prepared.ledger = ledger
+    prepared.warnings[:0] = [str(p) for p in ledger.problems]
+    t = prepared.tally
+    if t.invalid:
+        shown = ", ".join(repr(e) for e in t.invalid_examples)
+        prepared.warnings.append(f"warning: {t.invalid} address(es) in subscribers.csv are not valid and "
+                                 f"will be skipped ({shown}); fix or remove them")
+    return prepared
+
+
+def _require_secrets(options: SendOptions) -> None:
     missing = [name for name, ok in (("SENDGRID_API_KEY", options.dry_run or api_key_present()),
                                       ("NEWSLETTER_SECRET", secret_present())) if not ok]
     if missing:
@@ -106,50 +148,32 @@ def prepare(root: Path, options: SendOptions) -> Prepared:
                                      "NEWSLETTER_SECRET": "the secret signs every reader's unsubscribe link"}[m]
                                     for m in missing),
                         hint="export " + " and ".join(f"{m}=..." for m in missing))
-    secret, _ = secret_from_env(required=True)
-    api_key = "" if options.dry_run else api_key_from_env()
-    sync_warning = ""
-    if not options.dry_run:
-        transport = SendGridTransport(api_key, timeout=config.sendgrid.timeout)
-        scopes_known = True
-        try:
-            scopes = transport.scopes()
-        except TransportError as exc:
-            if exc.status in (401, 403):
-                raise SendError("SendGrid refused the API key (SENDGRID_API_KEY): " + str(exc),
-                                hint="check the key in SendGrid (Settings > API Keys); it may be revoked") from None
-            if exc.status not in (404, 405):
-                raise SendError(f"cannot check the API key: {exc}") from None
-            # An endpoint that does not list scopes (a proxy, an API stand-in): mail/send itself answers
-            # 401/403 for a bad key, which stops the send before a second request.
-            scopes, scopes_known = ["mail.send"], False
-        if "mail.send" not in scopes:
-            raise SendError("the API key lacks the `mail.send` permission",
-                            hint="give the key Mail Send access in SendGrid (Settings > API Keys)")
-        if options.sync and not options.to:
-            sync_warning = _sync_before_send(root, transport, scopes)
-        if not scopes_known:
-            sync_warning = "warning: GET /v3/scopes is not available here: the key's permissions were not checked"
-    journal = load_state(journal_path(root, issue.slug))
-    subject = rendered.subject
-    if options.to:
-        return Prepared(root, config, issue, rendered, options, secret, api_key, f"[Test] {subject}",
-                        len(options.to), 0, 0, 0, 0, journal)
-    ledger = load_ledger(root)
-    ledger.check_readable()
-    counts = {"readers": 0, "suppressed": 0, "sent": 0, "doubt": 0, "dups": 0}
-    invalid: list[str] = []
-    for _ in eligible_readers(root, ledger, journal, options.resend_in_doubt, counts, invalid):
-        counts["readers"] += 1
-    prepared = Prepared(root, config, issue, rendered, options, secret, api_key, subject, counts["readers"],
-                        counts["suppressed"], counts["sent"], counts["doubt"], counts["dups"], journal)
-    prepared.ledger = ledger
-    prepared.warnings = [str(p) for p in ledger.problems] + ([sync_warning] if sync_warning else [])
-    if counts.get("invalid"):
-        shown = ", ".join(repr(e) for e in invalid)
-        prepared.warnings.append(f"warning: {counts['invalid']} address(es) in subscribers.csv are not valid and "
-                                 f"will be skipped ({shown}); fix or remove them")
-    return prepared
+
+
+def _check_key(root: Path, config: Config, api_key: str, options: SendOptions) -> list[str]:
+    """The key works and may send (GET /v3/scopes); then SendGrid's suppressions are pulled in. Warnings."""
+    transport = SendGridTransport(api_key, timeout=config.sendgrid.timeout)
+    scopes_known = True
+    try:
+        scopes = transport.scopes()
+    except TransportError as exc:
+        if exc.status in (401, 403):
+            raise SendError("SendGrid refused the API key (SENDGRID_API_KEY): " + str(exc),
+                            hint="check the key in SendGrid (Settings > API Keys); it may be revoked") from None
+        if exc.status not in (404, 405):
+            raise SendError(f"cannot check the API key: {exc}") from None
+        # An endpoint that does not list scopes (a proxy, an API stand-in): mail/send itself answers
+        # 401/403 for a bad key, which stops the send before a second request.
+        scopes, scopes_known = ["mail.send"], False
+    if "mail.send" not in scopes:
+        raise SendError("the API key lacks the `mail.send` permission",
+                        hint="give the key Mail Send access in SendGrid (Settings > API Keys)")
+    warning = ""
+    if options.sync and not options.to:
+        warning = _sync_before_send(root, transport, scopes)
+    if not scopes_known:
+        warning = "warning: GET /v3/scopes is not available here: the key's permissions were not checked"
+    return [warning] if warning else []
 
 
 def _sync_before_send(root: Path, transport: SendGridTransport, scopes: list[str]) -> str:
@@ -173,33 +197,3 @@ def api_key_present() -> bool:
 def secret_present() -> bool:
     """NEWSLETTER_SECRET is set."""
     return bool(os.environ.get("NEWSLETTER_SECRET", ""))
-
-
-# Cheap enough for a million readers (email-validator costs 20 us each); the list was validated on import.
-_PLAUSIBLE = re.compile(r'^[^@\s<>(),;:"\[\]\\]+@(?:[\w-]+\.)+[\w-]{2,}$')
-
-
-
-def eligible_readers(root: Path, ledger: Ledger, journal: JournalState, resend_in_doubt: bool,
-                     counts: dict[str, int], invalid_examples: list[str] | None = None) -> Iterator[tuple[str, str]]:
-    """(address, name) of each reader to send to now, streamed; counts what was skipped and why."""
-    sent, doubt = journal.sent, journal.in_doubt
-    counts.setdefault("invalid", 0)
-    for key, email, name in iter_unique_subscribers(root, counts):
-        h = hash(key)
-        if ledger.is_suppressed(key):
-            counts["suppressed"] += 1
-        elif len(key) > 320 or not _PLAUSIBLE.match(key):
-            # One malformed address makes SendGrid refuse the whole request (400): leave it out, say so.
-            counts["invalid"] += 1
-            if invalid_examples is not None and len(invalid_examples) < 5:
-                invalid_examples.append(email)
-        elif h in sent:
-            counts["sent"] += 1
-        elif h in doubt and not resend_in_doubt:
-            counts["doubt"] += 1
-        else:
-            yield key, name
-
-
-# Cheap enough for a million readers (email-validator costs 20 us each); the list was validated on import.

@@ -70,20 +70,18 @@ class Previewer:
 
     def render(self) -> None:
         """Render now; a failure is kept for the page instead of stopping the server."""
-        from .check import check_issue
-        from .pipeline import load
-        from .render import personalize_sample, render_issue
+        from .pipeline import check
+        from .render import personalize_sample
 
         new = PreviewState()
         scoring: tuple[Any, Any] | None = None
         try:
-            config, issue = load(self.root, self.slug)
-            rendered = render_issue(config, issue)
+            config, issue, rendered, problems = check(self.root, self.slug, spam=False)
             _, page, text = personalize_sample(rendered)
             new = PreviewState(
                 html=page, dark_html=_dark(page), text=text, subject=rendered.subject, preheader=rendered.preheader,
                 sender=config.sender.name or config.sender.email, slug=issue.slug,
-                problems=[str(p) for p in check_issue(config, issue, rendered, spam=False)])
+                problems=[str(p) for p in problems])
             scoring = (config, rendered)
         except NewsletterError as exc:
             new = PreviewState(error=str(exc))

@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
-import datetime as dt
+import contextlib
 import random
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from .errors import LedgerError, SendError, StorageError, TransportError
-from .journal import Journal, journal_path, load_state, send_lock
+from .journal import Journal, RunInfo, journal_path, load_state, send_lock
 from .ledger import Ledger, load_ledger
-from .message import MessageBuilder
 from .pipeline import load
-from .preflight import Prepared, eligible_readers
+from .preflight import Prepared
+from .recipients import Eligibility, eligible, unique
 from .sendgrid import Accepted, SendGridTransport, error_messages
+from .subscribers import iter_subscribers
 
 MAX_BACKOFF = 30.0
 MAX_RATE_LIMIT_WAIT = 300.0
@@ -61,6 +63,48 @@ class SendReport:
         return not (self.failed or self.in_doubt or self.not_attempted or self.stopped)
 
 
+class Action(StrEnum):
+    """What to do about a request that SendGrid did not accept."""
+
+    DOUBT = "doubt"  # the request may have been delivered: record it, never resend on our own
+    SPLIT = "split"  # 413: too large, send it in two halves
+    RETRY = "retry"  # 5xx or a connection that failed before the request left: back off, try again
+    RATE_LIMIT = "ratelimit"  # 429: wait for X-RateLimit-Reset, try again
+    STOP = "stop"  # 400/401/403: every later request would be refused too
+    GIVE_UP = "give-up"  # retries exhausted: this batch failed, the run goes on
+
+
+def classify(exc: TransportError, attempt: int, rate_waits: int, retries: int) -> Action:
+    """The action for a failed request: the `attempt`-th of its batch, after `rate_waits` waits for a 429."""
+    status = exc.status
+    if status is None:
+        if exc.sent:
+            return Action.DOUBT
+        return Action.RETRY if attempt <= retries else Action.GIVE_UP
+    if status == 413:
+        return Action.SPLIT
+    if status == 429:
+        return Action.RATE_LIMIT if rate_waits < max(retries, 3) * 2 else Action.GIVE_UP
+    if status in (400, 401, 403):
+        return Action.STOP
+    if status >= 500:
+        return Action.RETRY if attempt <= retries else Action.GIVE_UP
+    return Action.STOP
+
+
+def backoff_delay(attempt: int, backoff: float) -> float:
+    """Exponential backoff with full jitter, bounded; never less than half of `backoff`."""
+    return random.uniform(0, min(MAX_BACKOFF, backoff * 2 ** (attempt - 1))) + backoff / 2
+
+
+@dataclass
+class _Flight:
+    """One batch's progress, for the report when the journal cannot be written."""
+
+    b: int = 0
+    left: bool = False  # a request may have reached SendGrid since the last whole `attempt` record
+
+
 class Dispatcher:
     """Sends batches through a small pool; records each step in the journal; retries what may be retried."""
 
@@ -68,10 +112,10 @@ class Dispatcher:
                  progress: Callable[[Progress], None] | None = None, sleep: Callable[[float], None] = time.sleep):
         self.p = prepared
         self.transport = transport
-        self.builder = MessageBuilder(prepared)
+        self.builder = prepared.builder()
         self.progress = progress or (lambda _: None)
         self.sleep = sleep
-        self.report = SendReport(suppressed=prepared.suppressed, already_sent=prepared.already_sent)
+        self.report = SendReport(suppressed=prepared.tally.suppressed, already_sent=prepared.tally.already_sent)
         self.ledger: Ledger = prepared.ledger or load_ledger(prepared.root)
         self.ledger.refresh()  # whatever was appended since the count
         self.ledger_lock = threading.Lock()
@@ -82,7 +126,7 @@ class Dispatcher:
         self.journal: Journal | None = None
         self.batches_done = 0
         self.readers_done = 0
-        self.counts = {"readers": 0, "suppressed": 0, "sent": 0, "doubt": 0, "dups": 0}
+        self.tally = Eligibility()
 
     # -- one batch -----------------------------------------------------------------------------------
     def _fresh_readers(self, readers: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -111,120 +155,105 @@ class Dispatcher:
             with self.report_lock:
                 self.report.not_attempted += len(readers)
             return
-        flight = {"left": False, "b": 0}
+        flight = _Flight()
         try:
             self._run_batch(readers, flight)
         except (StorageError, LedgerError) as exc:
             self.stop.set()
             with self.report_lock:
                 self.report.stopped = self.report.stopped or str(exc)
-                fate = ("its answer could not be recorded, so it is in doubt" if flight["left"]
+                fate = ("its answer could not be recorded, so it is in doubt" if flight.left
                         else "not sent; a re-run sends it")
-                self.report.errors.append(f"batch {flight['b'] or '-'} ({len(readers)} readers): {fate}: {exc}")
-                if not flight["left"]:
+                self.report.errors.append(f"batch {flight.b or '-'} ({len(readers)} readers): {fate}: {exc}")
+                if not flight.left:
                     self.report.failed += len(readers)
                     self.report.failed_batches += 1
             self._done(len(readers))
 
-    def _run_batch(self, readers: list[tuple[str, str]], flight: dict[str, Any]) -> None:
+    def _run_batch(self, readers: list[tuple[str, str]], flight: _Flight) -> None:
         readers = self._fresh_readers(readers)
         if not readers:
             return
         body = self.builder.body(readers)
-        b = flight["b"] = self._next_id()
+        b = flight.b = self._next_id()
         assert self.journal is not None
-        self.journal.write({"t": "batch", "b": b, "emails": [e for e, _ in readers]})
+        self.journal.batch(b, [e for e, _ in readers])
         attempt, rate_waits = 0, 0
         while True:
             attempt += 1
-            flight["left"] = False
-            self.journal.write({"t": "attempt", "b": b, "n": attempt})  # whole and fsynced, or no request
+            flight.left = False
+            self.journal.attempt(b, attempt)  # whole and fsynced, or no request
             try:
                 with self.report_lock:
                     self.report.requests += 1
-                flight["left"] = True
+                flight.left = True
                 accepted = self._send(body)
             except TransportError as exc:
-                action = self._classify(exc, attempt, rate_waits)
-                if action == "doubt":
-                    self.journal.write({"t": "doubt", "b": b, "error": str(exc)})
-                    with self.report_lock:
-                        self.report.in_doubt += len(readers)
-                        self.report.in_doubt_batches += 1
-                        self.report.errors.append(f"batch {b} ({len(readers)} readers) in doubt: {exc}")
-                    self._done(len(readers))
+                action = classify(exc, attempt, rate_waits, self.retries)
+                if action in (Action.RETRY, Action.RATE_LIMIT) and not self.stop.is_set():
+                    rate_waits += action is Action.RATE_LIMIT
+                    if self._wait_to_retry(b, readers, exc, action, attempt, rate_waits):
+                        continue
                     return
-                if action == "split" and len(readers) > 1:
-                    self.journal.write({"t": "replaced", "b": b, "why": "413: split in two"})
-                    half = len(readers) // 2
-                    self.run_batch(readers[:half])
-                    self.run_batch(readers[half:])
-                    return
-                if action in ("retry", "ratelimit") and not self.stop.is_set():
-                    self.journal.write({"t": "retry", "b": b, "status": exc.status, "error": str(exc)})
-                    if action == "ratelimit":
-                        rate_waits += 1
-                        delay = exc.retry_after if exc.retry_after is not None else self._delay(rate_waits)
-                        self.sleep(min(delay + random.uniform(0, 0.25), MAX_RATE_LIMIT_WAIT))
-                    else:
-                        self.sleep(self._delay(attempt))
-                    # A retry is a new dispatch: whoever unsubscribed while we waited is left out.
-                    fresh = self._fresh_readers(readers)
-                    if len(fresh) != len(readers):
-                        self.journal.write({"t": "replaced", "b": b, "why": "unsubscribes while waiting to retry"})
-                        if fresh:
-                            self.run_batch(fresh)
-                        return
-                    continue
-                self.journal.write({"t": "failed", "b": b, "status": exc.status, "error": str(exc)})
-                with self.report_lock:
-                    self.report.failed += len(readers)
-                    self.report.failed_batches += 1
-                    messages = error_messages(exc.body) if exc.status == 400 else []
-                    if exc.status == 400:
-                        self.report.errors.append(f"batch {b}: SendGrid refused the request (400):")
-                        self.report.errors.extend(f"  {m}" for m in messages or [str(exc)])
-                    elif exc.status in (401, 403):
-                        self.report.errors.append(f"batch {b}: SendGrid refused the API key ({exc.status}): "
-                                                  "check SENDGRID_API_KEY and its Mail Send permission")
-                    else:
-                        self.report.errors.append(f"batch {b} ({len(readers)} readers) failed: {exc}")
-                if action == "stop":
-                    self.report.stopped = self.report.stopped or str(exc)
-                    self.stop.set()
-                self._done(len(readers))
+                self._not_accepted(b, readers, exc, action)
                 return
-            self.journal.write({"t": "ok", "b": b, "status": accepted.status, "id": accepted.message_id})
+            self.journal.ok(b, accepted.status, accepted.message_id)
             with self.report_lock:
                 self.report.sent += len(readers)
                 self.report.sent_batches += 1
             self._done(len(readers))
             return
 
+    def _wait_to_retry(self, b: int, readers: list[tuple[str, str]], exc: TransportError, action: Action,
+                       attempt: int, rate_waits: int) -> bool:
+        """Record the retry and wait; False when the batch was replaced by one without late unsubscribers."""
+        assert self.journal is not None
+        self.journal.retry(b, exc.status, str(exc))
+        if action is Action.RATE_LIMIT:
+            delay = exc.retry_after if exc.retry_after is not None else backoff_delay(rate_waits, self.backoff)
+            self.sleep(min(delay + random.uniform(0, 0.25), MAX_RATE_LIMIT_WAIT))
+        else:
+            self.sleep(backoff_delay(attempt, self.backoff))
+        # A retry is a new dispatch: whoever unsubscribed while we waited is left out.
+        fresh = self._fresh_readers(readers)
+        if len(fresh) == len(readers):
+            return True
+        self.journal.replaced(b, "unsubscribes while waiting to retry")
+        if fresh:
+            self.run_batch(fresh)
+        return False
+
+    def _not_accepted(self, b: int, readers: list[tuple[str, str]], exc: TransportError, action: Action) -> None:
+        """A request that will not be retried: in doubt, split in two, or failed (stopping the run if need be)."""
+        assert self.journal is not None
+        if action is Action.SPLIT and len(readers) > 1:
+            self.journal.replaced(b, "413: split in two")
+            half = len(readers) // 2
+            self.run_batch(readers[:half])
+            self.run_batch(readers[half:])
+            return
+        if action is Action.DOUBT:
+            self.journal.doubt(b, str(exc))
+            with self.report_lock:
+                self.report.in_doubt += len(readers)
+                self.report.in_doubt_batches += 1
+                self.report.errors.append(f"batch {b} ({len(readers)} readers) in doubt: {exc}")
+            self._done(len(readers))
+            return
+        self.journal.failed(b, exc.status, str(exc))
+        with self.report_lock:
+            self.report.failed += len(readers)
+            self.report.failed_batches += 1
+            self.report.errors.extend(_failure_lines(b, len(readers), exc))
+        if action is Action.STOP:
+            self.report.stopped = self.report.stopped or str(exc)
+            self.stop.set()
+        self._done(len(readers))
+
     def _send(self, body: dict[str, Any]) -> Accepted:
         if self.transport is None:  # dry run
             return Accepted(status=0, message_id="dry-run")
         return self.transport.send(body)
-
-    def _classify(self, exc: TransportError, attempt: int, rate_waits: int) -> str:
-        status = exc.status
-        if status is None:
-            if exc.sent:
-                return "doubt"
-            return "retry" if attempt <= self.retries else "give-up"
-        if status == 413:
-            return "split"
-        if status == 429:
-            return "ratelimit" if rate_waits < max(self.retries, 3) * 2 else "give-up"
-        if status in (400, 401, 403):
-            return "stop"
-        if status >= 500:
-            return "retry" if attempt <= self.retries else "give-up"
-        return "stop"
-
-    def _delay(self, attempt: int) -> float:
-        # Exponential backoff with full jitter, bounded.
-        return random.uniform(0, min(MAX_BACKOFF, self.backoff * 2 ** (attempt - 1))) + self.backoff / 2
 
     def _done(self, readers: int) -> None:
         with self.report_lock:
@@ -237,8 +266,8 @@ class Dispatcher:
         """The eligible readers, streamed in batches."""
         batch: list[tuple[str, str]] = []
         size = self.p.batch_size
-        for reader in eligible_readers(self.p.root, self.ledger, self.p.journal, self.p.options.resend_in_doubt,
-                                       self.counts):
+        for reader in eligible(iter_subscribers(self.p.root), self.ledger, self.p.journal,
+                               resend_in_doubt=self.p.options.resend_in_doubt, tally=self.tally):
             batch.append(reader)
             if len(batch) == size:
                 yield batch
@@ -253,29 +282,14 @@ class Dispatcher:
         path = journal_path(self.p.root, self.p.issue.slug)
         with Journal(path) as journal:
             self.journal = journal
-            journal.write({"t": "run", "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                           "readers": self.p.readers, "resend_in_doubt": self.p.options.resend_in_doubt})
+            journal.run(self.p.readers, self.p.options.resend_in_doubt)
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="send") as pool:
-                pending: set[Future[None]] = set()
-                try:
-                    for batch in self.batches():
-                        if self.stop.is_set():
-                            with self.report_lock:
-                                self.report.not_attempted += len(batch)
-                            continue
-                        # Bounded queue: a million readers never become a million payloads in memory.
-                        while len(pending) >= workers * 2:
-                            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                            for f in done:
-                                f.result()
-                        pending.add(pool.submit(self.run_batch, batch))
-                except KeyboardInterrupt:
-                    self.stop.set()
-                    self.report.stopped = "interrupted"
-                for f in pending:
-                    f.result()
+                self._feed(pool, workers)
+            if not self.report.stopped:
+                with contextlib.suppress(StorageError):  # the end of a run is for `status`: nobody's fate
+                    journal.end()
         # Readers who unsubscribed after the summary was shown: skipped while streaming or at dispatch.
-        late = self.counts["suppressed"] + self.report.suppressed_late - self.p.suppressed
+        late = self.tally.suppressed + self.report.suppressed_late - self.p.tally.suppressed
         self.report.suppressed_late = max(late, 0)
         # What earlier runs left in doubt (and this run did not resend) still counts.
         state = load_state(path)
@@ -284,18 +298,42 @@ class Dispatcher:
         self.report.elapsed = time.perf_counter() - start
         return self.report
 
+    def _feed(self, pool: ThreadPoolExecutor, workers: int) -> None:
+        pending: set[Future[None]] = set()
+        try:
+            for batch in self.batches():
+                if self.stop.is_set():
+                    with self.report_lock:
+                        self.report.not_attempted += len(batch)
+                    continue
+                # Bounded queue: a million readers never become a million payloads in memory.
+                while len(pending) >= workers * 2:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for f in done:
+                        f.result()
+                pending.add(pool.submit(self.run_batch, batch))
+        except KeyboardInterrupt:
+            self.stop.set()
+            self.report.stopped = "interrupted"
+        for f in pending:
+            f.result()
+
+
+def _failure_lines(b: int, readers: int, exc: TransportError) -> list[str]:
+    if exc.status == 400:
+        return [f"batch {b}: SendGrid refused the request (400):"] + [
+            f"  {m}" for m in error_messages(exc.body) or [str(exc)]]
+    if exc.status in (401, 403):
+        return [f"batch {b}: SendGrid refused the API key ({exc.status}): "
+                "check SENDGRID_API_KEY and its Mail Send permission"]
+    return [f"batch {b} ({readers} readers) failed: {exc}"]
+
 
 def send_test_copies(prepared: Prepared, transport: SendGridTransport | None) -> SendReport:
     """--to: one request, one personalization per address, "[Test]" subject; not journaled."""
     start = time.perf_counter()
-    builder = MessageBuilder(prepared)
-    readers = []
-    seen = set()
-    for address in prepared.options.to:
-        key = address.strip().lower()
-        if key not in seen:
-            seen.add(key)
-            readers.append((key, ""))
+    builder = prepared.builder()
+    readers = [(key, "") for key, _, _ in unique((a, "") for a in prepared.options.to)]
     report = SendReport()
     body = builder.body(readers)
     if transport is not None:
@@ -333,9 +371,9 @@ def _dry_run(prepared: Prepared) -> SendReport:
     import json
 
     start = time.perf_counter()
-    builder = MessageBuilder(prepared)
+    builder = prepared.builder()
     d = Dispatcher(prepared, None)
-    report = SendReport(suppressed=prepared.suppressed, already_sent=prepared.already_sent)
+    report = SendReport(suppressed=prepared.tally.suppressed, already_sent=prepared.tally.already_sent)
     for batch in d.batches():
         body = builder.body(batch)
         report.bytes_sent += len(json.dumps(body, ensure_ascii=False).encode())
@@ -352,7 +390,7 @@ class Status:
     """`newsletter status`: the journal against the current list."""
 
     slug: str
-    runs: int
+    runs: list[RunInfo]
     sent: int
     sent_batches: int
     pending: int
@@ -366,14 +404,14 @@ class Status:
 
 def send_status(root: Path, slug: str) -> Status:
     """What has been sent, what is pending, failed or in doubt."""
-    config, issue = load(root, slug)
-    del config
+    _, issue = load(root, slug)
     state = load_state(journal_path(root, issue.slug))
-    counts = {"readers": 0, "suppressed": 0, "sent": 0, "doubt": 0, "dups": 0}
-    pending = sum(1 for _ in eligible_readers(root, load_ledger(root), state, False, counts))
+    tally = Eligibility()
+    pending = sum(1 for _ in eligible(iter_subscribers(root), load_ledger(root), state, resend_in_doubt=False,
+                                      tally=tally))
     return Status(
-        slug=issue.slug, runs=state.runs, sent=len(state.sent), sent_batches=state.sent_batches, pending=pending,
-        suppressed=counts["suppressed"], failed_batches=len(state.failed_batches),
+        slug=issue.slug, runs=state.runs(), sent=state.sent_readers, sent_batches=state.sent_batches,
+        pending=pending, suppressed=tally.suppressed, failed_batches=len(state.failed_batches),
         failed_readers=sum(b.readers for b in state.failed_batches.values()),
         in_doubt_batches=state.doubt_batch_count(), in_doubt_readers=state.in_doubt_readers,
         doubt_details=[(b, s.readers, s.error) for b, s in sorted(state.doubt_batches.items())],

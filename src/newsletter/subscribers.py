@@ -10,12 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .addresses import bare, is_plausible, normalize, validate
-from .addresses import normalize as normalize_email
 from .errors import SubscriberError, UsageError
 from .exports import ExportFile, ExportRow, column_index, iter_sources, read_export
 from .files import atomic_writer
 from .ledger import load_ledger
+from .recipients import Eligibility, bare, is_plausible, normalize, unique, validate
 
 if TYPE_CHECKING:
     from filelock import BaseFileLock
@@ -155,10 +154,13 @@ class ImportReport:
             parts.append("skipped " + ", ".join(f"{n} {label}" for label, n in self.skipped.most_common()))
         return "; ".join(parts)
 
-    @property
-    def imported_nothing(self) -> bool:
-        """Nothing in the files could be used: no reader, no opt-out, nothing already there."""
-        return not (self.added or self.already_present or self.suppressed or self.skipped or self.kept_out)
+    def failure(self) -> SubscriberError | None:
+        """The error that ends this import with exit 1, if any: nothing in the files could be used (no reader,
+        no opt-out, nothing already there). The report is printed first, so its lines say why."""
+        if self.added or self.already_present or self.suppressed or self.skipped or self.kept_out:
+            return None
+        names = ", ".join(sorted({f.source.split("!", 1)[0] for f in self.files}))
+        return SubscriberError("nothing could be imported; the list is unchanged", path=names or None)
 
 
 @dataclass(slots=True)
@@ -277,7 +279,7 @@ def add_subscriber(root: Path, email: str, name: str = "") -> str:
         address = validate_address(email)
     except ValueError as exc:
         raise SubscriberError(f"not a valid address: {email!r} ({exc})") from None
-    key = normalize_email(address)
+    key = normalize(address)
     ledger = load_ledger(root)
     if ledger.is_suppressed(key):
         raise SubscriberError(
@@ -286,7 +288,7 @@ def add_subscriber(root: Path, email: str, name: str = "") -> str:
     with _lock(root):
         header, rows = read_list(root)
         email_at = _column_index(header, ("email",)) or 0
-        if any(normalize_email(r[email_at]) == key for r in rows if len(r) > email_at):
+        if any(normalize(r[email_at]) == key for r in rows if len(r) > email_at):
             raise SubscriberError(f"{address} is already on the list", path=list_path(root))
         name_at = _column_index(header, ("name",))
         if name_at is None:
@@ -309,41 +311,26 @@ class ListCounts:
     ledger_problems: list[str] = field(default_factory=list)
 
 
-def iter_unique_subscribers(root: Path, counts: dict[str, int] | None = None) -> Iterator[tuple[str, str, str]]:
-    """(key, email, name) of each reader once: `key` is the address trimmed and lower-cased; a later row with
-    the same key is skipped and counted in counts["dups"]. Memory: one hash per reader."""
-    seen: set[int] = set()
-    for email, name in iter_subscribers(root):
-        key = email.strip().lower()
-        h = hash(key)  # str caches its hash: callers hashing `key` again pay nothing
-        if h in seen:
-            if counts is not None:
-                counts["dups"] = counts.get("dups", 0) + 1
-            continue
-        seen.add(h)
-        yield key, email, name
-
-
 def count_subscribers(root: Path) -> ListCounts:
     """Count the list against the ledger."""
     ledger = load_ledger(root)
-    counts = {"dups": 0}
+    tally = Eligibility()
     total = active = 0
     suppressed: Counter[str] = Counter()
-    for key, _, _ in iter_unique_subscribers(root, counts):
+    for key, _, _ in unique(iter_subscribers(root), tally):
         total += 1
         if ledger.is_suppressed(key):
             suppressed[ledger.event_of(key) or "?"] += 1
         else:
             active += 1
-    return ListCounts(total=total, active=active, suppressed=suppressed, duplicates=counts["dups"],
+    return ListCounts(total=total, active=active, suppressed=suppressed, duplicates=tally.duplicates,
                       ledger_problems=[str(p) for p in ledger.problems])
 
 
 def iter_listing(root: Path, *, suppressed: bool) -> Iterator[tuple[str, str, str]]:
     """(email, name, latest event) of active readers, or of suppressed ones."""
     ledger = load_ledger(root)
-    for key, email, name in iter_unique_subscribers(root):
+    for key, email, name in unique(iter_subscribers(root)):
         if ledger.is_suppressed(key) == suppressed:
             yield email, name, ledger.event_of(key) or ""
 
@@ -393,7 +380,7 @@ def record_ledger_events(root: Path, addresses: Iterable[str], event: str, *, de
             keys.append(key)
     ledger = load_ledger(root)
     wanted = set(keys)
-    on_list = {k for k, _, _ in iter_unique_subscribers(root) if k in wanted}
+    on_list = {k for k, _, _ in unique(iter_subscribers(root)) if k in wanted}
     outcomes: list[LedgerOutcome] = []
     new: list[Event] = []
     at = now_iso()

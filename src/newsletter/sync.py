@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .addresses import is_plausible, normalize
 from .errors import TransportError
 from .files import write_atomic
 from .ledger import LIFTING, Event, append_events, iter_events, ledger_path, load_ledger
+from .recipients import is_plausible, normalize
 
 STATE_NAME = "sync.json"
 PAGE = 500  # SendGrid's maximum `limit` for the suppression lists

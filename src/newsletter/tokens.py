@@ -9,17 +9,13 @@ import hmac
 import os
 
 from .errors import SendError
+from .recipients import is_plausible, normalize
 
 SECRET_ENV = "NEWSLETTER_SECRET"
 # Used only for previews when no secret is set; `send` refuses to run with it.
 DEVELOPMENT_SECRET = "newsletter-development-key-NOT-for-sending"
 VERSION = "u1"
 _MAC_BYTES = 16  # 128 bits of HMAC-SHA256: unforgeable, and keeps each link short
-
-
-def normalize_email(address: str) -> str:
-    """Addresses compare case-insensitively after trimming."""
-    return address.strip().lower()
 
 
 def _b64(data: bytes) -> str:
@@ -37,7 +33,7 @@ def _mac(secret: str, email: str) -> bytes:
 
 def make_token(secret: str, email: str) -> str:
     """The token for `email`: `u1.<address>.<mac>`, both parts base64url without padding."""
-    email = normalize_email(email)
+    email = normalize(email)
     return f"{VERSION}.{_b64(email.encode('utf-8'))}.{_b64(_mac(secret, email))}"
 
 
@@ -54,7 +50,7 @@ def verify_token(secret: str, token: str) -> str | None:
     # Only the canonical spelling: base64's spare low bits would otherwise let several tokens stand for one.
     if _b64(email.encode("utf-8")) != payload or _b64(given) != mac:
         return None
-    if email != normalize_email(email) or "@" not in email:
+    if email != normalize(email) or not is_plausible(email):
         return None
     return email if hmac.compare_digest(given, _mac(secret, email)) else None
 
