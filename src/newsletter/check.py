@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from .bundle import Issue
 from .config import Config
-from .errors import Problem
+from .errors import Level, Problem
 from .render import TOKEN_TAG, RenderedEmail
 
 SUBJECT_MAX = 70
@@ -91,61 +91,95 @@ def check_issue(config: Config, issue: Issue, rendered: RenderedEmail, *, links:
 
     `links` requests every link (network); `spam` scores the message with SpamAssassin when it is installed.
     """
-    problems: list[Problem] = []
-    cfg_path = config.path
-    cfg_lines = _file_lines(cfg_path)  # read once: every link's origin is looked up in it
-    problems += placeholder_problems(config.doc.data, cfg_path, config.line)
+    cfg_lines = _file_lines(config.path)  # read once: every link's origin is looked up in it
+    body_lines = {link.url: link.line for link in rendered.body.links + rendered.body.images}
+    problems = [
+        *_placeholder_checks(config, issue),
+        *_workshop_checks(config, issue),
+        *_url_checks(config, issue, rendered, body_lines, cfg_lines),
+        *_image_checks(config, issue, rendered),
+        *_footer_checks(config, rendered),
+        *_inbox_checks(issue),
+        *_brand_checks(config),
+        *accessibility_problems(rendered, config.root / "layouts"),
+        *rendered.warnings,
+    ]
+    if spam:
+        problems += spam_problems(config, rendered)
+    if links:
+        problems += link_problems(config, issue, rendered, body_lines)
+    order = {Level.ERROR: 0, Level.WARNING: 1}
+    problems.sort(key=lambda p: order.get(p.level, 2))
+    return problems
+
+
+def _placeholder_checks(config: Config, issue: Issue) -> list[Problem]:
+    problems = placeholder_problems(config.doc.data, config.path, config.line)
     if issue.doc is not None:
         problems += placeholder_problems(issue.doc.data, issue.yaml_path, issue.doc.line)
     for number, source_line in enumerate(issue.body_md.splitlines(), 1):
         if _PLACEHOLDER.search(source_line):
             problems.append(Problem("error", "placeholder text `TODO` left in the essay", issue.body_path, number))
+    return problems
 
+
+def _workshop_checks(config: Config, issue: Issue) -> list[Problem]:
     workshop = config.workshops.get(issue.workshop) if issue.workshop else None
     if workshop is not None and not workshop.register_url:
-        problems.append(Problem("error", f"workshop `{workshop.id}` is promoted but has no `register_url`",
-                                cfg_path, config.line("workshops", workshop.id)))
+        return [Problem("error", f"workshop `{workshop.id}` is promoted but has no `register_url`",
+                        config.path, config.line("workshops", workshop.id))]
     if not issue.workshop:
-        problems.append(Problem("warning", "no `workshop`: this issue has no call-to-action block",
-                                issue.yaml_path))
+        return [Problem("warning", "no `workshop`: this issue has no call-to-action block", issue.yaml_path)]
+    return []
 
-    # Links and images, found in the output so that layouts and config are covered too.
-    body_lines = {link.url: link.line for link in rendered.body.links + rendered.body.images}
+
+def _url_checks(config: Config, issue: Issue, rendered: RenderedEmail, body_lines: dict[str, int],
+                cfg_lines: list[str]) -> list[Problem]:
+    """Links and images, found in the output so that layouts and config are covered too."""
+    problems: list[Problem] = []
     seen: set[str] = set()
     urls = _URL_ATTR.findall(rendered.html) + re.findall(r"\((https?://[^)\s]+)\)", rendered.text)
-    for image in rendered.body.images:
-        urls.append(image.url)
-    for url in urls:
-        url = url.strip()
+    urls += [image.url for image in rendered.body.images]
+    images = {i.url for i in rendered.body.images}
+    for url in (u.strip() for u in urls):
         if url in seen or url.startswith(("mailto:", "#")) or TOKEN_TAG in url:
             if TOKEN_TAG in url and url not in seen and url.lower().startswith("http://"):
-                problems.append(Problem("error", f"`http://` link: use https:// ({url})", cfg_path,
+                problems.append(Problem("error", f"`http://` link: use https:// ({url})", config.path,
                                         config.line("base_url")))
             seen.add(url)
             continue
         seen.add(url)
         path, line = _origin(url, body_lines, issue, config, cfg_lines)
         scheme = urlsplit(url).scheme.lower()
+        if not scheme:
+            problems += _local_url_problems(issue, url, url in body_lines and url in images, path, line)
+            continue
         if scheme == "http":
             problems.append(Problem("error", f"`http://` link: use https:// ({url})", path, line))
-        elif not scheme:
-            if url in body_lines and any(i.url == url for i in rendered.body.images):
-                inside = _inside(issue.dir, url)
-                if inside is None:
-                    problems.append(Problem("error", f"image `{url}` is outside issues/{issue.slug}/: put the "
-                                            "image in the issue's folder and write its name alone", path, line))
-                elif not inside.is_file():
-                    problems.append(Problem("error", f"image file `{url}` not found beside body.md", path, line))
-                continue
-            problems.append(Problem("error", f"relative link `{url}`: links in email must be absolute https:// URLs",
-                                    path, line))
-            continue
         elif scheme != "https":
             problems.append(Problem("warning", f"link with an unusual scheme: {url}", path, line))
         host = urlsplit(url).hostname or ""
         if _RESERVED.fullmatch(host) and _line_of(cfg_lines, host) is None:
             # hosts written in newsletter.yaml are already reported once, as placeholders
             problems.append(Problem("error", f"link to the reserved example domain `{host}`: {url}", path, line))
+    return problems
+
+
+def _local_url_problems(issue: Issue, url: str, is_image: bool, path: Path | str | None,
+                        line: int | None) -> list[Problem]:
+    if not is_image:
+        return [Problem("error", f"relative link `{url}`: links in email must be absolute https:// URLs", path, line)]
+    inside = _inside(issue.dir, url)
+    if inside is None:
+        return [Problem("error", f"image `{url}` is outside issues/{issue.slug}/: put the image in the issue's "
+                        "folder and write its name alone", path, line)]
+    if not inside.is_file():
+        return [Problem("error", f"image file `{url}` not found beside body.md", path, line)]
+    return []
+
+
+def _image_checks(config: Config, issue: Issue, rendered: RenderedEmail) -> list[Problem]:
+    problems: list[Problem] = []
     local_images = [i.url for i in rendered.body.images if not urlsplit(i.url).scheme]
     if local_images:
         problems.append(Problem("note", f"{len(local_images)} image(s) load from {config.archive_url}/{issue.slug}/: "
@@ -160,26 +194,36 @@ def check_issue(config: Config, issue: Issue, rendered: RenderedEmail, *, links:
         if not re.search(r"\balt\s*=", tag):
             problems.append(Problem("error", f"an image in the layout has no alt attribute: {tag[:80]}",
                                     config.root / "layouts"))
+    return problems
 
+
+def _footer_checks(config: Config, rendered: RenderedEmail) -> list[Problem]:
+    """The unsubscribe link and the postal address in both parts; the HTML's language."""
+    import html as html_lib
+
+    layouts = config.root / "layouts"
+    problems: list[Problem] = []
     unsub = f"/unsubscribe/{TOKEN_TAG}"
     for part, content in (("HTML", rendered.html), ("text", rendered.text)):
         if unsub not in content:
             problems.append(Problem("error", f"no unsubscribe link in the {part} part (use {{{{ unsubscribe_url }}}})",
-                                    config.root / "layouts"))
+                                    layouts))
     address = config.postal_address.strip()
     if not address:
         problems.append(Problem("error", "no postal address: the law (CAN-SPAM) requires one in every email",
-                                cfg_path, config.line("postal_address")))
+                                config.path, config.line("postal_address")))
     else:
-        import html as html_lib
-
         for part, content in (("HTML", html_lib.unescape(rendered.html)), ("text", rendered.text)):
             if address not in content:
-                problems.append(Problem("error", f"the postal address is missing from the {part} part",
-                                        config.root / "layouts"))
+                problems.append(Problem("error", f"the postal address is missing from the {part} part", layouts))
     if not re.search(r'<html[^>]*\blang="(?!und")[^"]+"', rendered.html):
-        problems.append(Problem("error", "the HTML has no `lang` (screen readers need it)", config.root / "layouts"))
+        problems.append(Problem("error", "the HTML has no `lang` (screen readers need it)", layouts))
+    return problems
 
+
+def _inbox_checks(issue: Issue) -> list[Problem]:
+    """What the inbox line shows: the subject and the preheader."""
+    problems: list[Problem] = []
     if len(issue.subject) > SUBJECT_MAX:
         problems.append(Problem("warning", f"subject is {len(issue.subject)} characters: inboxes cut it after "
                                 f"about {SUBJECT_MAX}", issue.yaml_path, _yaml_line(issue, "subject", "title")))
@@ -189,24 +233,22 @@ def check_issue(config: Config, issue: Issue, rendered: RenderedEmail, *, links:
     elif len(issue.preheader) > PREHEADER_MAX:
         problems.append(Problem("warning", f"preheader is {len(issue.preheader)} characters: keep it under "
                                 f"{PREHEADER_MAX}", issue.yaml_path, _yaml_line(issue, "preheader")))
+    return problems
+
+
+def _brand_checks(config: Config) -> list[Problem]:
+    """Font stacks that end in a generic family; colour pairs with WCAG AA contrast."""
+    problems: list[Problem] = []
     for key, stack in config.fonts.items():
         last = stack.split(",")[-1].strip().strip("'\"").lower()
         if last not in GENERIC_FONTS:
             problems.append(Problem("warning", f"font `{key}` should end in a generic family such as serif or "
-                                    "sans-serif", cfg_path, config.line("brand", "fonts", key)))
+                                    "sans-serif", config.path, config.line("brand", "fonts", key)))
     for fg, bg in CONTRAST_PAIRS:
         ratio = contrast_ratio(config.colors[fg], config.colors[bg])
         if ratio < 4.5:
             problems.append(Problem("error", f"colours `{fg}` on `{bg}` have contrast {ratio:.1f}:1; "
-                                    "WCAG AA needs 4.5:1", cfg_path, config.line("brand", "colors", fg)))
-    problems += accessibility_problems(rendered, config.root / "layouts")
-    problems += rendered.warnings
-    if spam:
-        problems += spam_problems(config, rendered)
-    if links:
-        problems += link_problems(config, issue, rendered, body_lines)
-    order = {"error": 0, "warning": 1}
-    problems.sort(key=lambda p: order.get(p.level, 2))
+                                    "WCAG AA needs 4.5:1", config.path, config.line("brand", "colors", fg)))
     return problems
 
 

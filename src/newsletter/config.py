@@ -49,7 +49,7 @@ SENDGRID_KEYS = {
 
 
 @dataclass(frozen=True)
-class Address:
+class Mailbox:
     """A name and an email address."""
 
     email: str
@@ -99,7 +99,7 @@ class Config:
     name: str
     language: str
     base_url: str
-    sender: Address
+    sender: Mailbox
     reply_to: str
     postal_address: str
     workshops: dict[str, Workshop]
@@ -214,15 +214,34 @@ def load_config(root: Path) -> Config:
         p.add(("language",), f"`language` must be a language tag such as `en` or `en-GB`, got {language!r}")
     base_url = _url(p, _text(p, data, "base_url", ("base_url",), required=True).rstrip("/"), ("base_url",))
 
-    sender = Address(email="")
+    sender, reply_to = _load_sender(p, data, name)
+    postal_address = _text(p, data, "postal_address", ("postal_address",), required=True)
+    workshops = _load_workshops(p, data)
+    colors, fonts = _load_brand(p, _mapping(p, data, "brand", ("brand",)))
+    sendgrid = _load_sendgrid(p, _mapping(p, data, "sendgrid", ("sendgrid",)))
+    footer_note = _text(p, data, "footer_note", ("footer_note",)) or (
+        f"You are receiving this because you signed up for {name or 'this newsletter'}."
+    )
+    archive_url = _url(p, _text(p, data, "archive_url", ("archive_url",)).rstrip("/"), ("archive_url",))
+    p.raise_if_any()
+    return Config(
+        root=root, name=name, language=language, base_url=base_url, sender=sender, reply_to=reply_to,
+        postal_address=postal_address, workshops=workshops, colors=colors, fonts=fonts, sendgrid=sendgrid,
+        footer_note=footer_note, archive_url=archive_url or f"{base_url}/archive", doc=doc,
+    )
+
+
+def _load_sender(p: _Problems, data: dict[str, Any], name: str) -> tuple[Mailbox, str]:
+    """`sender` (`{name, email}` or just the address) and `reply_to` (default: the sender's address)."""
+    sender = Mailbox(email="")
     raw_sender = data.get("sender")
     if raw_sender is None:
         p.add(("sender",), "missing required key `sender` (`{name: ..., email: ...}`)")
     elif isinstance(raw_sender, str):
-        sender = Address(email=raw_sender.strip(), name=name)
+        sender = Mailbox(email=raw_sender.strip(), name=name)
     elif isinstance(raw_sender, dict):
         _check_keys(p, raw_sender, {"name", "email"}, ("sender",))
-        sender = Address(
+        sender = Mailbox(
             email=_text(p, raw_sender, "email", ("sender", "email"), required=True),
             name=_text(p, raw_sender, "name", ("sender", "name"), default=name),
         )
@@ -233,10 +252,12 @@ def load_config(root: Path) -> Config:
     reply_to = _text(p, data, "reply_to", ("reply_to",)) or sender.email
     if reply_to and not is_plausible(normalize(reply_to)):
         p.add(("reply_to",), f"`reply_to` is not an email address: {reply_to!r}")
-    postal_address = _text(p, data, "postal_address", ("postal_address",), required=True)
+    return sender, reply_to
 
+
+def _load_workshops(p: _Problems, data: dict[str, Any]) -> dict[str, Workshop]:
+    """`workshops`: id -> title, headline, pitch, register_url, next..."""
     workshops: dict[str, Workshop] = {}
-    keys: tuple[str, ...]
     for wid, raw in _mapping(p, data, "workshops", ("workshops",)).items():
         wid = str(wid)
         keys = ("workshops", wid)
@@ -257,8 +278,11 @@ def load_config(root: Path) -> Config:
     for wid, w in workshops.items():
         if w.next and w.next not in workshops:
             p.add(("workshops", wid, "next"), unknown_workshop_message(w.next, workshops))
+    return workshops
 
-    brand = _mapping(p, data, "brand", ("brand",))
+
+def _load_brand(p: _Problems, brand: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
+    """`brand.colors` (hex, over the defaults) and `brand.fonts` (CSS font stacks)."""
     _check_keys(p, brand, {"colors", "fonts"}, ("brand",))
     colors = dict(DEFAULT_COLORS)
     for key, value in _mapping(p, brand, "colors", ("brand", "colors")).items():
@@ -278,18 +302,7 @@ def load_config(root: Path) -> Config:
             p.add(keys, f"font `{key}` must be a CSS font stack such as \"Georgia, serif\", got {value!r}")
         else:
             fonts[str(key)] = value.strip()
-
-    sendgrid = _load_sendgrid(p, _mapping(p, data, "sendgrid", ("sendgrid",)))
-    footer_note = _text(p, data, "footer_note", ("footer_note",)) or (
-        f"You are receiving this because you signed up for {name or 'this newsletter'}."
-    )
-    archive_url = _url(p, _text(p, data, "archive_url", ("archive_url",)).rstrip("/"), ("archive_url",))
-    p.raise_if_any()
-    return Config(
-        root=root, name=name, language=language, base_url=base_url, sender=sender, reply_to=reply_to,
-        postal_address=postal_address, workshops=workshops, colors=colors, fonts=fonts, sendgrid=sendgrid,
-        footer_note=footer_note, archive_url=archive_url or f"{base_url}/archive", doc=doc,
-    )
+    return colors, fonts
 
 
 def _load_sendgrid(p: _Problems, raw: dict[str, Any]) -> SendgridSettings:

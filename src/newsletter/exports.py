@@ -14,7 +14,7 @@ import io
 import re
 import zipfile
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -322,76 +322,86 @@ def _email_column(header: list[str], records: list[tuple[int, list[str]]], out: 
     return email_at
 
 
-class _Unknown(Exception):
-    pass
+StatusOf = Callable[[list[str], str], tuple[Status, str]]
 
 
-def _status_reader(out: ExportFile, header: list[str], records: list[tuple[int, list[str]]], email_at: int):  # type: ignore[no-untyped-def]
+def _status_reader(out: ExportFile, header: list[str], records: list[tuple[int, list[str]]], email_at: int
+                   ) -> StatusOf:
     """A function (row, address) -> (Status, time) for this file; refuses unknown status values up front."""
-    platform = out.platform
-    at_of = _time_reader(header)
     name = out.source.rsplit("!", 1)[-1].rsplit("/", 1)[-1]
-    if platform == "mailchimp":
-        m = MAILCHIMP_FILE.match(name)
-        by_file = MAILCHIMP_STATUS[m.group(1).lower()] if m else ACTIVE
-        unsub, clean = column_index(header, ("unsub_time",)), column_index(header, ("clean_time",))
-        out.status_column = "the file name" if m else ""
+    if out.platform == "mailchimp":
+        return _mailchimp_status(out, header, name)
+    if out.platform in ("substack", "ghost"):
+        return _flag_status(out, header, records)
+    return _column_status(out, header, records, name)
 
-        def mailchimp(row: list[str], raw: str) -> tuple[Status, str]:
-            # The file name says the status; UNSUB_TIME / CLEAN_TIME are the backstop for a renamed file.
-            for i, status in ((unsub, MAILCHIMP_STATUS["unsubscribed"]), (clean, MAILCHIMP_STATUS["cleaned"])):
-                if i is not None and i < len(row) and row[i].strip():
-                    return (by_file if by_file.kind == "suppress" else status), _iso(row[i])
-            return by_file, at_of(row)
 
-        return mailchimp
-    if platform == "substack":
-        found = column_index(header, ("email_disabled",))
-        assert found is not None
-        col = found
-        out.status_column = header[col]
-        _refuse_unknown(out, header[col], {_word(r[col]) for _, r in records if col < len(r)} - TRUE - FALSE,
-                        sorted(TRUE | FALSE - {""}))
-        disabled = _out("unsubscribe", "email disabled")
+def _mailchimp_status(out: ExportFile, header: list[str], name: str) -> StatusOf:
+    m = MAILCHIMP_FILE.match(name)
+    by_file = MAILCHIMP_STATUS[m.group(1).lower()] if m else ACTIVE
+    unsub, clean = column_index(header, ("unsub_time",)), column_index(header, ("clean_time",))
+    out.status_column = "the file name" if m else ""
+    at_of = _time_reader(header)
 
-        def substack(row: list[str], raw: str) -> tuple[Status, str]:
-            if raw.lower().endswith("@deletion-request.substack.com"):
-                return _skip("deletion requests (Substack placeholders)"), ""
-            return (disabled if col < len(row) and _word(row[col]) in TRUE else ACTIVE), ""
+    def mailchimp(row: list[str], raw: str) -> tuple[Status, str]:
+        # The file name says the status; UNSUB_TIME / CLEAN_TIME are the backstop for a renamed file.
+        for i, status in ((unsub, MAILCHIMP_STATUS["unsubscribed"]), (clean, MAILCHIMP_STATUS["cleaned"])):
+            if i is not None and i < len(row) and row[i].strip():
+                return (by_file if by_file.kind == "suppress" else status), _iso(row[i])
+        return by_file, at_of(row)
 
-        return substack
-    if platform == "ghost":
-        found = column_index(header, ("subscribed_to_emails",))
-        assert found is not None
-        col = found
-        out.status_column = header[col]
-        _refuse_unknown(out, header[col], {_word(r[col]) for _, r in records if col < len(r)} - TRUE - FALSE,
-                        sorted(TRUE | FALSE - {""}))
-        off = _out("unsubscribe", "not subscribed to emails")
-        return lambda row, raw: ((off if col < len(row) and _word(row[col]) in FALSE else ACTIVE), "")
+    return mailchimp
+
+
+def _flag_status(out: ExportFile, header: list[str], records: list[tuple[int, list[str]]]) -> StatusOf:
+    """Substack's `email_disabled` (true: opted out) and Ghost's `subscribed_to_emails` (false: opted out)."""
+    flag, opted_out_when, word = (("email_disabled", TRUE, "email disabled") if out.platform == "substack"
+                                  else ("subscribed_to_emails", FALSE, "not subscribed to emails"))
+    found = column_index(header, (flag,))
+    assert found is not None
+    col = found
+    out.status_column = header[col]
+    _refuse_unknown(out, header[col], {_word(r[col]) for _, r in records if col < len(r)} - TRUE - FALSE,
+                    sorted(TRUE | FALSE - {""}))
+    off = _out("unsubscribe", word)
+
+    def flagged(row: list[str], raw: str) -> tuple[Status, str]:
+        if raw.lower().endswith("@deletion-request.substack.com"):
+            return _skip("deletion requests (Substack placeholders)"), ""
+        value = _word(row[col]) if col < len(row) else ""
+        return (off if value in opted_out_when and (value or out.platform == "ghost") else ACTIVE), ""
+
+    return flagged
+
+
+def _column_status(out: ExportFile, header: list[str], records: list[tuple[int, list[str]]], name: str
+                   ) -> StatusOf:
+    """A status column (Kit, Buttondown, beehiiv, listmonk, MailerLite, Sendy, any CSV), or Sendy's file name."""
+    at_of = _time_reader(header)
     status_at = None if out.headerless else column_index(header, STATUS_COLUMNS)
-    by_name = SENDY_FILE.search(name)
     if status_at is None:
+        by_name = SENDY_FILE.search(name)
         if by_name:
             status = VOCABULARY["sendy"][_word(by_name.group(1))]
             out.status_column = "the file name"
             return lambda row, raw: (status, at_of(row))
         return lambda row, raw: (ACTIVE, "")
-    values = {_word(r[status_at]) if status_at < len(r) else "" for _, r in records if any(c.strip() for c in r)}
-    vocabulary = VOCABULARY[platform]
-    if platform == "csv":
+    col: int = status_at
+    values = {_word(r[col]) if col < len(r) else "" for _, r in records if any(c.strip() for c in r)}
+    vocabulary = VOCABULARY[out.platform]
+    if out.platform == "csv":
         # No header names the platform: the one whose own words these are, else the common words.
         for candidate, words in DISTINCT_WORDS.items():
             if values & words and values <= VOCABULARY[candidate].keys():
                 out.platform, vocabulary = candidate, VOCABULARY[candidate]
                 break
-    out.status_column = header[status_at]
-    _refuse_unknown(out, header[status_at], values - vocabulary.keys(), sorted(vocabulary))
+    out.status_column = header[col]
+    _refuse_unknown(out, header[col], values - vocabulary.keys(), sorted(vocabulary))
     unsub_at = column_index(header, ("unsubscribed_at", "unsubscription_date", "unsubscribed at"))
     late_optout = _out("unsubscribe", "unsubscribed")
 
     def by_column(row: list[str], raw: str) -> tuple[Status, str]:
-        status = vocabulary[_word(row[status_at]) if status_at < len(row) else ""]
+        status = vocabulary[_word(row[col]) if col < len(row) else ""]
         if unsub_at is not None and unsub_at < len(row) and row[unsub_at].strip():
             # beehiiv keeps `active` on a reader who unsubscribed: the date is the truth
             return (status if status.kind == "suppress" else late_optout), _iso(row[unsub_at])
@@ -400,7 +410,7 @@ def _status_reader(out: ExportFile, header: list[str], records: list[tuple[int, 
     return by_column
 
 
-def _time_reader(header: list[str]):  # type: ignore[no-untyped-def]
+def _time_reader(header: list[str]) -> Callable[[list[str]], str]:
     at = column_index(header, ("unsub_time", "clean_time", "unsubscribed_at", "unsubscription_date",
                                "last_changed", "updated_at"))
     return lambda row: _iso(row[at]) if at is not None and at < len(row) else ""

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from .errors import SubscriberError, UsageError
 from .exports import ExportFile, ExportRow, column_index, iter_sources, read_export
 from .files import atomic_writer
-from .ledger import load_ledger
+from .ledger import Ledger, load_ledger
 from .recipients import Eligibility, bare, is_plausible, normalize, unique, validate
 
 if TYPE_CHECKING:
@@ -179,14 +179,20 @@ def import_exports(root: Path, paths: list[Path], *, dry_run: bool = False) -> I
     `import:<platform>`, the export's date where it has one), so none of those readers can be mailed by the
     time the list grows; an opt-out in any file beats an active row in another, whatever the order. The list
     is then rewritten atomically with the new active readers. `dry_run` writes nothing."""
-    from .ledger import LIFTING, Event, append_events, iter_events, ledger_path
-
     report = ImportReport(dry_run=dry_run)
     for name, data in iter_sources(paths):
         report.files.append(read_export(name, data))
+    active, opt_outs = _sort_rows(report)
+    ledger = _record_opt_outs(root, report, opt_outs)
+    _add_readers(root, report, active, opt_outs, ledger)
+    return report
+
+
+def _sort_rows(report: ImportReport) -> tuple[dict[str, tuple[str, ExportRow]], dict[str, _OptOut]]:
+    """Every row of every file into readers to add and opt-outs, counting the rest (skipped, invalid, ...)."""
     active: dict[str, tuple[str, ExportRow]] = {}
     opt_outs: dict[str, _OptOut] = {}
-    skipped: dict[str, str] = {}  # an active row elsewhere wins over an unconfirmed one
+    skipped: set[str] = set()  # an active row elsewhere wins over an unconfirmed one
     for f in report.files:
         report.malformed.extend((f.source, line, what) for line, what in f.malformed)
         report.empty += f.empty
@@ -208,9 +214,15 @@ def import_exports(root: Path, paths: list[Path], *, dry_run: bool = False) -> I
                 report.duplicates += 1
             elif row.status.kind == "skip":
                 report.skipped[row.status.label] += 1
-                skipped[key] = row.status.label
+                skipped.add(key)
             else:
                 active[key] = (address, row)
+    return active, opt_outs
+
+
+def _record_opt_outs(root: Path, report: ImportReport, opt_outs: dict[str, _OptOut]) -> Ledger:
+    """Append the opt-outs the ledger does not already hold; returns the ledger as it now reads."""
+    from .ledger import LIFTING, Event, append_events, iter_events, ledger_path
 
     ledger = load_ledger(root)
     lifted_at = {}
@@ -227,45 +239,46 @@ def import_exports(root: Path, paths: list[Path], *, dry_run: bool = False) -> I
         detail = f"{o.label} in {Path(o.source.rsplit('!', 1)[-1]).name}"
         events.append(Event(key, o.event, o.at, f"import:{o.platform}", detail))
     report.ledger_new = len(events)
-    if events and not dry_run:
+    if events and not report.dry_run:
         append_events(ledger_path(root), events, what=f"{len(events)} opt-out(s) from the import")
-        for e in events:
-            ledger.latest[e.email] = e.event  # as the file now says; the ledger is not read again
+        ledger.refresh()
+    return ledger
 
-    with nullcontext() if dry_run else _lock(root):  # a dry run leaves not even a lock file behind
-        list_header, list_rows = read_list(root)
-        list_email_at = _column_index(list_header, ("email",)) or 0
-        present = {normalize(r[list_email_at]) for r in list_rows if len(r) > list_email_at}
-        columns = {h.lower(): j for j, h in enumerate(list_header)}
+
+def _add_readers(root: Path, report: ImportReport, active: dict[str, tuple[str, ExportRow]],
+                 opt_outs: dict[str, _OptOut], ledger: Ledger) -> None:
+    """Add the active readers who are new and not suppressed; the list is rewritten atomically once."""
+    with nullcontext() if report.dry_run else _lock(root):  # a dry run leaves not even a lock file behind
+        header, rows = read_list(root)
+        email_at = _column_index(header, ("email",)) or 0
+        present = {normalize(r[email_at]) for r in rows if len(r) > email_at}
+        columns = {h.lower(): j for j, h in enumerate(header)}
 
         def column(name: str) -> int:
             if name.lower() not in columns:
-                columns[name.lower()] = len(list_header)
-                list_header.append(name)
+                columns[name.lower()] = len(header)
+                header.append(name)
             return columns[name.lower()]
 
         new_rows: list[dict[int, str]] = []
         for key, (address, row) in active.items():
             if key in present:
                 report.already_present += 1
+            elif key in opt_outs:
                 continue
-            if key in opt_outs or ledger.is_suppressed(key):
-                if key not in opt_outs:
-                    report.kept_out[ledger.event_of(key) or "?"] += 1
-                continue
-            cells = {column("email"): address, column("name"): row.name}
-            if row.first_name:
-                cells[column("first_name")] = row.first_name
-            for h, value in row.extra:
-                cells[column(h)] = value
-            new_rows.append(cells)
+            elif ledger.is_suppressed(key):
+                report.kept_out[ledger.event_of(key) or "?"] += 1
+            else:
+                cells = {column("email"): address, column("name"): row.name}
+                if row.first_name:
+                    cells[column("first_name")] = row.first_name
+                cells.update((column(h), value) for h, value in row.extra)
+                new_rows.append(cells)
         report.added = len(new_rows)
-        if new_rows and not dry_run:
-            width = len(list_header)
-            out = [r + [""] * (width - len(r)) for r in list_rows]
-            out += [[c.get(i, "") for i in range(width)] for c in new_rows]
-            write_list(list_path(root), list_header, out)
-    return report
+        if new_rows and not report.dry_run:
+            width = len(header)
+            out = [r + [""] * (width - len(r)) for r in rows] + [[c.get(i, "") for i in range(width)] for c in new_rows]
+            write_list(list_path(root), header, out)
 
 
 def import_file(root: Path, source: Path) -> ImportReport:
