@@ -112,6 +112,7 @@ class FakeSendGrid:
         self.accepted: list[dict[str, Any]] = []  # bodies accepted for delivery (202)
         self.delivered: Counter[str] = Counter()  # address (lowercase) -> copies delivered
         self.responses: list[int] = []  # status per mail/send request (0 = dropped)
+        self.times: list[float] = []  # time.monotonic() at which each mail/send request arrived
         self.schema_failures: list[str] = []
         self.bytes_received = 0
         self.on_request: Callable[[FakeSendGrid, dict[str, Any], int], None] | None = None
@@ -227,6 +228,7 @@ class FakeSendGrid:
         length = int(h.headers.get("Content-Length") or 0)
         raw = h.rfile.read(length)
         with self.lock:
+            self.times.append(time.monotonic())
             index = len(self.responses)
             fault = self.plan.pop(0) if self.plan else ""
             self.responses.append(-1)

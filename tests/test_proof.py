@@ -223,7 +223,8 @@ def test_preview_page_renders_and_follows_edits(browser, ready_project: Path) ->
                                timeout=5000)
         state = json.loads(page.evaluate("fetch('state.json').then(r => r.text())"))
         assert state["error"] == ""
-        page.locator("#problems li").filter(has_text="spam score").wait_for(timeout=15000)
+        # The spam score joins later (SpamAssassin takes seconds, more on a loaded machine): it is not
+        # waited for here; the check results that come with the render are.
         problems = json.loads(page.evaluate("fetch('state.json').then(r => r.text())"))["problems"]
         assert [p for p in problems if not p.startswith("note: spam score")] == []  # a filled-in config
     finally:

@@ -80,9 +80,16 @@ def test_every_seed_paragraph_appears_in_both_parts(cli: Cli, project: Path) -> 
 
 
 def test_workshop_pitch_is_in_the_cta_not_the_body(project: Path) -> None:
-    body = (project / "issues" / SEED_SLUG / "body.md").read_text(encoding="utf-8")
-    assert "Triumph After Trauma" not in body
-    assert "From Trauma to Triumph, we’ll explore" not in body
+    from newsletter.pipeline import load
+    from newsletter.render import render_issue
+
+    config, issue = load(project, SEED_SLUG)
+    rendered = render_issue(config, issue)
+    headline = "Triumph After Trauma: An Invitation to Heal and Grow"
+    assert headline not in rendered.body.mjml and "Triumph After Trauma" not in rendered.body.text  # not the essay
+    assert rendered.html.count(headline) == 1 and headline in rendered.text  # the CTA block, in both parts
+    essay_end = rendered.body.text.split("\n\n")[-1][:30]
+    assert rendered.html.index(headline) > rendered.html.index(essay_end)  # after the essay
 
 
 def test_cta_button_links_to_the_registration_url(cli: Cli, project: Path) -> None:

@@ -144,6 +144,26 @@ def test_awkward_names_are_escaped_per_part(sender: Cli, fake: FakeSendGrid) -> 
     assert subs["%%nl_name_html%%"] == html.escape('Ann <b>&, "Jr"; PhD', quote=True)
 
 
+def _as_delivered(body: dict, part: str, personalization: int = 0) -> str:
+    """A content part with the personalization's substitutions filled in, as SendGrid does before delivery."""
+    value = next(c["value"] for c in body["content"] if c["type"] == part)
+    for tag, replacement in body["personalizations"][personalization]["substitutions"].items():
+        value = value.replace(tag, replacement)
+    return value
+
+
+def test_the_delivered_html_greets_with_the_escaped_name(sender: Cli, fake: FakeSendGrid) -> None:
+    name = 'Ann <b>&, "Jr"; PhD'
+    write_list(sender.root, [("odd@readers.net", name)])
+    assert sender("send", "--issue", SEED_SLUG, "--yes").exit_code == 0
+    page = _as_delivered(fake.requests[0], "text/html")
+    assert html.escape(name, quote=True) in page or html.escape(name, quote=False) in page
+    assert "<b>&" not in page  # the raw (text part's) value would open a tag in every reader's inbox
+    text = _as_delivered(fake.requests[0], "text/plain")
+    assert name in text and "&lt;" not in text
+    assert "%%" not in page and "%%" not in text  # every tag filled
+
+
 def test_rerun_sends_nothing_twice(sender: Cli, fake: FakeSendGrid) -> None:
     write_list(sender.root, readers(1200))
     assert sender("send", "--issue", SEED_SLUG, "--yes").exit_code == 0
@@ -193,6 +213,8 @@ def test_key_without_mail_send_scope(sender: Cli, fake: FakeSendGrid) -> None:
     fake.scopes = ["suppression.read"]
     result = sender("send", "--issue", SEED_SLUG, "--yes")
     assert result.exit_code == 1 and "lacks the `mail.send` permission" in result.output
+    assert fake.requests == [] and not fake.delivered  # nothing was sent
+    assert not journal_path(sender.root, SEED_SLUG).exists()
 
 
 def test_api_without_a_scopes_endpoint_still_sends(sender: Cli, fake: FakeSendGrid) -> None:
@@ -215,21 +237,24 @@ def test_413_splits_the_batch(sender: Cli, fake: FakeSendGrid) -> None:
 
 def test_429_waits_for_the_reset_then_retries(sender: Cli, fake: FakeSendGrid) -> None:
     write_list(sender.root, readers(10))
-    fake.plan = ["429:1"]
-    start = time.monotonic()
+    fake.plan = ["429:3"]  # X-RateLimit-Reset is 2 to 3 s away (whole seconds)
     result = sender("send", "--issue", SEED_SLUG, "--yes")
     assert result.exit_code == 0, result.output
     assert fake.responses == [429, 202]
-    assert time.monotonic() - start >= 0.2
+    gap = fake.times[1] - fake.times[0]  # measured at the server: the pre-flight does not count
+    assert 1.9 <= gap < 4, gap  # the backoff alone (0.01 s here) would retry at once
     assert len(fake.delivered) == 10
 
 
 def test_5xx_retried_with_backoff(sender: Cli, fake: FakeSendGrid) -> None:
+    configure(sender.root, backoff=0.3)  # each wait is at least half of it, growing with jitter
     write_list(sender.root, readers(10))
     fake.plan = ["500", "503", "502"]
     result = sender("send", "--issue", SEED_SLUG, "--yes")
     assert result.exit_code == 0, result.output
     assert fake.responses == [500, 503, 502, 202]
+    gaps = [b - a for a, b in zip(fake.times, fake.times[1:], strict=False)]
+    assert all(g >= 0.15 for g in gaps), gaps
     assert len(fake.delivered) == 10
 
 
@@ -544,3 +569,59 @@ def test_a_short_journal_write_never_mails_anyone_twice(sender: Cli, fake: FakeS
         assert rerun.returncode == 0 and delivered == everyone and in_doubt == 0, output
     else:  # the answer (or the request's fate) could not be recorded: the batch is reported in doubt
         assert rerun.returncode == 1 and in_doubt == 3 and "in doubt" in rerun.stderr, output
+
+
+def test_each_request_leaves_after_its_attempt_record_is_whole_and_synced(sender: Cli, fake: FakeSendGrid,
+                                                                           short_write_shim: Path,
+                                                                           tmp_path: Path) -> None:
+    """The order of the journal's writes and fsyncs (traced on its descriptor by the shim) against the moment
+    each request reaches the fake: the journal's last record must be that batch's `attempt`, written whole
+    and fsynced, before its request arrives."""
+    from conftest import shim_env
+
+    root = sender.root
+    configure(root, batch_size=3, concurrency=1)
+    write_list(root, readers(9))
+    trace = tmp_path / "journal.trace"
+    journal = journal_path(root, SEED_SLUG)
+    problems: list[str] = []
+
+    def check_order(server: FakeSendGrid, body: dict, index: int) -> None:
+        ops = trace.read_text().split("\n")[:-1] if trace.exists() else []
+        if not ops or ops[-1] != "s":
+            problems.append(f"request {index}: the journal's last operation was {ops[-1:]!r}, not an fsync")
+        data = journal.read_bytes()
+        if not data.endswith(b"\n"):
+            problems.append(f"request {index}: the journal ends in a partial record")
+        records = [json.loads(line) for line in data.splitlines()]
+        last = records[-1]
+        if last.get("t") != "attempt":
+            problems.append(f"request {index}: the last record is {last!r}, not the attempt")
+            return
+        emails = next(r["emails"] for r in records if r.get("t") == "batch" and r.get("b") == last["b"])
+        sent_to = [p["to"][0]["email"] for p in body["personalizations"]]
+        if emails != sent_to:
+            problems.append(f"request {index}: the attempt's batch {emails} is not the request's {sent_to}")
+
+    fake.on_request = check_order
+    exe = str(Path(sys.executable).parent / "newsletter")
+    env = {**os.environ, **shim_env(short_write_shim, f"sends/{SEED_SLUG}.jsonl"), "SHIM_TRACE": str(trace)}
+    result = subprocess.run([exe, "send", "--root", str(root), "--issue", SEED_SLUG, "--yes", "--no-sync"],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(fake.requests) == 3 and problems == []
+
+
+def test_a_413_split_mails_each_reader_once_and_journals_the_replacement(sender: Cli, fake: FakeSendGrid) -> None:
+    configure(sender.root, batch_size=8, concurrency=1)
+    write_list(sender.root, readers(8))
+    fake.plan = ["413", "413"]
+    assert sender("send", "--issue", SEED_SLUG, "--yes").exit_code == 0
+    sizes = [len(b["personalizations"]) for b in fake.requests]
+    assert sizes == [8, 4, 2, 2, 4]
+    accepted = [p["to"][0]["email"] for b in fake.accepted for p in b["personalizations"]]
+    assert sorted(accepted) == sorted(e for e, _ in readers(8))  # no overlap, nobody left out
+    from newsletter.journal import load_state
+
+    state = load_state(journal_path(sender.root, SEED_SLUG))
+    assert state.sent_readers == 8 and state.in_doubt_readers == 0 and not state.failed_batches

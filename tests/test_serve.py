@@ -65,7 +65,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(project: Path, tmp_path: Path, extra_env: dict[str, str] | None = None) -> Server:
+def start_server(project: Path, tmp_path: Path, extra_env: dict[str, str] | None = None, *,
+                 public_key: bool = True) -> Server:
     """`newsletter serve` on a free port, as a subprocess (so LD_PRELOAD shims apply to it); waits for /healthz."""
     (project / "newsletter.yaml").write_text(
         FILLED_CONFIG.replace("base_url: https://letters.micromoments.net",
@@ -74,7 +75,9 @@ def start_server(project: Path, tmp_path: Path, extra_env: dict[str, str] | None
     public = base64.b64encode(key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).decode()
     port = free_port()
-    env = dict(os.environ, NEWSLETTER_SECRET=SECRET, SENDGRID_WEBHOOK_PUBLIC_KEY=public, **(extra_env or {}))
+    env = dict(os.environ, NEWSLETTER_SECRET=SECRET, **(extra_env or {}))
+    if public_key:
+        env["SENDGRID_WEBHOOK_PUBLIC_KEY"] = public
     log_path = tmp_path / "serve.log"
     log = open(log_path, "wb")  # noqa: SIM115 - closed by stop_server
     exe = str(Path(sys.executable).parent / "newsletter")
@@ -425,3 +428,20 @@ def test_control_characters_cannot_forge_log_lines(server: Server) -> None:
     lines = server.log_path.read_text().splitlines()
     assert not any(line.startswith("2026-12-01 12:00:00,000 GET /forged") for line in lines), lines
     assert any("\\n2026-12-01" in line for line in lines)
+
+
+def test_without_a_public_key_every_webhook_is_refused(project: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("SENDGRID_WEBHOOK_PUBLIC_KEY", raising=False)
+    srv = start_server(project, tmp_path, public_key=False)
+    try:
+        body = _events({"email": "x@readers.net", "event": "unsubscribe", "sg_event_id": "u1",
+                        "timestamp": int(time.time())})
+        status, _ = srv.request("POST", f"{PREFIX}/webhooks/sendgrid", body, {"Content-Type": "application/json"})
+        assert status == 403
+        status, _ = srv.request("POST", f"{PREFIX}/webhooks/sendgrid", body, srv.signed(body))  # signed, no key
+        assert status == 403
+        assert srv.ledger_lines() == []
+        time.sleep(0.2)
+        assert "SENDGRID_WEBHOOK_PUBLIC_KEY is not set" in srv.log_path.read_text()
+    finally:
+        stop_server(srv)

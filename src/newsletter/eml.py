@@ -8,8 +8,8 @@ from email.headerregistry import Address as HeaderAddress
 from email.message import EmailMessage
 
 from .config import Config
-from .render import RenderedEmail, personalize
-from .tokens import make_token, unsubscribe_url
+from .render import SAMPLE_READER, RenderedEmail, personalize
+from .tokens import make_token, secret_from_env, unsubscribe_url
 
 
 def _address(name: str, addr: str) -> HeaderAddress:
@@ -19,9 +19,6 @@ def _address(name: str, addr: str) -> HeaderAddress:
 
 def build_sample_eml(config: Config, rendered: RenderedEmail) -> bytes:
     """The message as the sample reader receives it (render --eml, the spam score)."""
-    from .render import SAMPLE_READER
-    from .tokens import secret_from_env
-
     secret, _ = secret_from_env(required=False)
     return build_eml(config, rendered, secret=secret, address=SAMPLE_READER["email"], name=SAMPLE_READER["name"])
 

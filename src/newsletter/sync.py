@@ -69,6 +69,7 @@ def sync_suppressions(root: Path, transport: Any, *, full: bool = False) -> Sync
     report = SyncReport(since=since)
     ledger = load_ledger(root)
     resubscribed = _resubscribe_times(root)
+    added: dict[str, str] = {}  # what this sync appends, until the ledger file says it
     for endpoint, event in LISTS.items():
         new: list[Event] = []
         offset = fetched = 0
@@ -85,14 +86,14 @@ def sync_suppressions(root: Path, transport: Any, *, full: bool = False) -> Sync
                 email = normalize(str(item.get("email") or ""))
                 if not is_plausible(email):
                     continue
-                latest = ledger.event_of(email)
+                latest = added.get(email) or ledger.event_of(email)
                 if latest is not None and latest not in LIFTING:
                     continue  # already suppressed: nothing to add
                 if latest in LIFTING and _created(item) <= resubscribed.get(email, 0):
                     continue  # they came back after SendGrid listed them: our ledger's word stands
                 detail = str(item.get("reason") or item.get("group_name") or "")[:200]
                 new.append(Event(email, event, source="sendgrid", detail=f"{endpoint}: {detail}".strip(": ")))
-                ledger.latest[email] = event
+                added[email] = event  # a later list (or page) naming it again adds nothing
             if not paginated or len(page) < PAGE:
                 break
             offset += PAGE

@@ -5,11 +5,14 @@
  * SHIM_TEAR       while full, writes pass until one whose buffer contains this text: that write is cut right
  *                 after it and returns the short count, as write(2) does when the disk fills mid-write; every
  *                 later write to a matching file fails with ENOSPC. Unset: the first write while full is cut
- *                 in half.
+ *                 in half. With neither SHIM_FULL_FILE nor SHIM_TEAR set the disk never fills.
+ * SHIM_TRACE      a file that gets one line per write ("w <bytes>") and fsync/fdatasync ("s") on a matching
+ *                 file, so a test can tell the order of writes, syncs and requests.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +21,8 @@
 #include <unistd.h>
 
 static ssize_t (*real_write)(int, const void *, size_t);
+static int (*real_fsync)(int);
+static int (*real_fdatasync)(int);
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static int torn;
 
@@ -34,9 +39,49 @@ static int matches(int fd) {
 
 static int full(void) {
     const char *flag = getenv("SHIM_FULL_FILE");
+    const char *tear = getenv("SHIM_TEAR");
     struct stat st;
-    if (!flag || !*flag) return 1;
+    if (!flag || !*flag) return tear && *tear;
     return stat(flag, &st) == 0;
+}
+
+static void trace(const char *line) {
+    const char *path = getenv("SHIM_TRACE");
+    if (!path || !*path) return;
+    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND, 0600);
+    if (fd < 0) return;
+    real_write(fd, line, strlen(line));
+    close(fd);
+}
+
+static void resolve(void) {
+    if (!real_write) real_write = (ssize_t (*)(int, const void *, size_t))dlsym(RTLD_NEXT, "write");
+    if (!real_fsync) real_fsync = (int (*)(int))dlsym(RTLD_NEXT, "fsync");
+    if (!real_fdatasync) real_fdatasync = (int (*)(int))dlsym(RTLD_NEXT, "fdatasync");
+}
+
+int fsync(int fd) {
+    resolve();
+    int r = real_fsync(fd);
+    if (r == 0 && matches(fd)) trace("s\n");
+    return r;
+}
+
+int fdatasync(int fd) {
+    resolve();
+    int r = real_fdatasync(fd);
+    if (r == 0 && matches(fd)) trace("s\n");
+    return r;
+}
+
+static ssize_t traced(int fd, const void *buf, size_t count) {
+    ssize_t w = real_write(fd, buf, count);
+    if (w > 0) {
+        char line[64];
+        snprintf(line, sizeof line, "w %zd\n", w);
+        trace(line);
+    }
+    return w;
 }
 
 static const char *find(const char *hay, size_t n, const char *needle) {
@@ -48,13 +93,13 @@ static const char *find(const char *hay, size_t n, const char *needle) {
 }
 
 ssize_t write(int fd, const void *buf, size_t count) {
-    if (!real_write) real_write = (ssize_t (*)(int, const void *, size_t))dlsym(RTLD_NEXT, "write");
+    resolve();
     if (!matches(fd)) return real_write(fd, buf, count);
     pthread_mutex_lock(&lock);
     if (!full()) {
         torn = 0;
         pthread_mutex_unlock(&lock);
-        return real_write(fd, buf, count);
+        return traced(fd, buf, count);
     }
     if (torn) {
         pthread_mutex_unlock(&lock);
@@ -67,7 +112,7 @@ ssize_t write(int fd, const void *buf, size_t count) {
         const char *at = find((const char *)buf, count, tear);
         if (!at) {
             pthread_mutex_unlock(&lock);
-            return real_write(fd, buf, count);
+            return traced(fd, buf, count);
         }
         keep = (size_t)(at - (const char *)buf) + strlen(tear);
         if (keep >= count) keep = count - 1;
@@ -78,5 +123,5 @@ ssize_t write(int fd, const void *buf, size_t count) {
         errno = ENOSPC;
         return -1;
     }
-    return real_write(fd, buf, keep);
+    return traced(fd, buf, keep);
 }

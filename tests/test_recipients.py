@@ -1,0 +1,68 @@
+"""recipients.py called directly: the one address rule, the de-duplication, the eligibility tally."""
+
+from __future__ import annotations
+
+import pytest
+
+from newsletter.recipients import Address, Eligibility, eligible, unique
+
+
+@pytest.mark.parametrize("raw", ["ada@readers.net", " Ada@Readers.NET ", "a.b+c@mail.readers.co.uk",
+                                 "josé@exämple.net"])
+def test_plausible_addresses(raw: str) -> None:
+    assert Address.plausible(Address.normalize(raw))
+
+
+@pytest.mark.parametrize("raw", ["", "ada", "ada@", "@readers.net", "ada@readers", "ada@@readers.net",
+                                 "ada@readers.net\nbob@readers.net", "a da@readers.net", "ada@readers.net;x",
+                                 "ada@rea\ufffdders.net", "ada\x00@readers.net", 42, None, ["a@b.net"],
+                                 "a" * 320 + "@readers.net"])
+def test_implausible_addresses(raw: object) -> None:
+    assert not Address.plausible(Address.normalize(raw) if isinstance(raw, str) else raw)
+
+
+def test_normalise_and_validate() -> None:
+    assert Address.normalize("  Ada@Readers.Net\t") == "ada@readers.net"
+    assert Address.validate("Ada Lovelace <ada@readers.net>") == "ada@readers.net"
+    assert Address.validate("mailto:ada@readers.net?subject=hi") == "ada@readers.net"
+    for bad in ("not-an-address", "ada@readers.net\r\nBcc: x@y.net"):
+        with pytest.raises(ValueError):
+            Address.validate(bad)
+
+
+class _Ledger:
+    def __init__(self, suppressed: set[str]) -> None:
+        self.suppressed = suppressed
+
+    def is_suppressed(self, email: str) -> bool:
+        return email in self.suppressed
+
+
+class _Journal:
+    def __init__(self, sent: set[str], doubt: set[str]) -> None:
+        self.sent, self.doubt = sent, doubt
+
+    def is_sent(self, address: str) -> bool:
+        return address in self.sent
+
+    def in_doubt(self, address: str) -> bool:
+        return address in self.doubt
+
+
+def test_eligibility_counts_everyone_once() -> None:
+    rows = [("a@r.net", "A"), ("A@R.net ", "dup"), ("b@r.net", "B"), ("c@r.net", "C"), ("d@r.net", "D"),
+            ("bad@", "X"), ("e@r.net", "E")]
+    tally = Eligibility()
+    got = list(eligible(rows, _Ledger({"b@r.net"}), _Journal({"c@r.net"}, {"d@r.net"}), resend_in_doubt=False,
+                        tally=tally))
+    assert got == [("a@r.net", "A"), ("e@r.net", "E")]
+    assert (tally.readers, tally.suppressed, tally.already_sent, tally.in_doubt, tally.invalid, tally.duplicates,
+            tally.total) == (2, 1, 1, 1, 1, 1, 6)
+    assert tally.invalid_examples == ["bad@"]
+    again = Eligibility()
+    assert ("d@r.net", "D") in list(eligible(rows, _Ledger(set()), _Journal(set(), {"d@r.net"}),
+                                             resend_in_doubt=True, tally=again))
+
+
+def test_unique_keeps_the_first_row() -> None:
+    assert [k for k, _, _ in unique([("X@r.net", ""), ("x@r.net", ""), ("y@r.net", "")])] == ["x@r.net", "y@r.net"]
