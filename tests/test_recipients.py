@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from newsletter.recipients import Address, Eligibility, eligible, unique
+from newsletter.recipients import Address, Eligibility, eligible, first_name_of, unique
 
 
 @pytest.mark.parametrize("raw", ["ada@readers.net", " Ada@Readers.NET ", "a.b+c@mail.readers.co.uk",
@@ -50,19 +50,27 @@ class _Journal:
 
 
 def test_eligibility_counts_everyone_once() -> None:
-    rows = [("a@r.net", "A"), ("A@R.net ", "dup"), ("b@r.net", "B"), ("c@r.net", "C"), ("d@r.net", "D"),
-            ("bad@", "X"), ("e@r.net", "E")]
+    rows = [("a@r.net", "A", ""), ("A@R.net ", "dup", ""), ("b@r.net", "B", ""), ("c@r.net", "C", ""),
+            ("d@r.net", "D", ""), ("bad@", "X", ""), ("e@r.net", "E", "Eve")]
     tally = Eligibility()
     got = list(eligible(rows, _Ledger({"b@r.net"}), _Journal({"c@r.net"}, {"d@r.net"}), resend_in_doubt=False,
                         tally=tally))
-    assert got == [("a@r.net", "A"), ("e@r.net", "E")]
+    assert got == [("a@r.net", "A", ""), ("e@r.net", "E", "Eve")]
     assert (tally.readers, tally.suppressed, tally.already_sent, tally.in_doubt, tally.invalid, tally.duplicates,
             tally.total) == (2, 1, 1, 1, 1, 1, 6)
     assert tally.invalid_examples == ["bad@"]
     again = Eligibility()
-    assert ("d@r.net", "D") in list(eligible(rows, _Ledger(set()), _Journal(set(), {"d@r.net"}),
+    assert ("d@r.net", "D", "") in list(eligible(rows, _Ledger(set()), _Journal(set(), {"d@r.net"}),
                                              resend_in_doubt=True, tally=again))
 
 
 def test_unique_keeps_the_first_row() -> None:
-    assert [k for k, _, _ in unique([("X@r.net", ""), ("x@r.net", ""), ("y@r.net", "")])] == ["x@r.net", "y@r.net"]
+    rows = [("X@r.net", "", ""), ("x@r.net", "", ""), ("y@r.net", "", "")]
+    assert [k for k, *_ in unique(rows)] == ["x@r.net", "y@r.net"]
+
+
+@pytest.mark.parametrize(("name", "first"), [
+    ('Mary-Kate "MK" Olsen, Jr.', "Mary-Kate"), ("Dr. Jane Doe, PhD", "Jane"), ("Rev. Dr. Martin King", "Martin"),
+    ("Jean (JJ) Jacques", "Jean"), ("O'Brien D'Arcy", "O'Brien"), ("Ada", "Ada"), ("", ""), ("Prof.", "")])
+def test_first_name_of(name: str, first: str) -> None:
+    assert first_name_of(name) == first

@@ -130,8 +130,9 @@ def test_each_reader_gets_their_own_link_in_body_and_headers(sender: Cli, fake: 
         assert f'href="{url}"' in html_part
         assert f"Unsubscribe: {url}" in text_part
         assert "%%" not in html_part and "%%" not in text_part
-    greeting = {p["to"][0]["email"]: p["substitutions"]["%%nl_name_text%%"] for p in body["personalizations"]}
-    assert greeting == {"ada@readers.net": "Ada", "bob@readers.net": "friend"}
+    greeting = {p["to"][0]["email"]: p["substitutions"]["%%nl_greeting_text%%"] for p in body["personalizations"]}
+    assert greeting == {"ada@readers.net": "Dear Ada,", "bob@readers.net": "Hello,"}  # nobody reads "Dear ,"
+    assert "%%nl_name_text%%" not in body["personalizations"][0]["substitutions"]  # unused tags do not travel
 
 
 def test_awkward_names_are_escaped_per_part(sender: Cli, fake: FakeSendGrid) -> None:
@@ -140,8 +141,28 @@ def test_awkward_names_are_escaped_per_part(sender: Cli, fake: FakeSendGrid) -> 
     p = fake.requests[0]["personalizations"][0]
     assert p["to"][0]["name"] == "Ann <b>& Jr PhD"
     subs = p["substitutions"]
-    assert subs["%%nl_name_text%%"] == 'Ann <b>&, "Jr"; PhD'
-    assert subs["%%nl_name_html%%"] == html.escape('Ann <b>&, "Jr"; PhD', quote=True)
+    assert subs["%%nl_greeting_text%%"] == "Dear Ann,"
+    (root := sender.root / "issues" / SEED_SLUG / "issue.yaml").write_text(
+        root.read_text() + 'greeting: "Dear {name},"\n')
+    fake.requests.clear()
+    write_list(sender.root, [("odd2@readers.net", 'Ann <b>&, "Jr"; PhD')])
+    assert sender("send", "--issue", SEED_SLUG, "--yes").exit_code == 0
+    subs = fake.requests[0]["personalizations"][0]["substitutions"]
+    assert subs["%%nl_greeting_text%%"] == 'Dear Ann <b>&, "Jr"; PhD,'
+    assert subs["%%nl_greeting_html%%"] == html.escape('Dear Ann <b>&, "Jr"; PhD,', quote=True)
+
+
+@pytest.mark.parametrize(("name", "first", "greeting"), [
+    ("Dr. Jane Doe, PhD", "", "Dear Jane,"), ('Mary-Kate "MK" Olsen, Jr.', "", "Dear Mary-Kate,"),
+    ("Jane Doe", "Janey", "Dear Janey,"), ("", "", "Hello,"), ("  ", "", "Hello,")])
+def test_greetings_by_first_name(sender: Cli, fake: FakeSendGrid, name: str, first: str, greeting: str) -> None:
+    import csv
+
+    with open(sender.root / "subscribers" / "subscribers.csv", "w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows([["email", "name", "first_name"], ["jd@readers.net", name, first]])
+    assert sender("send", "--issue", SEED_SLUG, "--yes").exit_code == 0
+    assert f"<p style=\"margin:0 0 18px 0;\">{greeting}</p>" in _as_delivered(fake.requests[0], "text/html")
+    assert f"\n{greeting}\n" in _as_delivered(fake.requests[0], "text/plain")
 
 
 def _as_delivered(body: dict, part: str, personalization: int = 0) -> str:
@@ -154,6 +175,8 @@ def _as_delivered(body: dict, part: str, personalization: int = 0) -> str:
 
 def test_the_delivered_html_greets_with_the_escaped_name(sender: Cli, fake: FakeSendGrid) -> None:
     name = 'Ann <b>&, "Jr"; PhD'
+    yaml_path = sender.root / "issues" / SEED_SLUG / "issue.yaml"
+    yaml_path.write_text(yaml_path.read_text() + 'greeting: "Dear {name},"\n')  # the whole name, awkward parts too
     write_list(sender.root, [("odd@readers.net", name)])
     assert sender("send", "--issue", SEED_SLUG, "--yes").exit_code == 0
     page = _as_delivered(fake.requests[0], "text/html")

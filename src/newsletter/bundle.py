@@ -15,7 +15,10 @@ from .errors import IssueError
 from .yamlfile import YamlDoc, describe, load_yaml, unknown_key_message
 
 ISSUES_DIR = "issues"
-ISSUE_KEYS = {"title", "subject", "preheader", "date", "workshop", "public", "greeting", "author"}
+ISSUE_KEYS = {"title", "subject", "preheader", "date", "workshop", "public", "greeting", "greeting_fallback",
+              "author"}
+DEFAULT_GREETING = "Dear {first_name},"
+DEFAULT_GREETING_FALLBACK = "Hello,"
 
 
 @dataclass(frozen=True)
@@ -31,7 +34,8 @@ class Issue:
     workshop: str
     body_md: str
     public: bool = False  # listed in the web archive before (or without) being sent
-    greeting: str = "Dear {name},"
+    greeting: str = DEFAULT_GREETING  # {first_name} and {name} are the reader's
+    greeting_fallback: str = DEFAULT_GREETING_FALLBACK  # when the reader's name (or first name) is unknown
     author: str = ""
     doc: YamlDoc | None = field(default=None, repr=False, compare=False)
 
@@ -126,7 +130,8 @@ def load_issue(root: Path, slug: str, config: Config | None = None) -> Issue:
     return Issue(
         slug=slug, dir=folder, title=title, subject=text("subject") or title, preheader=text("preheader"),
         date=date, workshop=workshop, body_md=body.lstrip("\ufeff"), public=public,
-        greeting=text("greeting", "Dear {name},"), author=text("author"), doc=doc,
+        greeting=text("greeting", DEFAULT_GREETING), author=text("author"), doc=doc,
+        greeting_fallback=text("greeting_fallback", DEFAULT_GREETING_FALLBACK),
     )
 
 

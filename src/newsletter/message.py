@@ -29,6 +29,8 @@ class MessageBuilder:
         s = cfg.sendgrid
         self.secret = secret
         self.base_url = cfg.base_url
+        self.greeting, self.fallback = rendered.issue.greeting, rendered.issue.greeting_fallback
+        self.tags = rendered.tags  # only the substitutions the parts use travel with each reader
         self.mailto = s.unsubscribe_mailto
         body: dict[str, Any] = {
             "from": {"email": cfg.sender.email, "name": cfg.sender.name} if cfg.sender.name
@@ -60,7 +62,7 @@ class MessageBuilder:
             body["send_at"] = int(send_at.timestamp())
         self.shared = body
 
-    def personalization(self, email: str, name: str) -> dict[str, Any]:
+    def personalization(self, email: str, name: str, first_name: str = "") -> dict[str, Any]:
         """One reader: their address, name, signed unsubscribe link and List-Unsubscribe headers."""
         token = make_token(self.secret, email)
         url = unsubscribe_url(self.base_url, token)
@@ -71,10 +73,11 @@ class MessageBuilder:
             to["name"] = to_name
         return {
             "to": [to],
-            "substitutions": reader_substitutions(name, token),
+            "substitutions": reader_substitutions(name, token, first_name, greeting=self.greeting,
+                                                  fallback=self.fallback, used=self.tags),
             "headers": {"List-Unsubscribe": header, "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"},
         }
 
-    def body(self, readers: list[tuple[str, str]]) -> dict[str, Any]:
-        """The request for these readers (one personalization each)."""
-        return {**self.shared, "personalizations": [self.personalization(e, n) for e, n in readers]}
+    def body(self, readers: list[tuple[str, str, str]]) -> dict[str, Any]:
+        """The request for these readers, (address, name, first name) each: one personalization each."""
+        return {**self.shared, "personalizations": [self.personalization(*r) for r in readers]}

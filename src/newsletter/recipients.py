@@ -53,6 +53,21 @@ def validate(raw: str) -> str:
         raise ValueError(str(exc)) from None
 
 
+# Titles and honorifics a greeting leaves out ("Dear Dr. Jane Doe, PhD," -> "Dear Jane,").
+_TITLES = frozenset({"dr", "mr", "mrs", "ms", "mx", "miss", "prof", "professor", "rev", "sir", "dame", "fr"})
+_NICKNAME = re.compile(r"""(?:^|\s)(?:"[^"]*"|“[^”]*”|'[^']*'|\([^)]*\))(?=[\s,]|$)""")
+
+
+def first_name_of(name: str) -> str:
+    """The first name in a full name: the first word that is not a title, leaving out quoted nicknames
+    ("Mary-Kate \"MK\" Olsen, Jr." -> "Mary-Kate"); "" when there is none."""
+    for word in _NICKNAME.sub(" ", name).replace(",", " ").split():
+        bare_word = word.strip(".")
+        if bare_word and bare_word.lower() not in _TITLES:
+            return bare_word
+    return ""
+
+
 class Address:
     """The address rule, as one name: `Address.normalize`, `.plausible`, `.validate`, `.bare`."""
 
@@ -89,11 +104,16 @@ class _Sent(Protocol):
     def in_doubt(self, address: str) -> bool: ...
 
 
-def unique(rows: Iterable[tuple[str, str]], tally: Eligibility | None = None) -> Iterator[tuple[str, str, str]]:
-    """(key, email, name) of each reader once, streamed: `key` is the normalised address; a later row with the
-    same key is skipped and counted. Memory: one hash per reader."""
+Row = tuple[str, str, str]  # (address as written, name, first name) of one line of the list
+Reader = tuple[str, str, str]  # (normalised address, name, first name) of a reader to mail
+
+
+def unique(rows: Iterable[Row], tally: Eligibility | None = None,
+           ) -> Iterator[tuple[str, str, str, str]]:
+    """(key, email, name, first name) of each reader once, streamed: `key` is the normalised address; a later
+    row with the same key is skipped and counted. Memory: one hash per reader."""
     seen: set[int] = set()
-    for email, name in rows:
+    for email, name, first in rows:
         key = normalize(email)
         h = hash(key)  # str caches its hash: callers hashing `key` again pay nothing
         if h in seen:
@@ -101,15 +121,15 @@ def unique(rows: Iterable[tuple[str, str]], tally: Eligibility | None = None) ->
                 tally.duplicates += 1
             continue
         seen.add(h)
-        yield key, email, name
+        yield key, email, name, first
 
 
-def eligible(rows: Iterable[tuple[str, str]], ledger: _Suppressions, journal: _Sent, *, resend_in_doubt: bool,
-             tally: Eligibility) -> Iterator[tuple[str, str]]:
-    """(address, name) of each reader to send to now, streamed; `tally` counts everyone and why they were left
-    out: suppressed in the ledger, malformed (one bad address makes SendGrid refuse a whole request), already
-    sent, or in doubt."""
-    for key, email, name in unique(rows, tally):
+def eligible(rows: Iterable[Row], ledger: _Suppressions, journal: _Sent, *, resend_in_doubt: bool,
+             tally: Eligibility) -> Iterator[Reader]:
+    """(address, name, first name) of each reader to send to now, streamed; `tally` counts everyone and why
+    they were left out: suppressed in the ledger, malformed (one bad address makes SendGrid refuse a whole
+    request), already sent, or in doubt."""
+    for key, email, name, first in unique(rows, tally):
         tally.total += 1
         if ledger.is_suppressed(key):
             tally.suppressed += 1
@@ -123,4 +143,4 @@ def eligible(rows: Iterable[tuple[str, str]], ledger: _Suppressions, journal: _S
             tally.in_doubt += 1
         else:
             tally.readers += 1
-            yield key, name
+            yield key, name, first

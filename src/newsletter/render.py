@@ -17,6 +17,7 @@ from . import markup
 from .bundle import Issue
 from .config import Config
 from .errors import LayoutError, Problem
+from .recipients import first_name_of
 
 LAYOUTS_DIR = "layouts"
 EMAIL_LAYOUT = "email.mjml"
@@ -26,7 +27,13 @@ TEXT_LAYOUT = "email.txt"
 # each reader's copy differs only by these. The name has one tag per part, so each part gets its own escaping.
 NAME_HTML_TAG = "%%nl_name_html%%"
 NAME_TEXT_TAG = "%%nl_name_text%%"
+FIRST_HTML_TAG = "%%nl_first_html%%"
+FIRST_TEXT_TAG = "%%nl_first_text%%"
+GREETING_HTML_TAG = "%%nl_greeting_html%%"
+GREETING_TEXT_TAG = "%%nl_greeting_text%%"
 TOKEN_TAG = "%%nl_unsub_token%%"
+ALL_TAGS = (NAME_HTML_TAG, NAME_TEXT_TAG, FIRST_HTML_TAG, FIRST_TEXT_TAG, GREETING_HTML_TAG, GREETING_TEXT_TAG,
+            TOKEN_TAG)
 DEFAULT_READER_NAME = "friend"
 _PREHEADER_COLOR = re.compile(r'(<div style="display:none;font-size:1px;color:)#ffffff;')
 SAMPLE_READER = {"email": "reader@example.net", "name": "Ada"}
@@ -44,6 +51,11 @@ class RenderedEmail:
     text: str
     body: markup.Body
     warnings: list[Problem] = field(default_factory=list)
+
+    @property
+    def tags(self) -> frozenset[str]:
+        """The substitution tags the parts use: only these travel with each reader."""
+        return frozenset(t for t in ALL_TAGS if t in self.html or t in self.text)
 
 
 def layouts_dir(root: Path) -> Path:
@@ -74,10 +86,31 @@ def fill(text: str, values: dict[str, str]) -> str:
     return text
 
 
-def reader_substitutions(name: str, token: str) -> dict[str, str]:
-    """The substitution values of one reader, each escaped for the part it lands in."""
-    name = " ".join(name.split()) or DEFAULT_READER_NAME
-    return {NAME_HTML_TAG: html_lib.escape(name, quote=True), NAME_TEXT_TAG: name, TOKEN_TAG: token}
+def greeting_for(template: str, name: str, first_name: str, fallback: str) -> str:
+    """The greeting line for one reader: `template` with {name} and {first_name} filled in, or `fallback` when a
+    value it needs is unknown, so nobody reads "Dear ,"."""
+    values = {"name": name, "first_name": first_name}
+    needed = [key for key in values if "{" + key + "}" in template]
+    if any(not values[key] for key in needed):
+        return fallback
+    for key in needed:
+        template = template.replace("{" + key + "}", values[key])
+    return template
+
+
+def reader_substitutions(name: str, token: str, first_name: str = "", *, greeting: str = "",
+                         fallback: str = "", used: frozenset[str] | None = None) -> dict[str, str]:
+    """The substitution values of one reader, each escaped for the part it lands in (only the `used` tags)."""
+    name = " ".join(name.split())
+    first = " ".join(first_name.split()) or first_name_of(name)
+    line = greeting_for(greeting, name, first, fallback) if greeting else ""
+    shown_name = name or DEFAULT_READER_NAME
+    values = {
+        NAME_HTML_TAG: html_lib.escape(shown_name, quote=True), NAME_TEXT_TAG: shown_name,
+        FIRST_HTML_TAG: html_lib.escape(first or shown_name, quote=True), FIRST_TEXT_TAG: first or shown_name,
+        GREETING_HTML_TAG: html_lib.escape(line, quote=True), GREETING_TEXT_TAG: line, TOKEN_TAG: token,
+    }
+    return values if used is None else {tag: value for tag, value in values.items() if tag in used}
 
 
 def brand_styles(config: Config) -> markup.Styles:
@@ -97,7 +130,8 @@ def _context(config: Config, issue: Issue, body: markup.Body, for_text: bool, we
     workshop = config.workshops.get(issue.workshop) if issue.workshop else None
     next_workshop = config.workshops.get(workshop.next) if workshop and workshop.next else None
     name_tag = NAME_TEXT_TAG if for_text else NAME_HTML_TAG
-    greeting = issue.greeting.replace("{name}", name_tag) if issue.greeting else ""
+    first_tag = FIRST_TEXT_TAG if for_text else FIRST_HTML_TAG
+    greeting = (GREETING_TEXT_TAG if for_text else GREETING_HTML_TAG) if issue.greeting else ""
     pitch_text = pitch_html = ""
     if workshop and workshop.pitch:
         pitch_text = markup.text_of(workshop.pitch)
@@ -113,7 +147,7 @@ def _context(config: Config, issue: Issue, body: markup.Body, for_text: bool, we
         "date_display": f"{issue.date.day} {issue.date:%B %Y}",
         "body": body.text if for_text else Markup(body.mjml),
         "greeting": greeting,
-        "reader": {"name": name_tag},
+        "reader": {"name": name_tag, "first_name": first_tag},
         "workshop": workshop,
         "workshop_pitch": pitch_text if for_text else pitch_html,
         "workshop_details": [d for d in details if d],
@@ -256,7 +290,8 @@ def personalize_sample(rendered: RenderedEmail) -> tuple[str, str, str]:
     return personalize(rendered, name=SAMPLE_READER["name"], token=make_token(secret, SAMPLE_READER["email"]))
 
 
-def personalize(rendered: RenderedEmail, *, name: str, token: str) -> tuple[str, str, str]:
+def personalize(rendered: RenderedEmail, *, name: str, token: str, first_name: str = "") -> tuple[str, str, str]:
     """(mjml, html, text) as one reader sees them: the substitution tags filled, escaped per part."""
-    values = reader_substitutions(name, token)
+    issue = rendered.issue
+    values = reader_substitutions(name, token, first_name, greeting=issue.greeting, fallback=issue.greeting_fallback)
     return fill(rendered.mjml, values), fill(rendered.html, values), fill(rendered.text, values)

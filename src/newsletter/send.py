@@ -18,7 +18,7 @@ from .journal import Journal, RunInfo, journal_path, load_state, send_lock
 from .ledger import Ledger, load_ledger
 from .pipeline import load
 from .preflight import Prepared
-from .recipients import Eligibility, eligible, unique
+from .recipients import Eligibility, Reader, eligible, unique
 from .sendgrid import Accepted, SendGridTransport, error_messages
 from .subscribers import iter_subscribers
 
@@ -129,7 +129,7 @@ class Dispatcher:
         self.tally = Eligibility()
 
     # -- one batch -----------------------------------------------------------------------------------
-    def _fresh_readers(self, readers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    def _fresh_readers(self, readers: list[Reader]) -> list[Reader]:
         # Re-read the ledger's new lines right before the batch goes out: a reader who unsubscribed a
         # second ago is not mailed.
         with self.ledger_lock:
@@ -147,7 +147,7 @@ class Dispatcher:
             self.p.journal.next_batch += 1
             return b
 
-    def run_batch(self, readers: list[tuple[str, str]]) -> None:
+    def run_batch(self, readers: list[Reader]) -> None:
         """Send one batch (splitting it on 413), recording everything; never raises TransportError. When the
         journal cannot be written (a full disk) or the ledger cannot be read, the run stops: a request whose
         `attempt` record is not whole never leaves."""
@@ -170,14 +170,14 @@ class Dispatcher:
                     self.report.failed_batches += 1
             self._done(len(readers))
 
-    def _run_batch(self, readers: list[tuple[str, str]], flight: _Flight) -> None:
+    def _run_batch(self, readers: list[Reader], flight: _Flight) -> None:
         readers = self._fresh_readers(readers)
         if not readers:
             return
         body = self.builder.body(readers)
         b = flight.b = self._next_id()
         assert self.journal is not None
-        self.journal.batch(b, [e for e, _ in readers])
+        self.journal.batch(b, [r[0] for r in readers])
         attempt, rate_waits = 0, 0
         while True:
             attempt += 1
@@ -204,7 +204,7 @@ class Dispatcher:
             self._done(len(readers))
             return
 
-    def _wait_to_retry(self, b: int, readers: list[tuple[str, str]], exc: TransportError, action: Action,
+    def _wait_to_retry(self, b: int, readers: list[Reader], exc: TransportError, action: Action,
                        attempt: int, rate_waits: int) -> bool:
         """Record the retry and wait; False when the batch was replaced by one without late unsubscribers."""
         assert self.journal is not None
@@ -223,7 +223,7 @@ class Dispatcher:
             self.run_batch(fresh)
         return False
 
-    def _not_accepted(self, b: int, readers: list[tuple[str, str]], exc: TransportError, action: Action) -> None:
+    def _not_accepted(self, b: int, readers: list[Reader], exc: TransportError, action: Action) -> None:
         """A request that will not be retried: in doubt, split in two, or failed (stopping the run if need be)."""
         assert self.journal is not None
         if action is Action.SPLIT and len(readers) > 1:
@@ -262,9 +262,9 @@ class Dispatcher:
             self.progress(Progress(self.readers_done, self.p.readers, self.batches_done, self.p.batches))
 
     # -- the whole run -------------------------------------------------------------------------------
-    def batches(self) -> Iterator[list[tuple[str, str]]]:
+    def batches(self) -> Iterator[list[Reader]]:
         """The eligible readers, streamed in batches."""
-        batch: list[tuple[str, str]] = []
+        batch: list[Reader] = []
         size = self.p.batch_size
         for reader in eligible(iter_subscribers(self.p.root), self.ledger, self.p.journal,
                                resend_in_doubt=self.p.options.resend_in_doubt, tally=self.tally):
@@ -333,7 +333,7 @@ def send_test_copies(prepared: Prepared, transport: SendGridTransport | None) ->
     """--to: one request, one personalization per address, "[Test]" subject; not journaled."""
     start = time.perf_counter()
     builder = prepared.builder()
-    readers = [(key, "") for key, _, _ in unique((a, "") for a in prepared.options.to)]
+    readers = [(key, "", "") for key, *_ in unique((a, "", "") for a in prepared.options.to)]
     report = SendReport()
     body = builder.body(readers)
     if transport is not None:

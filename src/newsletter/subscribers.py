@@ -80,8 +80,9 @@ def _header(rows: Iterator[list[str]], path: Path) -> list[str] | None:
     return header
 
 
-def iter_subscribers(root: Path) -> Iterator[tuple[str, str]]:
-    """(email, name) of every row of the list, streamed; rows without an address are skipped."""
+def iter_subscribers(root: Path) -> Iterator[tuple[str, str, str]]:
+    """(email, name, first name) of every row of the list, streamed; rows without an address are skipped.
+    The first name is the `first_name` column's ("" without one: the greeting takes it from the name)."""
     path = list_path(root)
     rows = _rows(path)
     header = _header(rows, path)
@@ -89,10 +90,12 @@ def iter_subscribers(root: Path) -> Iterator[tuple[str, str]]:
         return
     email_at = _column_index(header, ("email",)) or 0
     name_at = _column_index(header, ("name",))
+    first_at = _column_index(header, ("first_name", "first name"))
     for row in rows:
         if len(row) > email_at and row[email_at].strip():
-            name = row[name_at] if name_at is not None and len(row) > name_at else ""
-            yield row[email_at].strip(), name.strip()
+            name = row[name_at].strip() if name_at is not None and len(row) > name_at else ""
+            first = row[first_at].strip() if first_at is not None and len(row) > first_at else ""
+            yield row[email_at].strip(), name, first
 
 
 def read_list(root: Path) -> tuple[list[str], list[list[str]]]:
@@ -330,7 +333,7 @@ def count_subscribers(root: Path) -> ListCounts:
     tally = Eligibility()
     total = active = 0
     suppressed: Counter[str] = Counter()
-    for key, _, _ in unique(iter_subscribers(root), tally):
+    for key, *_ in unique(iter_subscribers(root), tally):
         total += 1
         if ledger.is_suppressed(key):
             suppressed[ledger.event_of(key) or "?"] += 1
@@ -343,7 +346,7 @@ def count_subscribers(root: Path) -> ListCounts:
 def iter_listing(root: Path, *, suppressed: bool) -> Iterator[tuple[str, str, str]]:
     """(email, name, latest event) of active readers, or of suppressed ones."""
     ledger = load_ledger(root)
-    for key, email, name in unique(iter_subscribers(root)):
+    for key, email, name, _ in unique(iter_subscribers(root)):
         if ledger.is_suppressed(key) == suppressed:
             yield email, name, ledger.event_of(key) or ""
 
@@ -393,7 +396,7 @@ def record_ledger_events(root: Path, addresses: Iterable[str], event: str, *, de
             keys.append(key)
     ledger = load_ledger(root)
     wanted = set(keys)
-    on_list = {k for k, _, _ in unique(iter_subscribers(root)) if k in wanted}
+    on_list = {k for k, *_ in unique(iter_subscribers(root)) if k in wanted}
     outcomes: list[LedgerOutcome] = []
     new: list[Event] = []
     at = now_iso()
