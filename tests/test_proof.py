@@ -154,7 +154,9 @@ def test_archive_pages_and_feed(ready_project: Path, tmp_path: Path) -> None:
         folder.mkdir()
         (folder / "issue.yaml").write_text(f"title: {slug}\ndate: 2026-01-0{1 if extra else 2}\n{extra}")
         (folder / "body.md").write_text("Some words.\n\n![A lake at dawn](lake.jpg)\n")
-        (folder / "lake.jpg").write_bytes(b"\xff\xd8\xff")
+        from PIL import Image
+
+        Image.new("RGB", (64, 48), (90, 140, 200)).save(folder / "lake.jpg")
     out = tmp_path / "site"
     result = cli("archive", "--out", str(out))
     assert result.exit_code == 0, result.output
@@ -166,6 +168,9 @@ def test_archive_pages_and_feed(ready_project: Path, tmp_path: Path) -> None:
     assert "/unsubscribe/" not in page and "u1." not in page and "%%" not in page and "Dear " not in page
     older = (out / "an-older-essay" / "index.html").read_text()
     assert 'src="lake.jpg"' in older and (out / "an-older-essay" / "lake.jpg").exists()
+    assert '<a href="../"' in older and "All issues of Micro Moments" in older  # back to the index
+    # a draft's images are published (its email loads them from there); its page is not
+    assert (out / "a-draft" / "lake.jpg").exists() and not (out / "a-draft" / "index.html").exists()
     feed = ET.parse(out / "feed.xml").getroot()
     ns = {"a": "http://www.w3.org/2005/Atom"}
     entries = feed.findall("a:entry", ns)

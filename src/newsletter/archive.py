@@ -13,6 +13,8 @@ from xml.sax.saxutils import escape as xml_escape
 from .bundle import Issue, list_slugs, load_issue
 from .config import Config, load_config
 from .files import write_atomic
+from .images import IMAGE_SUFFIXES as RASTER
+from .images import publish_issue_images
 from .journal import journal_path, load_state
 from .markup import inline_html
 from .render import brand_styles, fill, reader_substitutions, render_issue
@@ -45,7 +47,22 @@ def web_page(config: Config, issue: Issue) -> str:
     rendered = render_issue(config, issue, web=True)
     # `web` leaves out the greeting and the unsubscribe link; a layout that ignores it still publishes neither
     # a token nor a tag.
-    return _UNSUB_LINK.sub("", fill(rendered.html, reader_substitutions("", "")))
+    page = _UNSUB_LINK.sub("", fill(rendered.html, reader_substitutions("", "")))
+    back = (f'<p style="max-width:600px;margin:16px auto;font-family:{html.escape(config.fonts["body"])};'
+            f'font-size:16px;"><a href="../" style="color:{config.colors["accent"]};">&larr; All issues of '
+            f"{html.escape(config.name)}</a></p>")
+    return re.sub(r"(<body\b[^>]*>)", lambda m: m.group(1) + back, page, count=1)
+
+
+def publish_images(issue_dir: Path, target: Path) -> list[str]:
+    """The issue's images at the URLs its email uses: photos re-encoded without EXIF (images.py), other
+    formats copied. Returns their names."""
+    publish_issue_images(issue_dir, target)
+    for asset in issue_dir.iterdir():
+        if asset.suffix.lower() in IMAGE_SUFFIXES - set(RASTER) and asset.is_file():
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(asset, target / asset.name)
+    return sorted(p.name for p in issue_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def _feed(config: Config, issues: list[Issue], feed_url: str) -> str:
@@ -108,15 +125,15 @@ a {{ color:{c['accent']}; font-size:21px; }} p {{ margin:4px 0 0; }}
 
 
 def build_archive(root: Path, out_dir: Path) -> ArchiveResult:
-    """Write out_dir/index.html, out_dir/<slug>/index.html (+ images) and out_dir/feed.xml."""
+    """Write out_dir/index.html, out_dir/<slug>/index.html and out_dir/feed.xml for the sent or public issues,
+    and the images of every issue at out_dir/<slug>/<name>: the URLs the emails load them from, so they must
+    be published before the issue is sent, while its page stays private."""
     config = load_config(root)
     issues = archived_issues(root, config)
+    for slug in list_slugs(root):
+        publish_images(root / "issues" / slug, out_dir / slug)
     for issue in issues:
-        target = out_dir / issue.slug
-        write_atomic(target / "index.html", web_page(config, issue))
-        for asset in issue.dir.iterdir():
-            if asset.suffix.lower() in IMAGE_SUFFIXES and asset.is_file():
-                shutil.copy2(asset, target / asset.name)
+        write_atomic(out_dir / issue.slug / "index.html", web_page(config, issue))
     write_atomic(out_dir / "index.html", _index(config, issues))
     feed = out_dir / "feed.xml"
     write_atomic(feed, _feed(config, issues, f"{config.archive_url}/feed.xml"))

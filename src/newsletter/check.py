@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from .bundle import Issue
 from .config import Config
-from .errors import Level, Problem
+from .errors import Level, NewsletterError, Problem
 from .render import TOKEN_TAG, RenderedEmail
 
 SUBJECT_MAX = 70
@@ -113,6 +113,9 @@ def check_issue(config: Config, issue: Issue, rendered: RenderedEmail, *, links:
     return problems
 
 
+_IMG_SRC = re.compile(r'<img\b[^>]*\bsrc="([^"]+)"')
+
+
 def _placeholder_checks(config: Config, issue: Issue) -> list[Problem]:
     problems = placeholder_problems(config.doc.data, config.path, config.line)
     if issue.doc is not None:
@@ -144,8 +147,7 @@ def _url_checks(config: Config, issue: Issue, rendered: RenderedEmail, body_line
     for url in (u.strip() for u in urls):
         if url in seen or url.startswith(("mailto:", "#")) or TOKEN_TAG in url:
             if TOKEN_TAG in url and url not in seen and url.lower().startswith("http://"):
-                problems.append(Problem("error", f"`http://` link: use https:// ({url})", config.path,
-                                        config.line("base_url")))
+                problems.append(_http_link(url, config.path, config.line("base_url")))
             seen.add(url)
             continue
         seen.add(url)
@@ -155,7 +157,7 @@ def _url_checks(config: Config, issue: Issue, rendered: RenderedEmail, body_line
             problems += _local_url_problems(issue, url, url in body_lines and url in images, path, line)
             continue
         if scheme == "http":
-            problems.append(Problem("error", f"`http://` link: use https:// ({url})", path, line))
+            problems.append(_http_link(url, path, line))
         elif scheme != "https":
             problems.append(Problem("warning", f"link with an unusual scheme: {url}", path, line))
         host = urlsplit(url).hostname or ""
@@ -163,6 +165,13 @@ def _url_checks(config: Config, issue: Issue, rendered: RenderedEmail, body_line
             # hosts written in newsletter.yaml are already reported once, as placeholders
             problems.append(Problem("error", f"link to the reserved example domain `{host}`: {url}", path, line))
     return problems
+
+
+def _http_link(url: str, path: Path | str | None, line: int | None) -> Problem:
+    """http:// is an error; to this very machine (a test or staging set-up) a warning, as no reader reaches it."""
+    if (urlsplit(url).hostname or "") in ("localhost", "::1") or (urlsplit(url).hostname or "").startswith("127."):
+        return Problem("warning", f"link to this machine, which readers cannot reach: {url}", path, line)
+    return Problem("error", f"`http://` link: use https:// ({url})", path, line)
 
 
 def _local_url_problems(issue: Issue, url: str, is_image: bool, path: Path | str | None,
@@ -179,7 +188,7 @@ def _local_url_problems(issue: Issue, url: str, is_image: bool, path: Path | str
 
 
 def _image_checks(config: Config, issue: Issue, rendered: RenderedEmail) -> list[Problem]:
-    problems: list[Problem] = []
+    problems = _unlinked_images(issue) + _heavy_images(config, issue, rendered)
     local_images = [i.url for i in rendered.body.images if not urlsplit(i.url).scheme]
     if local_images:
         problems.append(Problem("note", f"{len(local_images)} image(s) load from {config.archive_url}/{issue.slug}/: "
@@ -194,6 +203,43 @@ def _image_checks(config: Config, issue: Issue, rendered: RenderedEmail) -> list
         if not re.search(r"\balt\s*=", tag):
             problems.append(Problem("error", f"an image in the layout has no alt attribute: {tag[:80]}",
                                     config.root / "layouts"))
+    return problems
+
+
+_SPACED_IMAGE = re.compile(r"!\[([^\]]*)\]\(([^()<>\n]*\s[^()<>\n]*)\)")
+
+
+def _unlinked_images(issue: Issue) -> list[Problem]:
+    """`![](IMG 2041.JPG)`: a space in the path makes Markdown print it as text, not show the image."""
+    problems = []
+    for number, source_line in enumerate(issue.body_md.splitlines(), 1):
+        for m in _SPACED_IMAGE.finditer(source_line):
+            target = m.group(2).strip()
+            if not re.fullmatch(r"""\S+\s+("[^"]*"|'[^']*')""", target):  # not `![a](photo.jpg "a title")`
+                problems.append(Problem("error", f"image path with a space is shown as text, not as an image: "
+                                        f"write ![{m.group(1) or '…'}](<{target}>)", issue.body_path, number))
+    return problems
+
+
+def _heavy_images(config: Config, issue: Issue, rendered: RenderedEmail) -> list[Problem]:
+    """Images still over 1 MB once published (re-encoded, at most 1200 px wide): slow on a phone."""
+    from .images import HEAVY_BYTES, publish
+
+    problems = []
+    for image in rendered.body.images:
+        source = _inside(issue.dir, image.url)
+        if source is None or not source.is_file() or source.stat().st_size <= HEAVY_BYTES:
+            continue  # re-encoding never makes an image larger than this
+        try:
+            published = config.root / "build" / "images" / issue.slug / source.name
+            publish(source, published)
+        except NewsletterError as exc:
+            problems.append(Problem("error", str(exc.message), issue.body_path, image.line))
+            continue
+        size = published.stat().st_size
+        if size > HEAVY_BYTES:
+            problems.append(Problem("warning", f"image `{image.url}` is {size / 1048576:.1f} MB even after "
+                                    "re-encoding: crop it or use a smaller one", issue.body_path, image.line))
     return problems
 
 
@@ -307,19 +353,28 @@ def spam_problems(config: Config, rendered: RenderedEmail) -> list[Problem]:
 
 def link_problems(config: Config, issue: Issue, rendered: RenderedEmail, body_lines: dict[str, int]) -> list[Problem]:
     """Every http(s) link requested; the broken ones reported with their status."""
-    from .links import check_links
+    from .links import check_links, is_offline
 
-    own = (config.base_url, config.archive_url)  # our own pages exist only once `serve`/`archive` run
-    urls = [u for u in _URL_ATTR.findall(rendered.html)
-            if urlsplit(u).scheme in ("http", "https") and TOKEN_TAG not in u and not u.startswith(own)]
+    # Our own pages exist only once `serve`/`archive` run, but the images must be published before sending.
+    own = (config.base_url, config.archive_url)
+    images = set(_IMG_SRC.findall(rendered.html))
+    urls = [u for u in _URL_ATTR.findall(rendered.html) if urlsplit(u).scheme in ("http", "https")
+            and TOKEN_TAG not in u and (u in images or not u.startswith(own))]
+    results = check_links(urls)
+    if is_offline(results):
+        return [Problem("warning", "no network: links not checked")]
     out = []
     cfg_lines = _file_lines(config.path)
-    for result in check_links(urls):
+    for result in results:
+        path, line = _origin(result.url, body_lines, issue, config, cfg_lines)
         if result.broken:
-            path, line = _origin(result.url, body_lines, issue, config, cfg_lines)
             what = f"HTTP {result.status}" if result.status else result.error
-            out.append(Problem("error", f"broken link ({what}): {result.url}", path, line))
-    out.append(Problem("note", f"links: {len(set(urls))} checked"))
+            kind = "image not published" if result.url in images else "broken link"
+            out.append(Problem("error", f"{kind} ({what}): {result.url}", path, line))
+        elif result.url in images and not result.content_type.startswith("image/"):
+            out.append(Problem("error", f"not an image ({result.content_type or 'no type'}): {result.url}",
+                               path, line))
+    out.append(Problem("note", f"links: {len(set(urls))} checked, images included"))
     return out
 
 

@@ -17,6 +17,7 @@ class LinkResult:
     url: str
     status: int | None
     error: str = ""
+    content_type: str = ""
 
     @property
     def broken(self) -> bool:
@@ -24,25 +25,35 @@ class LinkResult:
         return self.status is None or self.status >= 400
 
 
-def _request(url: str, method: str, timeout: float) -> int:
+def _request(url: str, method: str, timeout: float) -> tuple[int, str]:
     req = urllib.request.Request(url, method=method, headers={"User-Agent": USER_AGENT})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return int(resp.status)
+            return int(resp.status), str(resp.headers.get("Content-Type", ""))
     except urllib.error.HTTPError as exc:
-        return int(exc.code)
+        return int(exc.code), ""
 
 
 def check_link(url: str, timeout: float = 10.0) -> LinkResult:
     """HEAD the URL; servers that refuse HEAD (405, 501, 403...) get a GET."""
     try:
-        status = _request(url, "HEAD", timeout)
+        status, ctype = _request(url, "HEAD", timeout)
         if status >= 400:
-            status = _request(url, "GET", timeout)
-        return LinkResult(url, status)
+            status, ctype = _request(url, "GET", timeout)
+        return LinkResult(url, status, content_type=ctype)
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         return LinkResult(url, None, str(reason))
+
+
+def is_offline(results: list[LinkResult]) -> bool:
+    """Every request failed before any server answered, for want of a name lookup or a route: no network
+    (a laptop on a train), not a page full of broken links."""
+    if not results or any(r.status is not None for r in results):
+        return False
+    markers = ("name or service not known", "temporary failure in name resolution", "nodename nor servname",
+               "network is unreachable", "no address associated", "getaddrinfo failed", "no route to host")
+    return all(any(m in r.error.lower() for m in markers) for r in results)
 
 
 def check_links(urls: list[str], *, timeout: float = 10.0, workers: int = 8) -> list[LinkResult]:

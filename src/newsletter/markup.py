@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
@@ -30,6 +31,7 @@ class Body:
     text: str
     links: list[Link] = field(default_factory=list)
     images: list[Link] = field(default_factory=list)
+    sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # image URL -> (width, height) shown
 
 
 @dataclass(frozen=True)
@@ -92,13 +94,16 @@ def _alt(image: Token) -> str:
     return "".join(c.content for c in image.children or [] if c.type in {"text", "code_inline"}).strip()
 
 
-def convert(markdown: str, styles: Styles, asset_base_url: str) -> Body:
+def convert(markdown: str, styles: Styles, asset_base_url: str,
+            image_size: Callable[[str], tuple[int, int] | None] | None = None) -> Body:
     """Convert the essay; relative image paths become absolute URLs under `asset_base_url` (kept relative
-    when it is empty: the web archive serves the images beside the page)."""
+    when it is empty: the web archive serves the images beside the page). `image_size(src)` gives a local
+    image's shown size, for its width and height attributes."""
     tokens = _MD.parse(markdown)
     css = styles.css()
     links: list[Link] = []
     images: list[Link] = []
+    sizes: dict[str, tuple[int, int]] = {}
     base = asset_base_url.rstrip("/") + "/"
 
     # First pass: record links and images with their lines, make image URLs absolute, add inline styles.
@@ -120,14 +125,19 @@ def convert(markdown: str, styles: Styles, asset_base_url: str) -> Body:
                 links.append(Link(href, "", line + offset))
             elif child.type == "image":
                 src = str(child.attrGet("src") or "")
+                size = image_size(src) if image_size and src and not _is_absolute(src) else None
                 if src and not _is_absolute(src) and asset_base_url:
                     child.attrSet("src", urljoin(base, src))
+                if size:
+                    sizes[str(child.attrGet("src"))] = size
+                    child.attrSet("width", str(size[0]))
+                    child.attrSet("height", str(size[1]))
                 child.attrSet("style", css["img"])
                 images.append(Link(src, _alt(child), line + offset))
             elif child.type == "code_inline":
                 child.attrSet("style", css["code"])
 
-    return Body(mjml=_to_mjml(tokens, styles), text=to_text(tokens), links=links, images=images)
+    return Body(mjml=_to_mjml(tokens, styles), text=to_text(tokens), links=links, images=images, sizes=sizes)
 
 
 def inline_html(markdown: str, styles: Styles, asset_base_url: str = "") -> str:
@@ -184,6 +194,8 @@ def _to_mjml(tokens: list[Token], styles: Styles) -> str:
                     "padding": "8px 24px 24px 24px",
                     "fluid-on-mobile": "true",
                 }
+                if image.attrGet("width"):  # never stretched past its own width (MJML fills the column)
+                    attrs["width"] = f"{image.attrGet('width')}px"
                 if image.attrGet("title"):
                     attrs["title"] = str(image.attrGet("title"))
                 if href:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import html
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import unquote
 
 from .bundle import Issue
 from .config import Config
@@ -15,7 +18,7 @@ from .ledger import Ledger, load_ledger
 from .message import MAX_PER_REQUEST, MessageBuilder
 from .pipeline import check
 from .recipients import Eligibility, eligible, is_plausible, normalize
-from .render import RenderedEmail
+from .render import RenderedEmail, view_url
 from .sendgrid import SendGridTransport, api_key_from_env
 from .subscribers import iter_subscribers
 from .tokens import secret_from_env
@@ -118,7 +121,8 @@ def prepare(root: Path, options: SendOptions) -> Prepared:
     _require_secrets(options)
     secret, _ = secret_from_env(required=True)
     api_key = "" if options.dry_run else api_key_from_env()
-    warnings = [] if options.dry_run else _check_key(root, config, api_key, options)
+    warnings = [] if options.dry_run else _check_images(config, rendered, test=bool(options.to))
+    warnings += [] if options.dry_run else _check_key(root, config, api_key, options)
     prepared = Prepared(root=root, config=config, issue=issue, rendered=rendered, options=options, secret=secret,
                         api_key=api_key, subject=f"[Test] {rendered.subject}" if options.to else rendered.subject,
                         journal=load_state(journal_path(root, issue.slug)), warnings=warnings)
@@ -148,6 +152,27 @@ def _require_secrets(options: SendOptions) -> None:
                                      "NEWSLETTER_SECRET": "the secret signs every reader's unsubscribe link"}[m]
                                     for m in missing),
                         hint="export " + " and ".join(f"{m}=..." for m in missing))
+
+
+def _check_images(config: Config, rendered: RenderedEmail, *, test: bool) -> list[str]:
+    """Each image of the essay, requested once where the email loads it (HEAD, then GET): readers must not get
+    a broken-image icon. Refuses the send when one is not there as an image; a test copy only warns."""
+    from .links import check_links
+
+    prefix = view_url(config, rendered.issue)
+    urls = sorted({html.unescape(u) for u in re.findall(r'<img\b[^>]*\bsrc="([^"]+)"', rendered.html)
+                   if html.unescape(u).startswith(prefix)})
+    problems = []
+    for r in check_links(urls, timeout=config.sendgrid.timeout):
+        if r.broken or not r.content_type.startswith("image/"):
+            name = unquote(r.url[len(prefix):])
+            problems.append(f"issues/{rendered.issue.slug}/{name} is not published at {r.url}: run "
+                            f"`newsletter archive` and upload build/site")
+    if problems and not test:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise SendError(problems[0] + more + "; nothing was sent",
+                        hint=f"the images load from {prefix}: publish the archive there first")
+    return [f"warning: {p}" for p in problems]
 
 
 def _check_key(root: Path, config: Config, api_key: str, options: SendOptions) -> list[str]:

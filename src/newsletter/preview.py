@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import html
 import json
+import mimetypes
+import re
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from .errors import NewsletterError
 
@@ -45,6 +48,7 @@ class Previewer:
         self.slug = slug
         self.state = PreviewState()
         self.lock = threading.Lock()
+        self.issue_dir: Path | None = None  # where the essay's images are, once rendered
         self._stamp: tuple[tuple[str, float, int], ...] = ()
         self.stop = threading.Event()
 
@@ -78,6 +82,10 @@ class Previewer:
         try:
             config, issue, rendered, problems = check(self.root, self.slug, spam=False)
             _, page, text = personalize_sample(rendered)
+            # The essay's images load from the archive once published; here they come from the issue folder.
+            page = re.sub(r'src="' + re.escape(f"{config.archive_url}/{issue.slug}/") + r'([^"/]+)"',
+                          r'src="/images/\1"', page)
+            self.issue_dir = issue.dir
             new = PreviewState(
                 html=page, dark_html=_dark(page), text=text, subject=rendered.subject, preheader=rendered.preheader,
                 sender=config.sender.name or config.sender.email, slug=issue.slug,
@@ -212,6 +220,26 @@ def make_server(previewer: Previewer, host: str, port: int) -> ThreadingHTTPServ
             self.end_headers()
             self.wfile.write(data)
 
+        def _image(self, folder: Path, name: str) -> None:
+            from .images import IMAGE_SUFFIXES, publish
+
+            source = folder / name
+            if "/" in name or "\\" in name or not source.is_file() or source.suffix.lower() not in IMAGE_SUFFIXES:
+                self._send("not found", "text/plain", 404)
+                return
+            try:  # as readers will get it: re-encoded, resized, without EXIF
+                published = previewer.root / "build" / "preview" / folder.name / name
+                publish(source, published)
+                data = published.read_bytes()
+            except (NewsletterError, OSError) as exc:
+                self._send(str(exc), "text/plain", 500)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", mimetypes.guess_type(name)[0] or "application/octet-stream")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
         def do_GET(self) -> None:  # noqa: N802
             path = self.path.split("?", 1)[0]
             with previewer.lock:
@@ -229,6 +257,8 @@ def make_server(previewer: Previewer, host: str, port: int) -> ThreadingHTTPServ
                 self._send(state.dark_html or _error_page(state.error), "text/html")
             elif path == "/email.txt":
                 self._send(state.text, "text/plain")
+            elif path.startswith("/images/") and previewer.issue_dir is not None:
+                self._image(previewer.issue_dir, unquote(path[len("/images/"):]))
             else:
                 self._send("not found", "text/plain", 404)
 

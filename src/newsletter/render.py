@@ -16,7 +16,7 @@ from markupsafe import Markup
 from . import markup
 from .bundle import Issue
 from .config import Config
-from .errors import LayoutError, Problem
+from .errors import IssueError, LayoutError, Problem
 from .recipients import first_name_of
 
 LAYOUTS_DIR = "layouts"
@@ -232,7 +232,8 @@ def render_issue(config: Config, issue: Issue, *, web: bool = False) -> Rendered
     if not folder.is_dir():
         raise LayoutError("no layouts/ folder", path=folder, hint=f"it holds {EMAIL_LAYOUT} and {TEXT_LAYOUT}")
     env = _environment(str(folder))
-    body = markup.convert(issue.body_md, brand_styles(config), "" if web else view_url(config, issue))
+    body = markup.convert(issue.body_md, brand_styles(config), "" if web else view_url(config, issue),
+                          image_size=lambda src: _shown_size(issue.dir, src))
     html_context = _context(config, issue, body, for_text=False, web=web)
     mjml_text = _render_template(env, folder, EMAIL_LAYOUT, html_context)
     try:
@@ -243,12 +244,52 @@ def render_issue(config: Config, issue: Issue, *, web: bool = False) -> Rendered
     # MJML hides the preheader in white text; SpamAssassin scores white-on-light as hidden text
     # (HTML_FONT_LOW_CONTRAST). It stays invisible (display:none, opacity 0) in the text colour.
     html = _PREHEADER_COLOR.sub(rf"\g<1>{config.colors['text']};", html, count=1)
+    html = _with_heights(html, body.sizes)
     text = _render_template(env, folder, TEXT_LAYOUT, _context(config, issue, body, for_text=True, web=web))
     text = re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
     rendered = RenderedEmail(issue=issue, subject=issue.subject, preheader=issue.preheader, mjml=mjml_text,
                              html=html, text=text, body=body)
     rendered.warnings = output_warnings(rendered, folder)
     return rendered
+
+
+def _shown_size(folder: Path, src: str) -> tuple[int, int] | None:
+    """The size an image beside the essay is shown at, or None (missing, unreadable, outside the folder:
+    `check` reports those)."""
+    from urllib.parse import unquote
+
+    from .images import published_size
+
+    name = unquote(src)
+    path = folder / name
+    if "/" in name or "\\" in name or not path.is_file():
+        return None
+    try:
+        return published_size(path).display
+    except IssueError:
+        return None
+
+
+_IMG = re.compile(r"<img\b[^>]*>")
+
+
+def _with_heights(html: str, sizes: dict[str, tuple[int, int]]) -> str:
+    """MJML writes `height="auto"` on its images: give the ones whose size is known their height in pixels, as
+    Outlook and slow-loading clients need it to reserve the space (the CSS keeps `height:auto`)."""
+    if not sizes:
+        return html
+
+    def fix(match: re.Match[str]) -> str:
+        tag = match.group(0)
+        src = re.search(r'\bsrc="([^"]*)"', tag)
+        size = sizes.get(html_lib.unescape(src.group(1))) if src else None
+        if size is None:
+            return tag
+        if 'height="auto"' in tag:
+            return tag.replace('height="auto"', f'height="{size[1]}"', 1)
+        return tag if re.search(r"\bheight=", tag) else tag.replace("<img", f'<img height="{size[1]}"', 1)
+
+    return _IMG.sub(fix, html)
 
 
 def output_warnings(rendered: RenderedEmail, where: Path) -> list[Problem]:
