@@ -188,8 +188,8 @@ def create_issue(root: Path, title: str, config: Config, *, slug: str | None = N
     )
     (folder / "body.md").write_text(
         "TODO: the first paragraph of the essay.\n\n## A subheading\n\nMore paragraphs, separated by a blank line."
-        " *Emphasis*, **strong**, [links](https://example.org) and images (`![what it shows](photo.jpg)`,"
-        " the file beside this one) all work.\n",
+        " *Emphasis*, **strong**, links (`[the words](https://your.site/page)`) and images"
+        " (`![what it shows](photo.jpg)`, the file beside this one) all work.\n",
         encoding="utf-8",
     )
     return folder

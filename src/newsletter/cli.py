@@ -86,8 +86,8 @@ def _echo_problem(problem: Any) -> None:
     color = {"error": "red", "warning": "yellow"}.get(problem.level)
     if problem.path is not None:
         problem.path = _show(Path(problem.path))  # relative to where the writer stands, when inside it
-    # errors and warnings on stdout, one per line; notes (the spam score, counts) are commentary: stderr
-    click.secho(str(problem), fg=color, err=problem.level not in ("error", "warning"))
+    # errors, warnings and notes on stdout, in that order, then the tally: one stream, read top to bottom
+    click.secho(str(problem), fg=color)
 
 
 @main.command()
@@ -145,8 +145,7 @@ def check(root: Path, slug: str | None, links: bool, no_spam: bool) -> None:
         _echo_problem(problem)
     errors = sum(p.level == "error" for p in problems)
     warnings = sum(p.level == "warning" for p in problems)
-    # stdout holds only the problem lines (for scripts); the tally goes to stderr
-    click.echo(f"{issue.slug}: {errors} error(s), {warnings} warning(s)", err=True)
+    click.echo(f"{issue.slug}: {errors} error(s), {warnings} warning(s)")
     if errors:
         sys.exit(1)
 
@@ -512,8 +511,9 @@ def _print_report(r, *, dry_run: bool, test: bool) -> None:  # type: ignore[no-u
 
 @main.command()
 @click.option("--issue", "slug", required=True, metavar="SLUG", help="The issue.")
+@click.option("--readers", "show_readers", is_flag=True, help="Also list who has it (the addresses SendGrid accepted).")
 @command_options
-def status(root: Path, slug: str) -> None:
+def status(root: Path, slug: str, show_readers: bool) -> None:
     """Show an issue's send: sent, pending, failed, in doubt.
 
     \b
@@ -534,6 +534,12 @@ def status(root: Path, slug: str) -> None:
     click.echo(f"in doubt:   {s.in_doubt_readers} reader(s) in {s.in_doubt_batches} batch(es)")
     for b, readers, error in s.doubt_details:
         click.echo(f"  batch {b}: {readers} reader(s): {error}")
+    if show_readers:
+        from .journal import iter_sent_addresses, journal_path
+
+        click.echo("who has it:")
+        for address in iter_sent_addresses(journal_path(root, s.slug)):
+            click.echo(f"  {address}")
     if s.in_doubt_readers or s.failed_readers:
         sys.exit(1)
 
@@ -592,13 +598,17 @@ def stats(root: Path, slug: str, as_json: bool) -> None:
     from .events import issue_stats
     from .pipeline import load
 
-    _, issue = load(root, slug)
+    config, issue = load(root, slug)
     s = issue_stats(root, issue.slug)
     if as_json:
         click.echo(json.dumps(s.as_dict(), indent=2))
         return
     click.echo(f"{'issue':<14}{issue.slug}")
-    click.echo(f"{'sent':<14}{s.sent:>8}")
+    click.echo(f"{'sent':<14}{s.sent:>8}  (accepted by SendGrid, from the send journal)")
+    if s.waiting_for_events:
+        click.echo(f"no delivery events yet: is `newsletter serve` reachable at {config.base_url}"
+                   "/webhooks/sendgrid and the Event Webhook on? (see README)")
+        return
     for label, value in (("delivered", s.delivered), ("bounced", s.bounced), ("unique opens", s.opens),
                          ("unique clicks", s.clicks), ("unsubscribes", s.unsubscribes),
                          ("spam reports", s.spamreports)):

@@ -184,6 +184,12 @@ class Stats:
     unsubscribes: int
     spamreports: int
     top_links: list[tuple[str, int]]
+    events: int = 0  # SendGrid events received for this issue
+
+    @property
+    def waiting_for_events(self) -> bool:
+        """Sent, and SendGrid has told us nothing yet: the webhook may not be reaching `serve`."""
+        return bool(self.sent) and not self.events
 
     def rate(self, count: int) -> float:
         """count / sent, 0 when nothing was sent."""
@@ -220,9 +226,11 @@ def issue_stats(root: Path, slug: str) -> Stats:
     sent = load_state(journal_path(root, slug)).sent_readers
     buckets: dict[str, set[str]] = {k: set() for k in ("delivered", "bounce", "open", "click", "unsub", "spam")}
     links: dict[str, set[str]] = {}
+    events = 0
     for e in read_events(events_path(root)):
         if e.get("newsletter_issue") != slug:
             continue
+        events += 1
         email = str(e.get("email") or "").lower()
         kind = e.get("event")
         if kind == "delivered":
@@ -242,4 +250,4 @@ def issue_stats(root: Path, slug: str) -> Stats:
     buckets["unsub"] |= _own_unsubscribes(root, slug)
     top = sorted(((u, len(s)) for u, s in links.items()), key=lambda x: (-x[1], x[0]))[:10]
     return Stats(slug, sent, len(buckets["delivered"]), len(buckets["bounce"]), len(buckets["open"]),
-                 len(buckets["click"]), len(buckets["unsub"]), len(buckets["spam"]), top)
+                 len(buckets["click"]), len(buckets["unsub"]), len(buckets["spam"]), top, events)

@@ -143,6 +143,19 @@ def first_run_at(path: Path) -> dt.datetime | None:
     return None
 
 
+def iter_sent_addresses(path: Path) -> Iterator[str]:
+    """The readers SendGrid accepted this issue for, in the order it did, streamed."""
+    batches: dict[int, list[str]] = {}
+    for rec in read_records(path):
+        kind = rec.get("t")
+        if kind == _BATCH:
+            batches[int(rec.get("b", 0))] = [str(e) for e in rec.get("emails", [])]
+        elif kind == _OK:
+            yield from batches.pop(int(rec.get("b", 0)), [])
+        elif kind in (_REPLACED, _FAILED):
+            batches.pop(int(rec.get("b", 0)), None)
+
+
 def load_state(path: Path) -> JournalState:
     """Replay the journal, keeping readers' addresses only for batches that are not settled."""
     state = JournalState()
