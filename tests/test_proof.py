@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import DATA, SEED_SLUG, Cli, seed_paragraphs
+from conftest import DATA, SEED_SLUG, Cli, seed_paragraphs, spam_on
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -70,6 +70,7 @@ def _spam_line(output: str) -> float:
 
 def test_spamassassin_scores_the_seed_low_and_a_spammy_issue_higher(ready_project: Path) -> None:
     assert shutil.which("spamassassin"), "apt-get install spamassassin"
+    spam_on(ready_project)
     cli = Cli(ready_project)
     seed = cli("check")
     assert seed.exit_code == 0, seed.output
@@ -89,6 +90,45 @@ def test_spamassassin_scores_the_seed_low_and_a_spammy_issue_higher(ready_projec
         "**ORDER NOW! ORDER NOW! ORDER NOW! MONEY BACK GUARANTEE!!!**\n")
     spam = cli("check", "--issue", "spammy")
     assert _spam_line(spam.output) > seed_score + 1.0, spam.output
+
+
+def test_check_fills_the_spam_cache_and_send_reuses_it(ready_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from newsletter.check import spam_problems
+    from newsletter.pipeline import load
+    from newsletter.render import render_issue
+
+    spam_on(ready_project)
+    monkeypatch.setenv("NEWSLETTER_SECRET", "a-secret-that-check-did-not-see")
+    first = Cli(ready_project)("check")
+    assert "spam score" in first.output
+    cached = list((ready_project / "build" / ".cache" / "spam").glob("*.json"))
+    assert len(cached) == 1
+    monkeypatch.setenv("PATH", "/nonexistent")  # no spamassassin to run: the verdict must come from the cache
+    config, issue = load(ready_project, SEED_SLUG)
+    again = spam_problems(config, render_issue(config, issue))
+    assert [str(p) for p in again] == [line for line in first.output.splitlines() if "spam score" in line]
+    assert "skipped" not in str(again[0])
+
+
+def test_send_refuses_a_message_that_scores_as_spam(ready_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spam_on(ready_project)
+    monkeypatch.setenv("NEWSLETTER_SECRET", "s")
+    cache = ready_project / "build" / ".cache" / "spam"
+    from newsletter.eml import build_scoring_eml
+    from newsletter.pipeline import load
+    from newsletter.render import render_issue
+
+    config, issue = load(ready_project, SEED_SLUG)
+    import hashlib
+    import json
+
+    key = hashlib.sha256(build_scoring_eml(config, render_issue(config, issue))).hexdigest()
+    cache.mkdir(parents=True)  # a verdict as SpamAssassin would give a spammy message
+    (cache / f"{key}.json").write_text(json.dumps({"score": 7.5, "rules": [[7.5, "TEST_RULE", "a test"]]}))
+    result = Cli(ready_project)("send", "--issue", SEED_SLUG, "--dry-run")
+    assert result.exit_code == 1
+    assert "spam score 7.5 (SpamAssassin, error at 5); rules: TEST_RULE +7.5" in result.output
+    assert "nothing was sent" in result.output
 
 
 @pytest.mark.browser

@@ -347,14 +347,17 @@ def accessibility_problems(rendered: RenderedEmail, layouts: Path) -> list[Probl
 
 def spam_problems(config: Config, rendered: RenderedEmail) -> list[Problem]:
     """SpamAssassin's score of the message as a reader receives it (error at 5, warning at 2)."""
-    from .eml import build_sample_eml
-    from .spam import ERROR_AT, WARN_AT, score_message, spamassassin_available
+    from .eml import build_scoring_eml
+    from .spam import ERROR_AT, WARN_AT, cached, cached_score, spamassassin_available
 
-    if not spamassassin_available():
+    if not config.check_spam:
+        return [Problem("note", "spam score skipped: `check: {spam: false}` in newsletter.yaml")]
+    message = build_scoring_eml(config, rendered)
+    cache = config.root / "build" / ".cache" / "spam"
+    if not spamassassin_available() and not cached(message, cache):
         return [Problem("note", "spam score skipped: SpamAssassin is not installed (apt-get install spamassassin)")]
-    message = build_sample_eml(config, rendered)
     try:
-        result = score_message(message)
+        result = cached_score(message, cache)
     except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
         return [Problem("warning", f"spam score unavailable: {exc}")]
     fired = ", ".join(f"{name} {points:+g}" for points, name, _ in result.rules if points) or "none with points"

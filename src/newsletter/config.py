@@ -37,7 +37,7 @@ DEFAULT_FONTS: dict[str, str] = {
 }
 TOP_KEYS = {
     "name", "language", "base_url", "sender", "reply_to", "postal_address", "workshops",
-    "brand", "sendgrid", "footer_note", "archive_url",
+    "brand", "sendgrid", "footer_note", "archive_url", "check",
 }
 WORKSHOP_KEYS = {
     "title", "headline", "pitch", "register_url", "next", "date", "format", "price", "location", "button",
@@ -109,6 +109,7 @@ class Config:
     footer_note: str
     archive_url: str
     doc: YamlDoc = field(repr=False, compare=False)
+    check_spam: bool = True  # `check: {spam: false}` turns SpamAssassin's score off (for `check` and `send`)
 
     @property
     def path(self) -> Path:
@@ -223,11 +224,17 @@ def load_config(root: Path) -> Config:
         f"You are receiving this because you signed up for {name or 'this newsletter'}."
     )
     archive_url = _url(p, _text(p, data, "archive_url", ("archive_url",)).rstrip("/"), ("archive_url",))
+    checks = _mapping(p, data, "check", ("check",))
+    _check_keys(p, checks, {"spam"}, ("check",))
+    check_spam = checks.get("spam", True)
+    if not isinstance(check_spam, bool):
+        p.add(("check", "spam"), f"`check.spam` must be true or false, got {check_spam!r}")
     p.raise_if_any()
     return Config(
         root=root, name=name, language=language, base_url=base_url, sender=sender, reply_to=reply_to,
         postal_address=postal_address, workshops=workshops, colors=colors, fonts=fonts, sendgrid=sendgrid,
         footer_note=footer_note, archive_url=archive_url or f"{base_url}/archive", doc=doc,
+        check_spam=check_spam is not False,
     )
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import email.policy
 import email.utils
+import hashlib
 from email.headerregistry import Address as HeaderAddress
 from email.message import EmailMessage
 
@@ -23,8 +25,19 @@ def build_sample_eml(config: Config, rendered: RenderedEmail) -> bytes:
     return build_eml(config, rendered, secret=secret, address=SAMPLE_READER["email"], name=SAMPLE_READER["name"])
 
 
+def build_scoring_eml(config: Config, rendered: RenderedEmail) -> bytes:
+    """The sample reader's message with nothing that changes between runs (the date is the issue's, the
+    Message-ID is derived from the content, the link is signed with the development key): the same issue
+    gives the same bytes, so its spam score can be cached."""
+    from .tokens import DEVELOPMENT_SECRET
+
+    when = dt.datetime.combine(rendered.issue.date, dt.time(7, 0), tzinfo=dt.UTC)
+    return build_eml(config, rendered, secret=DEVELOPMENT_SECRET, address=SAMPLE_READER["email"],
+                     name=SAMPLE_READER["name"], date=when, stable_id=True)
+
+
 def build_eml(config: Config, rendered: RenderedEmail, *, secret: str, address: str, name: str = "",
-              subject: str | None = None) -> bytes:
+              subject: str | None = None, date: dt.datetime | None = None, stable_id: bool = False) -> bytes:
     """multipart/alternative (text, then HTML), UTF-8, with the headers a real send carries."""
     token = make_token(secret, address)
     _, html, text = personalize(rendered, name=name, token=token)
@@ -35,8 +48,13 @@ def build_eml(config: Config, rendered: RenderedEmail, *, secret: str, address: 
     if config.reply_to:
         msg["Reply-To"] = _address("", config.reply_to)
     msg["Subject"] = subject or rendered.subject
-    msg["Date"] = email.utils.formatdate(localtime=True)
-    msg["Message-ID"] = email.utils.make_msgid(domain=config.sender.email.rpartition("@")[2] or None)
+    msg["Date"] = email.utils.format_datetime(date) if date else email.utils.formatdate(localtime=True)
+    domain = config.sender.email.rpartition("@")[2] or "localhost"
+    if stable_id:
+        digest = hashlib.sha256((html + text + str(msg["Subject"])).encode()).hexdigest()[:24]
+        msg["Message-ID"] = f"<{digest}.{rendered.issue.slug}@{domain}>"
+    else:
+        msg["Message-ID"] = email.utils.make_msgid(domain=domain)
     unsubscribe = f"<{url}>"
     if config.sendgrid.unsubscribe_mailto:
         unsubscribe += f", <mailto:{config.sendgrid.unsubscribe_mailto}?subject=unsubscribe>"
@@ -44,6 +62,8 @@ def build_eml(config: Config, rendered: RenderedEmail, *, secret: str, address: 
     msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     msg.set_content(text, subtype="plain", charset="utf-8", cte="quoted-printable")
     msg.add_alternative(html, subtype="html", charset="utf-8", cte="quoted-printable")
+    if stable_id:  # the MIME boundary too is random otherwise
+        msg.set_boundary(f"=_nl_{hashlib.sha256((html + text).encode()).hexdigest()[:32]}")
     # Headers are written unfolded up to RFC 5322's 998 characters: folding a long List-Unsubscribe URL
     # would turn it into an encoded-word that mail clients do not parse.
     return msg.as_bytes(policy=email.policy.SMTP.clone(max_line_length=998))

@@ -6,13 +6,14 @@ import datetime as dt
 import html
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote
 
 from .bundle import Issue
 from .config import Config
-from .errors import Level, SendError, TransportError, UsageError
+from .errors import Level, Problem, SendError, TransportError, UsageError
 from .journal import JournalState, journal_path, load_state
 from .ledger import Ledger, load_ledger
 from .message import MAX_PER_REQUEST, MessageBuilder
@@ -110,15 +111,32 @@ def parse_at(text: str, now: dt.datetime | None = None) -> dt.datetime:
 
 
 def prepare(root: Path, options: SendOptions) -> Prepared:
-    """Pre-flight: check passes, secrets present, the key works; count readers. Sends nothing."""
-    config, issue, rendered, problems = check(root, options.slug)
+    """Pre-flight: check passes, secrets present, the key works; count readers. Sends nothing.
+
+    SpamAssassin (seconds, unless `check` already scored this very message) runs in a thread while the
+    images and the key are checked and the list and ledger are read."""
+    from .check import spam_problems
+
+    config, issue, rendered, problems = check(root, options.slug, spam=False)
+    _refuse_check_errors(problems, issue.slug)
+    _require_secrets(options)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="spam") as pool:
+        spam = pool.submit(spam_problems, config, rendered)
+        prepared = _prepare(root, options, config, issue, rendered)
+        _refuse_check_errors(spam.result(), issue.slug)
+    return prepared
+
+
+def _refuse_check_errors(problems: list[Problem], slug: str) -> None:
     errors = [p for p in problems if p.level == Level.ERROR]
     if errors:
         listed = "\n".join(f"  {p}" for p in errors[:8]) + (f"\n  ... and {len(errors) - 8} more" if len(errors) > 8
                                                              else "")
         raise SendError(f"`newsletter check` found {len(errors)} error(s); nothing was sent:\n{listed}",
-                        hint=f"fix them, then run `newsletter check --issue {issue.slug}`")
-    _require_secrets(options)
+                        hint=f"fix them, then run `newsletter check --issue {slug}`")
+
+
+def _prepare(root: Path, options: SendOptions, config: Config, issue: Issue, rendered: RenderedEmail) -> Prepared:
     secret, _ = secret_from_env(required=True)
     api_key = "" if options.dry_run else api_key_from_env()
     warnings = [] if options.dry_run else _check_images(config, rendered, test=bool(options.to))

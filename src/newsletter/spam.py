@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import re
 import shutil
 import subprocess
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import NewsletterError
+from .files import write_atomic
 
 ERROR_AT = 5.0
 WARN_AT = 2.0
@@ -24,6 +31,29 @@ class SpamScore:
 def spamassassin_available() -> bool:
     """Whether the `spamassassin` command is installed."""
     return shutil.which("spamassassin") is not None
+
+
+def cached(message: bytes, cache_dir: Path) -> SpamScore | None:
+    """The remembered verdict on these exact bytes, if any."""
+    path = cache_dir / f"{hashlib.sha256(message).hexdigest()}.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return SpamScore(float(data["score"]), [(float(p), str(n), str(t)) for p, n, t in data["rules"]])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def cached_score(message: bytes, cache_dir: Path, timeout: float = 120.0) -> SpamScore:
+    """score_message, remembered by the SHA-256 of the exact bytes scored: `check` fills the cache and `send`
+    of the same message finds the verdict there instead of running SpamAssassin (seconds) again."""
+    found = cached(message, cache_dir)
+    if found is not None:
+        return found
+    path = cache_dir / f"{hashlib.sha256(message).hexdigest()}.json"
+    result = score_message(message, timeout)
+    with contextlib.suppress(NewsletterError):  # a cache that cannot be written costs time, nothing else
+        write_atomic(path, json.dumps({"score": result.score, "rules": result.rules}), what="a spam score")
+    return result
 
 
 def score_message(message: bytes, timeout: float = 120.0) -> SpamScore:
