@@ -34,7 +34,7 @@ class _Ledger:
     def __init__(self, suppressed: set[str]) -> None:
         self.suppressed = suppressed
 
-    def is_suppressed(self, email: str) -> bool:
+    def is_suppressed_key(self, email: str) -> bool:
         return email in self.suppressed
 
 
@@ -42,10 +42,10 @@ class _Journal:
     def __init__(self, sent: set[str], doubt: set[str]) -> None:
         self.sent, self.doubt = sent, doubt
 
-    def is_sent(self, address: str) -> bool:
+    def is_sent_key(self, address: str) -> bool:
         return address in self.sent
 
-    def in_doubt(self, address: str) -> bool:
+    def in_doubt_key(self, address: str) -> bool:
         return address in self.doubt
 
 

@@ -95,11 +95,19 @@ class JournalState:
 
     def is_sent(self, address: str) -> bool:
         """Whether SendGrid accepted a request that held this reader."""
-        return hash(normalize(address)) in self.sent
+        return self.is_sent_key(normalize(address))
 
     def in_doubt(self, address: str) -> bool:
         """Whether this reader is in a batch whose fate is unknown (and was not acknowledged since)."""
-        h = hash(normalize(address))
+        return self.in_doubt_key(normalize(address))
+
+    def is_sent_key(self, key: str) -> bool:
+        """is_sent for an address already normalised."""
+        return hash(key) in self.sent
+
+    def in_doubt_key(self, key: str) -> bool:
+        """in_doubt for an address already normalised."""
+        h = hash(key)
         return h in self.doubt and h not in self.sent
 
     def runs(self) -> list[RunInfo]:
@@ -232,6 +240,8 @@ class Journal:
 
     def __exit__(self, *exc: object) -> None:
         if self._fd is not None:
+            with contextlib.suppress(OSError):  # the outcomes written since the last sync
+                os.fsync(self._fd)
             os.close(self._fd)
             self._fd = None
 
@@ -245,8 +255,8 @@ class Journal:
         self._write({"t": _END, "at": _now()})
 
     def batch(self, b: int, emails: list[str]) -> None:
-        """Batch `b` is these readers (normalised addresses)."""
-        self._write({"t": _BATCH, "b": b, "emails": emails})
+        """Batch `b` is these readers (normalised addresses); synced with its `attempt` record."""
+        self._write({"t": _BATCH, "b": b, "emails": emails}, sync=False)
 
     def attempt(self, b: int, n: int) -> None:
         """A request for batch `b` is about to leave: it must not leave unless this returned."""
@@ -254,42 +264,53 @@ class Journal:
 
     def ok(self, b: int, status: int, message_id: str) -> None:
         """SendGrid accepted batch `b`."""
-        self._write({"t": _OK, "b": b, "status": status, "id": message_id})
+        self._write({"t": _OK, "b": b, "status": status, "id": message_id}, sync=False)
 
     def retry(self, b: int, status: int | None, error: str) -> None:
         """Batch `b` was answered without being accepted; it will be tried again."""
-        self._write({"t": _RETRY, "b": b, "status": status, "error": error})
+        self._write({"t": _RETRY, "b": b, "status": status, "error": error}, sync=False)
 
     def failed(self, b: int, status: int | None, error: str) -> None:
         """Batch `b` is given up in this run; the next run sends its readers."""
-        self._write({"t": _FAILED, "b": b, "status": status, "error": error})
+        self._write({"t": _FAILED, "b": b, "status": status, "error": error}, sync=False)
 
     def replaced(self, b: int, why: str) -> None:
         """Batch `b` was not sent; its readers went into new batches."""
-        self._write({"t": _REPLACED, "b": b, "why": why})
+        self._write({"t": _REPLACED, "b": b, "why": why}, sync=False)
 
     def doubt(self, b: int, error: str) -> None:
         """A request for batch `b` left and no answer came."""
-        self._write({"t": _DOUBT, "b": b, "error": error})
+        self._write({"t": _DOUBT, "b": b, "error": error}, sync=False)
 
-    def _write(self, record: dict[str, Any]) -> None:
-        """Append a record whole and fsync it: when this returns it survives a crash. Raises StorageError when
-        any byte could not be written or synced; the caller must then not do what the record announces."""
+    def _write(self, record: dict[str, Any], *, sync: bool = True) -> None:
+        """Append a record whole (and fsync the file): when this returns it survives a crash. Raises StorageError
+        when any byte could not be written or synced; the caller must then not do what the record announces.
+
+        Only the records that must be on disk before something happens are synced: `attempt` (before its
+        request leaves; the batch's reader list goes with it), `run` and `end`. An outcome (`ok`, `retry`...)
+        is synced with the next of those: lost to a power cut, it leaves its batch in doubt, never re-sent.
+        One fsync per batch instead of three keeps a million-reader send from waiting on the disk."""
         data = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
-        with self._lock:
-            if self._fd is None:
-                raise SendError("the journal is not open", path=self.path)
-            try:
+        try:
+            with self._lock:
+                if self._fd is None:
+                    raise SendError("the journal is not open", path=self.path)
+                fd = self._fd
                 if self._torn:
-                    write_all(self._fd, b"\n")  # close the torn record: it stays unreadable, never merges
+                    write_all(fd, b"\n")  # close the torn record: it stays unreadable, never merges
                     self._torn = False
-                write_all(self._fd, data)
-                os.fsync(self._fd)
-            except OSError as exc:
-                self._torn = True
-                what = f"the `{record['t']}` record of batch {record['b']}" if "b" in record else (
-                    f"the `{record['t']}` record")
-                raise StorageError.from_os(exc, self.path, what) from None
+                try:
+                    write_all(fd, data)
+                except OSError:
+                    self._torn = True
+                    raise
+            if sync:
+                # Outside the lock: other workers may append meanwhile; this fsync covers at least our record.
+                os.fsync(fd)
+        except OSError as exc:
+            what = f"the `{record['t']}` record of batch {record['b']}" if "b" in record else (
+                f"the `{record['t']}` record")
+            raise StorageError.from_os(exc, self.path, what) from None
 
 
 def _now() -> str:

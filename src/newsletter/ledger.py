@@ -205,7 +205,10 @@ class Ledger:
 
     def is_suppressed(self, email: str) -> bool:
         """Whether mail to `email` (any case, any surrounding space) is forbidden."""
-        key = normalize(email)
+        return self.is_suppressed_key(normalize(email))
+
+    def is_suppressed_key(self, key: str) -> bool:
+        """is_suppressed for an address already normalised (the hot path of a million-reader send)."""
         event = self.latest.get(key)
         return (event is not None and event not in _LIFTING) or key in self._tail_emails
 

@@ -6,9 +6,12 @@ import datetime as dt
 import html
 import os
 import re
+import tempfile
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 from urllib.parse import unquote
 
 from .bundle import Issue
@@ -62,6 +65,17 @@ class Prepared:
     tally: Eligibility = field(default_factory=Eligibility)
     warnings: list[str] = field(default_factory=list)
     ledger: Ledger | None = None  # as read for the count; dispatch tails it rather than reading it again
+    spool: IO[str] | None = None  # the eligible readers, `address<TAB>name<TAB>first name` a line
+
+    def readers_from_spool(self) -> Iterator[tuple[str, str, str]]:
+        """The eligible readers as counted, less those another run sent since (the journal is re-read under
+        the send lock). Suppression is checked again right before each batch leaves."""
+        assert self.spool is not None
+        journal, resend = self.journal, self.options.resend_in_doubt
+        for line in self.spool:
+            key, name, first = line.rstrip("\n").split("\t")
+            if not journal.is_sent_key(key) and (resend or not journal.in_doubt_key(key)):
+                yield key, name, first
 
     @property
     def readers(self) -> int:
@@ -148,9 +162,14 @@ def _prepare(root: Path, options: SendOptions, config: Config, issue: Issue, ren
         return prepared
     ledger = load_ledger(root)
     ledger.check_readable()
-    for _ in eligible(iter_subscribers(root), ledger, prepared.journal, resend_in_doubt=options.resend_in_doubt,
-                      tally=prepared.tally):
-        pass
+    # The list is read once: who is eligible goes to a private temporary spool that the dispatch streams.
+    spool = tempfile.TemporaryFile(mode="w+", encoding="utf-8", newline="\n")  # noqa: SIM115 - 0600; closed with Prepared
+    write = spool.write
+    for key, name, first in eligible(iter_subscribers(root), ledger, prepared.journal,
+                                     resend_in_doubt=options.resend_in_doubt, tally=prepared.tally):
+        write(f"{key}\t{_one_line(name)}\t{_one_line(first)}\n")
+    spool.seek(0)
+    prepared.spool = spool
     prepared.ledger = ledger
     prepared.warnings[:0] = [str(p) for p in ledger.problems]
     t = prepared.tally
@@ -159,6 +178,10 @@ def _prepare(root: Path, options: SendOptions, config: Config, issue: Issue, ren
         prepared.warnings.append(f"warning: {t.invalid} address(es) in subscribers.csv are not valid and "
                                  f"will be skipped ({shown}); fix or remove them")
     return prepared
+
+
+def _one_line(value: str) -> str:
+    return " ".join(value.split()) if ("\t" in value or "\n" in value or "\r" in value) else value
 
 
 def _require_secrets(options: SendOptions) -> None:

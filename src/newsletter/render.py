@@ -34,6 +34,7 @@ GREETING_TEXT_TAG = "%%nl_greeting_text%%"
 TOKEN_TAG = "%%nl_unsub_token%%"
 ALL_TAGS = (NAME_HTML_TAG, NAME_TEXT_TAG, FIRST_HTML_TAG, FIRST_TEXT_TAG, GREETING_HTML_TAG, GREETING_TEXT_TAG,
             TOKEN_TAG)
+ALL_TAGS_SET = frozenset(ALL_TAGS)
 DEFAULT_READER_NAME = "friend"
 _PREHEADER_COLOR = re.compile(r'(<div style="display:none;font-size:1px;color:)#ffffff;')
 SAMPLE_READER = {"email": "reader@example.net", "name": "Ada"}
@@ -89,28 +90,37 @@ def fill(text: str, values: dict[str, str]) -> str:
 def greeting_for(template: str, name: str, first_name: str, fallback: str) -> str:
     """The greeting line for one reader: `template` with {name} and {first_name} filled in, or `fallback` when a
     value it needs is unknown, so nobody reads "Dear ,"."""
-    values = {"name": name, "first_name": first_name}
-    needed = [key for key in values if "{" + key + "}" in template]
-    if any(not values[key] for key in needed):
+    needs_name, needs_first = "{name}" in template, "{first_name}" in template
+    if (needs_name and not name) or (needs_first and not first_name):
         return fallback
-    for key in needed:
-        template = template.replace("{" + key + "}", values[key])
-    return template
+    if needs_name:
+        template = template.replace("{name}", name)
+    return template.replace("{first_name}", first_name) if needs_first else template
 
 
 def reader_substitutions(name: str, token: str, first_name: str = "", *, greeting: str = "",
                          fallback: str = "", used: frozenset[str] | None = None) -> dict[str, str]:
-    """The substitution values of one reader, each escaped for the part it lands in (only the `used` tags)."""
-    name = " ".join(name.split())
-    first = " ".join(first_name.split()) or first_name_of(name)
-    line = greeting_for(greeting, name, first, fallback) if greeting else ""
+    """The substitution values of one reader, each escaped for the part it lands in (only the `used` tags).
+    This runs once per reader of a million-reader send: only what the parts use is worked out."""
+    if used is None:
+        used = ALL_TAGS_SET
+    name = " ".join(name.split()) if name else ""
+    values = {TOKEN_TAG: token} if TOKEN_TAG in used else {}
+    first = ""
+    if FIRST_TEXT_TAG in used or FIRST_HTML_TAG in used or "{first_name}" in greeting:
+        first = " ".join(first_name.split()) if first_name else first_name_of(name)
+    if GREETING_TEXT_TAG in used or GREETING_HTML_TAG in used:
+        line = greeting_for(greeting, name, first, fallback) if greeting else ""
+        values[GREETING_TEXT_TAG] = line
+        values[GREETING_HTML_TAG] = html_lib.escape(line, quote=True)
     shown_name = name or DEFAULT_READER_NAME
-    values = {
-        NAME_HTML_TAG: html_lib.escape(shown_name, quote=True), NAME_TEXT_TAG: shown_name,
-        FIRST_HTML_TAG: html_lib.escape(first or shown_name, quote=True), FIRST_TEXT_TAG: first or shown_name,
-        GREETING_HTML_TAG: html_lib.escape(line, quote=True), GREETING_TEXT_TAG: line, TOKEN_TAG: token,
-    }
-    return values if used is None else {tag: value for tag, value in values.items() if tag in used}
+    if NAME_TEXT_TAG in used or NAME_HTML_TAG in used:
+        values[NAME_TEXT_TAG] = shown_name
+        values[NAME_HTML_TAG] = html_lib.escape(shown_name, quote=True)
+    if FIRST_TEXT_TAG in used or FIRST_HTML_TAG in used:
+        values[FIRST_TEXT_TAG] = first or shown_name
+        values[FIRST_HTML_TAG] = html_lib.escape(first or shown_name, quote=True)
+    return values if len(values) == len(used) else {tag: v for tag, v in values.items() if tag in used}
 
 
 def brand_styles(config: Config) -> markup.Styles:

@@ -135,7 +135,8 @@ class Dispatcher:
         with self.ledger_lock:
             self.ledger.refresh()
             self.ledger.check_readable()  # a line nobody can read may be an opt-out: stop rather than guess
-            keep = [r for r in readers if not self.ledger.is_suppressed(r[0])]
+            suppressed = self.ledger.is_suppressed_key  # the readers' addresses are normalised already
+            keep = [r for r in readers if not suppressed(r[0])]
         if len(keep) != len(readers):
             with self.report_lock:
                 self.report.suppressed_late += len(readers) - len(keep)
@@ -266,8 +267,10 @@ class Dispatcher:
         """The eligible readers, streamed in batches."""
         batch: list[Reader] = []
         size = self.p.batch_size
-        for reader in eligible(iter_subscribers(self.p.root), self.ledger, self.p.journal,
-                               resend_in_doubt=self.p.options.resend_in_doubt, tally=self.tally):
+        readers = self.p.readers_from_spool() if self.p.spool is not None else eligible(
+            iter_subscribers(self.p.root), self.ledger, self.p.journal,
+            resend_in_doubt=self.p.options.resend_in_doubt, tally=self.tally)
+        for reader in readers:
             batch.append(reader)
             if len(batch) == size:
                 yield batch
@@ -288,9 +291,10 @@ class Dispatcher:
             if not self.report.stopped:
                 with contextlib.suppress(StorageError):  # the end of a run is for `status`: nobody's fate
                     journal.end()
-        # Readers who unsubscribed after the summary was shown: skipped while streaming or at dispatch.
-        late = self.tally.suppressed + self.report.suppressed_late - self.p.tally.suppressed
-        self.report.suppressed_late = max(late, 0)
+        if self.p.spool is None:
+            # Readers who unsubscribed after the summary was shown: skipped while streaming or at dispatch.
+            late = self.tally.suppressed + self.report.suppressed_late - self.p.tally.suppressed
+            self.report.suppressed_late = max(late, 0)
         # What earlier runs left in doubt (and this run did not resend) still counts.
         state = load_state(path)
         self.report.in_doubt = state.in_doubt_readers
