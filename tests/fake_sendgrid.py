@@ -116,6 +116,13 @@ class FakeSendGrid:
         self.schema_failures: list[str] = []
         self.bytes_received = 0
         self.on_request: Callable[[FakeSendGrid, dict[str, Any], int], None] | None = None
+        # Scheduling and suppressions (shapes in tests/data/sendgrid/)
+        self.batch_ids: list[str] = []
+        self.scheduled_sends: dict[str, str] = {}  # batch id -> "cancel" | "pause"
+        self.scheduled: list[dict[str, Any]] = []  # accepted bodies with send_at: delivered by deliver_scheduled()
+        self.global_suppressions: set[str] = set()
+        self.group_suppressions: dict[str, set[str]] = {}
+        self.suppression_requests: list[tuple[str, str, Any]] = []  # (method, path, body)
         self.received = threading.Event()
         self.lock = threading.Lock()
         self.server: ThreadingHTTPServer | None = None
@@ -134,6 +141,9 @@ class FakeSendGrid:
 
             def do_POST(self) -> None:  # noqa: N802
                 fake._post(self)
+
+            def do_DELETE(self) -> None:  # noqa: N802
+                fake._delete(self)
 
         class Server(ThreadingHTTPServer):
             def handle_error(self, request: Any, client_address: Any) -> None:
@@ -222,8 +232,9 @@ class FakeSendGrid:
             self._reply(h, 404, self._errors("not found"))
 
     def _post(self, h: BaseHTTPRequestHandler) -> None:
-        if h.path.split("?")[0] != "/v3/mail/send":
-            self._reply(h, 404, self._errors("not found"))
+        path = h.path.split("?")[0]
+        if path != "/v3/mail/send":
+            self._post_other(h, path)
             return
         length = int(h.headers.get("Content-Length") or 0)
         raw = h.rfile.read(length)
@@ -302,9 +313,113 @@ class FakeSendGrid:
             if self.keep_bodies:
                 self.accepted.append(body)
             self.responses[index] = 202
+            if "send_at" in body:  # SendGrid holds it until send_at: see deliver_scheduled()
+                self.scheduled.append(body)
+                return
             for p in body.get("personalizations", []):
                 for r in p.get("to", []):
                     self.delivered[r["email"].lower()] += 1
+
+    def suppressed(self, email: str, group: int | None) -> bool:
+        """Whether SendGrid would drop mail to `email` sent with this unsubscribe group."""
+        email = email.lower()
+        return email in self.global_suppressions or (
+            group is not None and email in self.group_suppressions.get(str(group), set()))
+
+    def deliver_scheduled(self) -> None:
+        """send_at has come: deliver the scheduled bodies that were not cancelled, dropping suppressed readers
+        as SendGrid does at delivery time."""
+        with self.lock:
+            due, self.scheduled = self.scheduled, []
+        for body in due:
+            if self.scheduled_sends.get(str(body.get("batch_id", ""))) == "cancel":
+                continue
+            group = (body.get("asm") or {}).get("group_id")
+            for p in body.get("personalizations", []):
+                for r in p.get("to", []):
+                    if not self.suppressed(r["email"], group):
+                        self.delivered[r["email"].lower()] += 1
+
+    # -- scheduling and suppressions -----------------------------------------------------------------
+    _SPECS = {"mail_batch": "mail_batch.json", "scheduled_sends": "scheduled_sends.json",
+              "global": "asm_global_suppressions.json", "group": "asm_group_suppressions.json"}
+
+    def _request_schema(self, spec: str, operation: str) -> dict[str, Any] | None:
+        data = json.loads((SCHEMA_PATH.parent / "sendgrid" / self._SPECS[spec]).read_text(encoding="utf-8"))
+        return data[operation].get("requestBody")
+
+    def _body(self, h: BaseHTTPRequestHandler, spec: str, operation: str) -> Any:
+        """The JSON body, validated against SendGrid's request schema; None (after a 400) when it is not valid."""
+        raw = h.rfile.read(int(h.headers.get("Content-Length") or 0))
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            self._reply(h, 400, self._errors("Bad Request"))
+            return None
+        schema = self._request_schema(spec, operation)
+        if schema is not None:
+            from jsonschema import Draft202012Validator, FormatChecker
+
+            validator = Draft202012Validator(schema, format_checker=FormatChecker())
+            problems = [e.message for e in validator.iter_errors(body)]
+            if problems:
+                self.schema_failures.extend(problems)
+                self._reply(h, 400, self._errors(problems[0]))
+                return None
+        return body
+
+    def _post_other(self, h: BaseHTTPRequestHandler, path: str) -> None:
+        if not self._authorized(h):
+            return
+        if path == "/v3/mail/batch":
+            self._body(h, "mail_batch", "create")
+            batch_id = uuid.uuid4().hex
+            self.batch_ids.append(batch_id)
+            self._reply(h, 201, {"batch_id": batch_id})
+        elif path == "/v3/user/scheduled_sends":
+            body = self._body(h, "scheduled_sends", "cancel_or_pause")
+            if body is None:
+                return
+            if body["batch_id"] in self.scheduled_sends:  # a second status for the same batch: SendGrid says 400
+                self._reply(h, 400, self._errors("batch id already has a status", "batch_id"))
+                return
+            self.scheduled_sends[body["batch_id"]] = body["status"]
+            self._reply(h, 201, body)
+        elif path == "/v3/asm/suppressions/global" or (path.startswith("/v3/asm/groups/")
+                                                        and path.endswith("/suppressions")):
+            is_global = path == "/v3/asm/suppressions/global"
+            body = self._body(h, "global" if is_global else "group", "add")
+            if body is None:
+                return
+            with self.lock:
+                self.suppression_requests.append(("POST", path, body))
+                emails = {e.lower() for e in body["recipient_emails"]}
+                if is_global:
+                    self.global_suppressions |= emails
+                else:
+                    self.group_suppressions.setdefault(path.split("/")[4], set()).update(emails)
+            self._reply(h, 201, body)
+        else:
+            self._reply(h, 404, self._errors("not found"))
+
+    def _delete(self, h: BaseHTTPRequestHandler) -> None:
+        from urllib.parse import unquote
+
+        if not self._authorized(h):
+            return
+        parts = [unquote(p) for p in h.path.split("?")[0].split("/")]
+        with self.lock:
+            self.suppression_requests.append(("DELETE", h.path, None))
+            if parts[1:5] == ["v3", "asm", "suppressions", "global"] and len(parts) == 6:
+                self.global_suppressions.discard(parts[5].lower())
+            elif parts[1:4] == ["v3", "asm", "groups"] and len(parts) == 7 and parts[5] == "suppressions":
+                self.group_suppressions.get(parts[4], set()).discard(parts[6].lower())
+            else:
+                self._reply(h, 404, self._errors("not found"))
+                return
+        h.send_response(204)
+        h.send_header("Content-Length", "0")
+        h.end_headers()
 
 
 if __name__ == "__main__":  # a fake to point a manual `newsletter send` (or a benchmark) at

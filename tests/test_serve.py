@@ -75,7 +75,7 @@ def start_server(project: Path, tmp_path: Path, extra_env: dict[str, str] | None
     public = base64.b64encode(key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).decode()
     port = free_port()
-    env = dict(os.environ, NEWSLETTER_SECRET=SECRET, **(extra_env or {}))
+    env = {**os.environ, "NEWSLETTER_SECRET": SECRET, **(extra_env or {})}
     if public_key:
         env["SENDGRID_WEBHOOK_PUBLIC_KEY"] = public
     log_path = tmp_path / "serve.log"

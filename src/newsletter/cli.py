@@ -249,6 +249,8 @@ def subscribers_import(root: Path, files: tuple[Path, ...], dry_run: bool) -> No
         click.echo(f"  rows without an address: {r.empty}")
     if (failure := r.failure()) is not None:
         raise failure
+    if r.ledger_new and not dry_run:
+        _tell_sendgrid(root)
 
 
 def _where(source: str, files: int) -> str:
@@ -324,6 +326,18 @@ def subscribers_export(root: Path, file: Path, include_suppressed: bool) -> None
     click.echo(f"wrote {n} reader(s) to {file}")
 
 
+def _tell_sendgrid(root: Path) -> None:
+    from .push import pending, push_if_possible
+
+    if not len(pending(root)):
+        return
+    pushed, why = push_if_possible(root)
+    if why:
+        click.echo(f"SendGrid not told yet ({why}): `newsletter sync` pushes it", err=True)
+    else:
+        click.echo(f"SendGrid told: {pushed} address(es) on its suppression list updated", err=True)
+
+
 def _ledger_append(root: Path, addresses: tuple[str, ...], event: str, detail: str) -> None:
     from .ledger import ledger_path
     from .subscribers import record_ledger_events
@@ -357,6 +371,7 @@ def unsubscribe(root: Path, addresses: tuple[str, ...], reason: str, event: str)
       newsletter unsubscribe ada@example.net --reason "asked by reply"
     """
     _ledger_append(root, addresses, event, reason)
+    _tell_sendgrid(root)
 
 
 @main.command()
@@ -371,6 +386,7 @@ def resubscribe(root: Path, addresses: tuple[str, ...], note: str) -> None:
       newsletter resubscribe ada@example.net --note "signed up again on the site"
     """
     _ledger_append(root, addresses, "resubscribe", note)
+    _tell_sendgrid(root)
     click.echo("if SendGrid suppresses the address too (a bounce, or its own unsubscribe list), remove it there "
                "as well: SendGrid drops mail to its suppressed addresses", err=True)
 
@@ -527,6 +543,10 @@ def status(root: Path, slug: str, show_readers: bool) -> None:
     for run in s.runs:
         click.echo(f"  run:      started {run.started}" + (f", ended {run.ended}" if run.ended else
                                                            ", did not finish (killed or stopped)"))
+    for sched in s.schedules:
+        click.echo(f"  cancelled at {sched.cancelled_at}: the send scheduled for {sched.send_at} (batch "
+                   f"{sched.batch_id})" if sched.cancelled_at else
+                   f"  scheduled for {sched.send_at} (batch {sched.batch_id})")
     click.echo(f"sent:       {s.sent} reader(s) in {s.sent_batches} batch(es)")
     click.echo(f"pending:    {s.pending} reader(s) not sent yet")
     click.echo(f"suppressed: {s.suppressed}")
@@ -542,6 +562,29 @@ def status(root: Path, slug: str, show_readers: bool) -> None:
             click.echo(f"  {address}")
     if s.in_doubt_readers or s.failed_readers:
         sys.exit(1)
+
+
+@main.command()
+@click.option("--issue", "slug", required=True, metavar="SLUG", help="The issue whose scheduled send to cancel.")
+@command_options
+def unschedule(root: Path, slug: str) -> None:
+    """Cancel a send scheduled with `send --at`, at SendGrid (its batch id). The issue can then be scheduled or
+    sent again; the cancelled batches do not count as sent.
+
+    \b
+    Example:
+      newsletter unschedule --issue micro-moments-of-connection
+    """
+    import datetime as dt
+
+    from .send import unschedule as cancel
+
+    schedule = cancel(root, slug)
+    click.echo(f"cancelled the send scheduled for {schedule.send_at} (batch {schedule.batch_id}); "
+               f"`newsletter send --issue {slug}` can schedule or send it again")
+    if dt.datetime.fromisoformat(schedule.send_at) - dt.datetime.now(dt.UTC) < dt.timedelta(minutes=10):
+        click.secho("warning: SendGrid only promises to cancel 10 minutes or more before the send time: check "
+                    "`newsletter stats` for deliveries", fg="yellow", err=True)
 
 
 @main.command()
@@ -565,18 +608,35 @@ def serve(root: Path, host: str, port: int) -> None:
 
 @main.command()
 @click.option("--full", is_flag=True, help="Read the whole lists, not only what changed since the last sync.")
+@click.option("--pending", "show_pending", is_flag=True, help="Only list what waits to be pushed to SendGrid.")
 @command_options
-def sync(root: Path, full: bool) -> None:
-    """Pull SendGrid's suppression lists (unsubscribes, groups, bounces, spam reports, invalid) into the ledger.
+def sync(root: Path, full: bool, show_pending: bool) -> None:
+    """Push the opt-outs SendGrid has not heard of yet (unsubscribes and spam reports from the command line,
+    the page, one-click and imports; resubscribes), then pull SendGrid's suppression lists (unsubscribes,
+    groups, bounces, spam reports, invalid) into the ledger.
 
     \b
-    Example:
+    Examples:
       newsletter sync
+      newsletter sync --pending
     """
+    from .config import load_config
+    from .push import pending, push
     from .sendgrid import SendGridTransport, api_key_from_env
     from .sync import sync_suppressions
 
-    report = sync_suppressions(root, SendGridTransport(api_key_from_env()), full=full)
+    waiting = pending(root)
+    click.echo(f"waiting to reach SendGrid: {len(waiting.add)} opt-out(s), {len(waiting.remove)} lift(s)")
+    if show_pending:
+        for address in waiting.add:
+            click.echo(f"  suppress {address}")
+        for address in waiting.remove:
+            click.echo(f"  lift     {address}")
+        return
+    transport = SendGridTransport(api_key_from_env())
+    pushed = push(root, transport, load_config(root).sendgrid.asm_group_id)
+    click.echo(f"pushed {pushed} address(es) to SendGrid's suppression list")
+    report = sync_suppressions(root, transport, full=full)
     for endpoint, fetched in report.fetched.items():
         click.echo(f"{endpoint}: {fetched} listed, {report.appended[endpoint]} new in the ledger")
     click.echo(f"appended {sum(report.appended.values())} event(s)")

@@ -12,6 +12,8 @@ File: subscribers/sends/<slug>.jsonl, one JSON object per line:
   {"t": "replaced", "b": 7, "why": ...}      not sent; its readers went into new batches (a 413 split,
                                              or unsubscribes that arrived while waiting to retry)
   {"t": "doubt", "b": 7, "error": ...}       the request went out and no answer came: fate unknown
+  {"t": "schedule", "batch_id", "send_at"}   the batches that follow are SendGrid-scheduled under this batch id
+  {"t": "cancel", "batch_id", "at"}          ... and were cancelled: their readers count as not sent
 A batch whose last record is `attempt` or `doubt` is in doubt: never re-sent unless asked.
 
 A record counts only when it is whole (it ends in a newline): a request leaves only after its `attempt`
@@ -42,6 +44,7 @@ SENDS_DIR = "sends"
 # The record types: spelled here and nowhere else.
 _RUN, _END, _BATCH, _ATTEMPT, _OK, _RETRY, _FAILED, _REPLACED, _DOUBT = (
     "run", "end", "batch", "attempt", "ok", "retry", "failed", "replaced", "doubt")
+_SCHEDULE, _CANCEL = "schedule", "cancel"
 
 
 def journal_path(root: Path, slug: str) -> Path:
@@ -70,6 +73,25 @@ class BatchState:
     state: BatchFate
     emails: list[str] = field(default_factory=list)
     error: str = ""
+    schedule: str = ""  # the SendGrid batch id it was scheduled under, if any
+
+
+@dataclass
+class ScheduleInfo:
+    """A send scheduled through SendGrid (`send --at`): its batch id, when it goes out, and a cancel."""
+
+    batch_id: str
+    send_at: str
+    cancelled_at: str = ""
+
+    def pending(self, now: dt.datetime | None = None) -> bool:
+        """Not cancelled and not gone out yet."""
+        if self.cancelled_at:
+            return False
+        try:
+            return dt.datetime.fromisoformat(self.send_at) > (now or dt.datetime.now(dt.UTC))
+        except ValueError:
+            return False
 
 
 @dataclass
@@ -92,6 +114,11 @@ class JournalState:
     sent_batches: int = 0
     next_batch: int = 1
     run_list: list[RunInfo] = field(default_factory=list)
+    schedules: list[ScheduleInfo] = field(default_factory=list)
+
+    def pending_schedule(self) -> ScheduleInfo | None:
+        """The scheduled send that can still be cancelled, if any."""
+        return next((s for s in reversed(self.schedules) if s.pending()), None)
 
     def is_sent(self, address: str) -> bool:
         """Whether SendGrid accepted a request that held this reader."""
@@ -168,14 +195,12 @@ def load_state(path: Path) -> JournalState:
     """Replay the journal, keeping readers' addresses only for batches that are not settled."""
     state = JournalState()
     open_batches: dict[int, BatchState] = {}  # defined or attempted, outcome not yet read
+    scheduled: dict[str, tuple[set[int], int]] = {}  # batch id -> (readers accepted, batches) until cancelled
+    schedule = ""  # the batch id of the run being replayed, when it was scheduled
     for rec in read_records(path):
         kind = rec.get("t")
-        if kind == _RUN:
-            state.run_list.append(RunInfo(str(rec.get("at", "")), readers=int(rec.get("readers", 0) or 0)))
-            continue
-        if kind == _END:
-            if state.run_list:
-                state.run_list[-1].ended = str(rec.get("at", ""))
+        if kind in (_RUN, _END, _SCHEDULE, _CANCEL):
+            schedule = _apply_run(state, scheduled, open_batches, kind, rec, schedule)
             continue
         try:
             b = int(rec.get("b", 0))
@@ -184,11 +209,15 @@ def load_state(path: Path) -> JournalState:
         state.next_batch = max(state.next_batch, b + 1)
         if kind == _BATCH:
             emails = [str(e) for e in rec.get("emails", [])]
-            open_batches[b] = BatchState(readers=len(emails), state=BatchFate.DEFINED, emails=emails)
+            open_batches[b] = BatchState(readers=len(emails), state=BatchFate.DEFINED, emails=emails,
+                                         schedule=schedule)
             continue
         batch = open_batches.get(b)
         if batch is not None:
-            _apply(state, open_batches, b, batch, kind, rec)
+            _apply(state, open_batches, b, batch, kind, rec, scheduled)
+    for accepted, batches in scheduled.values():  # scheduled and not cancelled: as good as sent
+        state.sent |= accepted
+        state.sent_batches += batches
     for b, batch in open_batches.items():
         if batch.state is BatchFate.DOUBT:  # the request went out (or may have) and no answer was recorded
             state.doubt.update(hash(e) for e in batch.emails)
@@ -201,8 +230,33 @@ def load_state(path: Path) -> JournalState:
     return state
 
 
+def _apply_run(state: JournalState, scheduled: dict[str, tuple[set[int], int]], open_batches: dict[int, BatchState],
+               kind: Any, rec: dict[str, Any], schedule: str) -> str:
+    """A run, end, schedule or cancel record; returns the schedule the following batches belong to."""
+    if kind == _RUN:
+        state.run_list.append(RunInfo(str(rec.get("at", "")), readers=int(rec.get("readers", 0) or 0)))
+        return str(rec.get("batch_id") or "")
+    if kind == _END:
+        if state.run_list:
+            state.run_list[-1].ended = str(rec.get("at", ""))
+        return schedule
+    batch_id = str(rec.get("batch_id") or "")
+    if kind == _SCHEDULE:
+        state.schedules.append(ScheduleInfo(batch_id, str(rec.get("send_at", ""))))
+        scheduled.setdefault(batch_id, (set(), 0))
+        return batch_id
+    # A cancel: SendGrid discards the batch's mail, so its readers were not sent, nor are they in doubt.
+    for info in state.schedules:
+        if info.batch_id == batch_id:
+            info.cancelled_at = str(rec.get("at", ""))
+    scheduled.pop(batch_id, None)
+    for b in [b for b, batch in open_batches.items() if batch.schedule == batch_id]:
+        del open_batches[b]
+    return "" if schedule == batch_id else schedule
+
+
 def _apply(state: JournalState, open_batches: dict[int, BatchState], b: int, batch: BatchState, kind: Any,
-           rec: dict[str, Any]) -> None:
+           rec: dict[str, Any], scheduled: dict[str, tuple[set[int], int]]) -> None:
     """One outcome record of an open batch."""
     if kind in (_ATTEMPT, _DOUBT):
         batch.state, batch.error = BatchFate.DOUBT, str(rec.get("error", "no answer recorded"))
@@ -210,8 +264,13 @@ def _apply(state: JournalState, open_batches: dict[int, BatchState], b: int, bat
         batch.state = BatchFate.DEFINED
     elif kind == _OK:
         # Settled: only the hashes are kept, so a million-reader journal stays small in memory.
-        state.sent.update(hash(e) for e in batch.emails)
-        state.sent_batches += 1
+        if batch.schedule in scheduled:
+            accepted, count = scheduled[batch.schedule]
+            accepted.update(hash(e) for e in batch.emails)
+            scheduled[batch.schedule] = (accepted, count + 1)
+        else:
+            state.sent.update(hash(e) for e in batch.emails)
+            state.sent_batches += 1
         del open_batches[b]
     elif kind == _REPLACED:
         del open_batches[b]
@@ -246,9 +305,21 @@ class Journal:
             self._fd = None
 
     # -- the records ------------------------------------------------------------------------------------
-    def run(self, readers: int, resend_in_doubt: bool) -> None:
-        """A send starts."""
-        self._write({"t": _RUN, "at": _now(), "readers": readers, "resend_in_doubt": resend_in_doubt})
+    def run(self, readers: int, resend_in_doubt: bool, batch_id: str = "") -> None:
+        """A send starts (scheduled under SendGrid's `batch_id` when given)."""
+        record: dict[str, Any] = {"t": _RUN, "at": _now(), "readers": readers, "resend_in_doubt": resend_in_doubt}
+        if batch_id:
+            record["batch_id"] = batch_id
+        self._write(record)
+
+    def schedule(self, batch_id: str, send_at: dt.datetime) -> None:
+        """The requests that follow are scheduled for `send_at` under SendGrid's `batch_id`."""
+        self._write({"t": _SCHEDULE, "batch_id": batch_id, "send_at": send_at.astimezone(dt.UTC).isoformat(),
+                     "at": _now()})
+
+    def cancel(self, batch_id: str) -> None:
+        """SendGrid accepted the cancel of a scheduled batch."""
+        self._write({"t": _CANCEL, "batch_id": batch_id, "at": _now()})
 
     def end(self) -> None:
         """A send ends (killed runs have none)."""

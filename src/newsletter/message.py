@@ -24,7 +24,7 @@ class MessageBuilder:
     """Builds request bodies: the shared part once, then a small personalization per reader."""
 
     def __init__(self, config: Config, rendered: RenderedEmail, *, secret: str, slug: str, subject: str,
-                 sandbox: bool = False, send_at: dt.datetime | None = None) -> None:
+                 sandbox: bool = False, send_at: dt.datetime | None = None, batch_id: str = "") -> None:
         cfg = config
         s = cfg.sendgrid
         self.secret = secret
@@ -60,6 +60,8 @@ class MessageBuilder:
             body["mail_settings"] = {"sandbox_mode": {"enable": True}}
         if send_at is not None:
             body["send_at"] = int(send_at.timestamp())
+        if batch_id:  # what `newsletter unschedule` cancels
+            body["batch_id"] = batch_id
         self.shared = body
 
     def personalization(self, email: str, name: str, first_name: str = "") -> dict[str, Any]:

@@ -92,10 +92,11 @@ class Prepared:
         """Requests this run will make (before any split)."""
         return -(-self.readers // self.batch_size)
 
-    def builder(self) -> MessageBuilder:
-        """The request builder for this send."""
+    def builder(self, batch_id: str = "") -> MessageBuilder:
+        """The request builder for this send (scheduled under SendGrid's `batch_id` when given)."""
         return MessageBuilder(self.config, self.rendered, secret=self.secret, slug=self.issue.slug,
-                              subject=self.subject, sandbox=self.options.sandbox, send_at=self.options.at)
+                              subject=self.subject, sandbox=self.options.sandbox, send_at=self.options.at,
+                              batch_id=batch_id)
 
     @property
     def nothing_to_send(self) -> str:

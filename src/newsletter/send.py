@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import LedgerError, SendError, StorageError, TransportError
-from .journal import Journal, RunInfo, journal_path, load_state, send_lock
+from .journal import Journal, RunInfo, ScheduleInfo, journal_path, load_state, send_lock
 from .ledger import Ledger, load_ledger
 from .pipeline import load
 from .preflight import Prepared
@@ -109,10 +109,12 @@ class Dispatcher:
     """Sends batches through a small pool; records each step in the journal; retries what may be retried."""
 
     def __init__(self, prepared: Prepared, transport: SendGridTransport | None,
-                 progress: Callable[[Progress], None] | None = None, sleep: Callable[[float], None] = time.sleep):
+                 progress: Callable[[Progress], None] | None = None, sleep: Callable[[float], None] = time.sleep,
+                 batch_id: str = ""):
         self.p = prepared
         self.transport = transport
-        self.builder = prepared.builder()
+        self.batch_id = batch_id  # SendGrid's, for a scheduled send
+        self.builder = prepared.builder(batch_id)
         self.progress = progress or (lambda _: None)
         self.sleep = sleep
         self.report = SendReport(suppressed=prepared.tally.suppressed, already_sent=prepared.tally.already_sent)
@@ -285,7 +287,9 @@ class Dispatcher:
         path = journal_path(self.p.root, self.p.issue.slug)
         with Journal(path) as journal:
             self.journal = journal
-            journal.run(self.p.readers, self.p.options.resend_in_doubt)
+            if self.batch_id and self.p.options.at is not None:
+                journal.schedule(self.batch_id, self.p.options.at)
+            journal.run(self.p.readers, self.p.options.resend_in_doubt, self.batch_id)
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="send") as pool:
                 self._feed(pool, workers)
             if not self.report.stopped:
@@ -364,10 +368,56 @@ def dispatch(prepared: Prepared, progress: Callable[[Progress], None] | None = N
         with send_lock(prepared.root, prepared.issue.slug):
             # Re-read the journal under the lock: another run may have finished since `prepare`.
             prepared.journal = load_state(journal_path(prepared.root, prepared.issue.slug))
-            return Dispatcher(prepared, transport, progress).run()
+            batch_id = _new_schedule(prepared, transport) if prepared.options.at is not None else ""
+            return Dispatcher(prepared, transport, progress, batch_id=batch_id).run()
     except Timeout:
         raise SendError(f"another `newsletter send` of {prepared.issue.slug} is running",
                         hint="wait for it to finish; two sends of one issue at once are refused") from None
+
+
+def _new_schedule(prepared: Prepared, transport: SendGridTransport | None) -> str:
+    """A SendGrid batch id for a scheduled send; refused while another schedule of the issue is pending."""
+    pending = prepared.journal.pending_schedule()
+    if pending is not None:
+        raise SendError(f"{prepared.issue.slug} is already scheduled for {pending.send_at} "
+                        f"(batch {pending.batch_id})",
+                        hint=f"`newsletter unschedule --issue {prepared.issue.slug}` first, then schedule it again")
+    assert transport is not None
+    try:
+        return transport.create_batch()
+    except TransportError as exc:
+        raise SendError(f"cannot create a batch id for the scheduled send, nothing was sent: {exc}") from None
+
+
+def unschedule(root: Path, slug: str) -> ScheduleInfo:
+    """Cancel the issue's pending scheduled send at SendGrid and journal it; its readers count as not sent."""
+    from filelock import Timeout
+
+    from .sendgrid import api_key_from_env
+
+    config, issue = load(root, slug)
+    path = journal_path(root, issue.slug)
+    try:
+        with send_lock(root, issue.slug):
+            state = load_state(path)
+            pending = state.pending_schedule()
+            if pending is None:
+                last = state.schedules[-1] if state.schedules else None
+                why = (f"; the last one was cancelled at {last.cancelled_at}" if last and last.cancelled_at else
+                       f"; the last one went out at {last.send_at}" if last else "")
+                raise SendError(f"nothing is scheduled for {issue.slug}{why}")
+            transport = SendGridTransport(api_key_from_env(), timeout=config.sendgrid.timeout)
+            try:
+                transport.cancel_scheduled(pending.batch_id)
+            except TransportError as exc:
+                raise SendError(f"SendGrid did not cancel batch {pending.batch_id}: {exc}",
+                                hint="the send is still scheduled; try again") from None
+            with Journal(path) as journal:
+                journal.cancel(pending.batch_id)
+    except Timeout:
+        raise SendError(f"a `newsletter send` of {issue.slug} is running",
+                        hint="wait for it to finish, then unschedule") from None
+    return pending
 
 
 def _dry_run(prepared: Prepared) -> SendReport:
@@ -395,6 +445,7 @@ class Status:
 
     slug: str
     runs: list[RunInfo]
+    schedules: list[ScheduleInfo]
     sent: int
     sent_batches: int
     pending: int
@@ -414,8 +465,9 @@ def send_status(root: Path, slug: str) -> Status:
     pending = sum(1 for _ in eligible(iter_subscribers(root), load_ledger(root), state, resend_in_doubt=False,
                                       tally=tally))
     return Status(
-        slug=issue.slug, runs=state.runs(), sent=state.sent_readers, sent_batches=state.sent_batches,
-        pending=pending, suppressed=tally.suppressed, failed_batches=len(state.failed_batches),
+        slug=issue.slug, runs=state.runs(), schedules=state.schedules, sent=state.sent_readers,
+        sent_batches=state.sent_batches, pending=pending, suppressed=tally.suppressed,
+        failed_batches=len(state.failed_batches),
         failed_readers=sum(b.readers for b in state.failed_batches.values()),
         in_doubt_batches=state.doubt_batch_count(), in_doubt_readers=state.in_doubt_readers,
         doubt_details=[(b, s.readers, s.error) for b, s in sorted(state.doubt_batches.items())],

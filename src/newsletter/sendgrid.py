@@ -116,6 +116,47 @@ class SendGridTransport:
         except ValueError:
             raise TransportError(f"GET {path} answered something that is not JSON") from None
 
+    def request_json(self, method: str, path: str, body: Any = None) -> Any:
+        """`method` /v3/<path> with a JSON body; the decoded JSON answer (None when empty)."""
+        segments = [s for s in path.strip("/").split("/") if s][1:]  # the client adds /v3 itself
+
+        def call(client: Any) -> Any:
+            for segment in segments:
+                client = client._(segment)
+            return getattr(client, method.lower())(request_body=body) if body is not None else \
+                getattr(client, method.lower())()
+
+        response = self._call(call)
+        try:
+            return json.loads(response.body) if response.body else None
+        except ValueError:
+            raise TransportError(f"{method} {path} answered something that is not JSON") from None
+
+    def create_batch(self) -> str:
+        """A new batch id (POST /v3/mail/batch): it lets a scheduled send be cancelled."""
+        answer = self.request_json("POST", "/v3/mail/batch")
+        batch_id = answer.get("batch_id") if isinstance(answer, dict) else None
+        if not isinstance(batch_id, str) or not batch_id:
+            raise TransportError("POST /v3/mail/batch answered without a batch_id")
+        return batch_id
+
+    def cancel_scheduled(self, batch_id: str) -> None:
+        """Cancel every message of a scheduled batch (POST /v3/user/scheduled_sends, status cancel)."""
+        self.request_json("POST", "/v3/user/scheduled_sends", {"batch_id": batch_id, "status": "cancel"})
+
+    def add_suppressions(self, emails: list[str], group_id: int | None) -> None:
+        """Unsubscribe addresses in SendGrid: the unsubscribe group when there is one, else globally."""
+        path = f"/v3/asm/groups/{group_id}/suppressions" if group_id else "/v3/asm/suppressions/global"
+        self.request_json("POST", path, {"recipient_emails": emails})
+
+    def remove_suppression(self, email: str, group_id: int | None) -> None:
+        """Lift what add_suppressions did for one address."""
+        from urllib.parse import quote
+
+        path = (f"/v3/asm/groups/{group_id}/suppressions/{quote(email, safe='@')}" if group_id
+                else f"/v3/asm/suppressions/global/{quote(email, safe='@')}")
+        self.request_json("DELETE", path)
+
     def send(self, body: dict[str, Any]) -> Accepted:
         """POST /v3/mail/send; raises TransportError on anything but 200/202."""
         response = self._call(lambda c: c.mail.send.post(request_body=body))

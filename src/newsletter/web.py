@@ -149,6 +149,16 @@ def create_app(root: Path) -> Any:
                           what=f"a {source} unsubscribe")
             return True  # the next request's refresh reads it back
 
+    def tell_sendgrid() -> None:
+        from .push import push_if_possible
+
+        with push_lock:
+            pushed, why = push_if_possible(root)
+        if why:
+            log.warning("opt-out not pushed to SendGrid yet (%s): `newsletter sync` pushes it", _loggable(why))
+
+    push_lock = threading.Lock()
+
     def record_events(events: list[dict[str, Any]]) -> RecordResult:
         # The lock is taken in a worker thread, never across an await on the event loop.
         with state.lock:
@@ -166,7 +176,7 @@ def create_app(root: Path) -> Any:
         one_click = form.get("List-Unsubscribe", [""])[0] == "One-Click" or (
             b'name="List-Unsubscribe"' in body and b"One-Click" in body)
         try:
-            await run_in_threadpool(record_unsubscribe, email, "one-click" if one_click else "page")
+            recorded = await run_in_threadpool(record_unsubscribe, email, "one-click" if one_click else "page")
         except (NewsletterError, OSError) as exc:
             # Nothing was stored, so nothing is claimed: 503 makes a one-click client retry, and the reader
             # is told plainly. The log line names the cause, never the address.
@@ -175,6 +185,10 @@ def create_app(root: Path) -> Any:
                          "<p>Something went wrong on our side and your request was <strong>not</strong> recorded. "
                          "Please try again in a few minutes, or reply to any issue and ask to be removed: "
                          "we will do it by hand.</p>", 503)
+        if recorded:
+            # Tell SendGrid too, so mail already scheduled to this reader is dropped; after the answer, in the
+            # background: the reader does not wait on SendGrid, and what fails waits for `newsletter sync`.
+            threading.Thread(target=tell_sendgrid, daemon=True).start()
         return _page(config, "You are unsubscribed",
                      f"<p><strong>{html.escape(email)}</strong> will get no more emails from "
                      f"{html.escape(config.name)}.</p><p>Thank you for reading. If this was a mistake, reply "

@@ -1,0 +1,113 @@
+"""Scheduled sends can be taken back, and opt-outs reach SendGrid so it drops mail already handed to it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from pathlib import Path
+
+import pytest
+from conftest import SEED_SLUG, Cli
+from fake_sendgrid import FakeSendGrid
+from test_send import SECRET, configure, env, fake, readers, sender, write_list  # noqa: F401 - fixtures
+
+from newsletter.journal import journal_path, load_state
+
+
+def _at(hours: float = 2) -> str:
+    return (dt.datetime.now().astimezone() + dt.timedelta(hours=hours)).isoformat(timespec="minutes")
+
+
+def test_a_scheduled_send_has_a_batch_id_and_an_unsubscribe_reaches_sendgrid(
+        sender: Cli, fake: FakeSendGrid, tmp_path: Path) -> None:
+    from test_serve import start_server, stop_server
+
+    write_list(sender.root, readers(3))
+    result = sender("send", "--issue", SEED_SLUG, "--yes", "--no-sync", "--at", _at())
+    assert result.exit_code == 0, result.output
+    assert len(fake.batch_ids) == 1
+    batch_id = fake.batch_ids[0]
+    assert fake.accepted and all(b["batch_id"] == batch_id and "send_at" in b for b in fake.accepted)
+    assert not fake.delivered  # SendGrid holds it until send_at
+    status = sender("status", "--issue", SEED_SLUG).output
+    assert "scheduled for 20" in status and f"(batch {batch_id})" in status
+    # a reader unsubscribes through our page before send_at
+    srv = start_server(sender.root, tmp_path, {"NEWSLETTER_SECRET": SECRET})
+    try:
+        code, _ = srv.request("POST", srv.url("reader1@readers.net", SECRET), b"List-Unsubscribe=One-Click",
+                              {"Content-Type": "application/x-www-form-urlencoded"})
+        assert code == 200
+        deadline = time.monotonic() + 10
+        while "reader1@readers.net" not in fake.global_suppressions and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert fake.global_suppressions == {"reader1@readers.net"}
+    finally:
+        stop_server(srv)
+    fake.deliver_scheduled()  # send_at comes: SendGrid drops the suppressed reader
+    assert dict(fake.delivered) == {"reader0@readers.net": 1, "reader2@readers.net": 1}
+
+
+def test_schedule_unschedule_and_send_again(sender: Cli, fake: FakeSendGrid) -> None:
+    write_list(sender.root, readers(4))
+    assert sender("send", "--issue", SEED_SLUG, "--yes", "--no-sync", "--at", _at()).exit_code == 0
+    again = sender("send", "--issue", SEED_SLUG, "--yes", "--no-sync", "--at", _at(3))
+    assert again.exit_code == 1 and "already scheduled for" in again.output and "newsletter unschedule" in again.output
+    assert len(fake.batch_ids) == 1
+    batch_id = fake.batch_ids[0]
+    cancelled = sender("unschedule", "--issue", SEED_SLUG)
+    assert cancelled.exit_code == 0, cancelled.output
+    assert "cancelled the send scheduled for" in cancelled.output and batch_id in cancelled.output
+    assert fake.scheduled_sends == {batch_id: "cancel"}
+    state = load_state(journal_path(sender.root, SEED_SLUG))
+    assert state.sent_readers == 0 and state.pending_schedule() is None  # cancelled batches do not count
+    assert "cancelled at" in sender("status", "--issue", SEED_SLUG).output
+    assert sender("unschedule", "--issue", SEED_SLUG).exit_code == 1  # nothing scheduled any more
+    now = sender("send", "--issue", SEED_SLUG, "--yes", "--no-sync")
+    assert now.exit_code == 0, now.output
+    fake.deliver_scheduled()  # the cancelled batch is discarded at send_at
+    assert dict(fake.delivered) == {e: 1 for e, _ in readers(4)}
+
+
+def test_command_line_opt_outs_reach_sendgrid_and_resubscribe_lifts_them(sender: Cli, fake: FakeSendGrid) -> None:
+    write_list(sender.root, readers(2))
+    out = sender("unsubscribe", "reader0@readers.net")
+    assert "SendGrid told: 1 address(es)" in out.output
+    assert fake.global_suppressions == {"reader0@readers.net"}
+    sender("resubscribe", "reader0@readers.net")
+    assert fake.global_suppressions == set()
+    assert fake.suppression_requests[-1][0] == "DELETE"
+    configure(sender.root, asm_group_id=42)  # with an unsubscribe group, the group's list
+    sender("unsubscribe", "reader1@readers.net", "--event", "spamreport")
+    assert fake.group_suppressions == {"42": {"reader1@readers.net"}}
+    bounce = sender("unsubscribe", "reader0@readers.net", "--event", "bounce")  # SendGrid has its own bounces
+    assert "SendGrid told" not in bounce.output and fake.group_suppressions == {"42": {"reader1@readers.net"}}
+
+
+def test_what_cannot_be_pushed_waits_for_sync(sender: Cli, fake: FakeSendGrid,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SENDGRID_API_KEY")
+    out = sender("unsubscribe", "a@readers.net", "b@readers.net")
+    assert out.exit_code == 0 and "SendGrid not told yet (SENDGRID_API_KEY is not set)" in out.output
+    from newsletter.ledger import Event, append_events, ledger_path
+
+    append_events(ledger_path(sender.root), [Event("c@readers.net", "unsubscribe", source="sendgrid")])  # webhook
+    pending = sender("sync", "--pending")
+    assert "waiting to reach SendGrid: 2 opt-out(s), 0 lift(s)" in pending.output
+    assert "suppress a@readers.net" in pending.output and "c@readers.net" not in pending.output
+    monkeypatch.setenv("SENDGRID_API_KEY", "SG.test-key.for-the-fake")
+    synced = sender("sync")
+    assert synced.exit_code == 0, synced.output
+    assert "pushed 2 address(es)" in synced.output
+    assert fake.global_suppressions == {"a@readers.net", "b@readers.net"}  # not c: it came from SendGrid
+    assert "waiting to reach SendGrid: 0 opt-out(s)" in sender("sync", "--pending").output
+
+
+def test_imported_opt_outs_are_pushed_in_batches_of_1000(sender: Cli, fake: FakeSendGrid, tmp_path: Path) -> None:
+    export = tmp_path / "unsubscribed_members_export_1a.csv"
+    export.write_text("Email Address,UNSUB_TIME\n" + "".join(f"gone{i}@readers.net,2024-01-01 00:00:00\n"
+                                                             for i in range(2500)))
+    result = sender("subscribers", "import", str(export))
+    assert result.exit_code == 0, result.output
+    posts = [b for m, p, b in fake.suppression_requests if m == "POST"]
+    assert [len(b["recipient_emails"]) for b in posts] == [1000, 1000, 500]
+    assert len(fake.global_suppressions) == 2500
