@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from fake_sendgrid import API_KEY, FakeSendGrid
 
 from newsletter.cli import main
 
@@ -131,3 +135,48 @@ def shim_env(shim: Path, match: str, *, tear: str = "", full_file: Path | None =
     if full_file is not None:
         env["SHIM_FULL_FILE"] = str(full_file)
     return env
+
+
+# -- sending against the fake SendGrid (tests/fake_sendgrid.py) --------------------------------------------------
+SECRET = "test-secret-0123456789"
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeSendGrid]:
+    server = FakeSendGrid().start()
+    yield server
+    server.stop()
+    assert not server.schema_failures, server.schema_failures[:5]
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, fake: FakeSendGrid) -> dict[str, str]:
+    values = {"SENDGRID_API_URL": fake.url, "SENDGRID_API_KEY": API_KEY, "NEWSLETTER_SECRET": SECRET}
+    for k, v in values.items():
+        monkeypatch.setenv(k, v)
+    return values
+
+
+def configure(root: Path, **sendgrid: object) -> None:
+    settings_ = {"backoff": 0.01, "timeout": 2, "concurrency": 2, **sendgrid}
+    block = "sendgrid:\n" + "".join(f"  {k}: {json.dumps(v)}\n" for k, v in settings_.items())
+    path = root / "newsletter.yaml"
+    path.write_text(path.read_text() + block)
+
+
+def write_list(root: Path, rows: list[tuple[str, str]]) -> None:
+
+    with open(root / "subscribers" / "subscribers.csv", "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["email", "name"])
+        w.writerows(rows)
+
+
+def readers(n: int, start: int = 0) -> list[tuple[str, str]]:
+    return [(f"reader{i}@readers.net", f"Reader {i}") for i in range(start, start + n)]
+
+
+@pytest.fixture
+def sender(ready_project: Path, env: dict[str, str]) -> Cli:
+    configure(ready_project)
+    return Cli(ready_project)

@@ -7,9 +7,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SEED_SLUG, Cli
+from conftest import SECRET, SEED_SLUG, Cli, configure, readers, write_list
 from fake_sendgrid import FakeSendGrid
-from test_send import SECRET, configure, env, fake, readers, sender, write_list  # noqa: F401 - fixtures
 
 from newsletter.journal import journal_path, load_state
 

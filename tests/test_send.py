@@ -9,11 +9,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import SEED_SLUG, Cli
+from conftest import SECRET, SEED_SLUG, Cli, configure, readers, write_list
 from fake_sendgrid import API_KEY, FakeSendGrid
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -21,50 +20,6 @@ from hypothesis import strategies as st
 from newsletter.journal import journal_path, send_lock
 from newsletter.ledger import append_event, ledger_path
 from newsletter.tokens import verify_token
-
-SECRET = "test-secret-0123456789"
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeSendGrid]:
-    server = FakeSendGrid().start()
-    yield server
-    server.stop()
-    assert not server.schema_failures, server.schema_failures[:5]
-
-
-@pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, fake: FakeSendGrid) -> dict[str, str]:
-    values = {"SENDGRID_API_URL": fake.url, "SENDGRID_API_KEY": API_KEY, "NEWSLETTER_SECRET": SECRET}
-    for k, v in values.items():
-        monkeypatch.setenv(k, v)
-    return values
-
-
-def configure(root: Path, **sendgrid: object) -> None:
-    settings_ = {"backoff": 0.01, "timeout": 2, "concurrency": 2, **sendgrid}
-    block = "sendgrid:\n" + "".join(f"  {k}: {json.dumps(v)}\n" for k, v in settings_.items())
-    path = root / "newsletter.yaml"
-    path.write_text(path.read_text() + block)
-
-
-def write_list(root: Path, rows: list[tuple[str, str]]) -> None:
-    import csv
-
-    with open(root / "subscribers" / "subscribers.csv", "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(["email", "name"])
-        w.writerows(rows)
-
-
-def readers(n: int, start: int = 0) -> list[tuple[str, str]]:
-    return [(f"reader{i}@readers.net", f"Reader {i}") for i in range(start, start + n)]
-
-
-@pytest.fixture
-def sender(ready_project: Path, env: dict[str, str]) -> Cli:
-    configure(ready_project)
-    return Cli(ready_project)
 
 
 def recipients(fake: FakeSendGrid) -> list[str]:
