@@ -37,6 +37,8 @@ def archived_issues(root: Path, config: Config) -> list[Issue]:
     chosen = []
     for slug in list_slugs(root):
         issue = load_issue(root, slug, config)
+        if issue.welcome:
+            continue  # a private letter to each new reader, not an issue of the archive
         if issue.public or load_state(journal_path(root, slug)).sent_batches:
             chosen.append(issue)
     return sorted(chosen, key=lambda i: (i.date, i.slug), reverse=True)

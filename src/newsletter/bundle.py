@@ -16,7 +16,8 @@ from .yamlfile import YamlDoc, describe, load_yaml, unknown_key_message
 
 ISSUES_DIR = "issues"
 ISSUE_KEYS = {"title", "subject", "preheader", "date", "workshop", "public", "greeting", "greeting_fallback",
-              "author"}
+              "author", "welcome"}
+WELCOME_SLUG = "welcome"
 DEFAULT_GREETING = "Dear {first_name},"
 DEFAULT_GREETING_FALLBACK = "Hello,"
 
@@ -34,6 +35,7 @@ class Issue:
     workshop: str
     body_md: str
     public: bool = False  # listed in the web archive before (or without) being sent
+    welcome: bool = False  # the welcome email each new reader gets on confirming: never sent to the list
     greeting: str = DEFAULT_GREETING  # {first_name} and {name} are the reader's
     greeting_fallback: str = DEFAULT_GREETING_FALLBACK  # when the reader's name (or first name) is unknown
     author: str = ""
@@ -130,6 +132,7 @@ def load_issue(root: Path, slug: str, config: Config | None = None) -> Issue:
     return Issue(
         slug=slug, dir=folder, title=title, subject=text("subject") or title, preheader=text("preheader"),
         date=date, workshop=workshop, body_md=body.lstrip("\ufeff"), public=public,
+        welcome=data.get("welcome") is True,
         greeting=text("greeting", DEFAULT_GREETING), author=text("author"), doc=doc,
         greeting_fallback=text("greeting_fallback", DEFAULT_GREETING_FALLBACK),
     )
@@ -143,7 +146,11 @@ def newest_slug(root: Path) -> str:
     dated = []
     for slug in slugs:
         doc = load_yaml(issues_dir(root) / slug / "issue.yaml", IssueError)
+        if doc.data.get("welcome") is True:
+            continue  # the welcome email is not an issue of the week
         dated.append((_parse_date(doc.data.get("date", "0001-01-01"), doc), slug))
+    if not dated:
+        raise IssueError("no issues yet", path=issues_dir(root), hint='create one with `newsletter new "Title"`')
     return max(dated)[1]
 
 
@@ -152,6 +159,29 @@ def slugify(title: str) -> str:
     text = unicodedata.normalize("NFKD", title).encode("ascii", "ignore").decode()
     text = re.sub(r"['’]", "", text.lower())
     return re.sub(r"[^a-z0-9]+", "-", text).strip("-")[:80].rstrip("-")
+
+
+def create_welcome(root: Path, config: Config) -> Path:
+    """Write issues/welcome/ (issue.yaml with `welcome: true`, body.md): the email new readers get on confirming."""
+    folder = issues_dir(root) / WELCOME_SLUG
+    if folder.exists():
+        raise IssueError("the welcome email already exists", path=folder, hint="edit its body.md")
+    workshop = next(iter(config.workshops), "")
+    folder.mkdir(parents=True)
+    (folder / "issue.yaml").write_text(
+        f"title: Welcome to {config.name}\n"
+        f"subject: Welcome to {config.name}\n"
+        "preheader: TODO one sentence that shows after the subject in the inbox\n"
+        f"date: {dt.date.today().isoformat()}\n"
+        "welcome: true  # sent to each new reader when they confirm; never to the list\n"
+        + (f"workshop: {workshop}\n" if workshop else ""),
+        encoding="utf-8",
+    )
+    (folder / "body.md").write_text(
+        "TODO: thank the reader for joining, say what comes each week and when, and link a favourite issue.\n",
+        encoding="utf-8",
+    )
+    return folder
 
 
 def create_issue(root: Path, title: str, config: Config, *, slug: str | None = None,

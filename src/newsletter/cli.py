@@ -151,16 +151,19 @@ def check(root: Path, slug: str | None, links: bool, no_spam: bool) -> None:
 
 
 @main.command()
-@click.argument("title")
+@click.argument("title", required=False)
+@click.option("--welcome", is_flag=True, help="Start the welcome email new readers get on confirming (issues/welcome).")
 @click.option("--slug", help="Folder name (default: made from the title).")
 @click.option("--date", "date_text", metavar="YYYY-MM-DD", help="Issue date (default: a week after the newest).")
 @command_options
-def new(root: Path, title: str, slug: str | None, date_text: str | None) -> None:
-    """Start next week's issue: issues/<slug>/ with issue.yaml and body.md to fill in.
+def new(root: Path, title: str | None, welcome: bool, slug: str | None, date_text: str | None) -> None:
+    """Start next week's issue: issues/<slug>/ with issue.yaml and body.md to fill in (or, with --welcome,
+    the welcome email each new reader gets when they confirm their sign-up).
 
     \b
-    Example:
+    Examples:
       newsletter new "The Quiet Courage of Rest"
+      newsletter new --welcome
     """
     import datetime as dt
 
@@ -173,7 +176,14 @@ def new(root: Path, title: str, slug: str | None, date_text: str | None) -> None
             date = dt.date.fromisoformat(date_text)
         except ValueError:
             raise click.BadParameter(f"{date_text!r} is not a date written YYYY-MM-DD", param_hint="--date") from None
-    folder = create_issue(root, title, load_config(root), slug=slug, date=date)
+    if welcome:
+        from .bundle import create_welcome
+
+        folder = create_welcome(root, load_config(root))
+    elif not title:
+        raise click.UsageError("give the new issue's TITLE (or --welcome for the welcome email)")
+    else:
+        folder = create_issue(root, title, load_config(root), slug=slug, date=date)
     click.echo(f"created {_show(folder / 'issue.yaml')}")
     click.echo(f"created {_show(folder / 'body.md')}")
     click.echo(f"write the essay in body.md, then: newsletter render --issue {folder.name}")
@@ -287,6 +297,18 @@ def subscribers_remove(root: Path, addresses: tuple[str, ...]) -> None:
         click.echo(f"{address} is not on the list")
 
 
+@subscribers.command("pending")
+@command_options
+def subscribers_pending(root: Path) -> None:
+    """List sign-ups of the last 7 days that wait for their confirmation (older ones have expired)."""
+    from .signup import pending_signups
+
+    waiting = pending_signups(root)
+    for p in waiting:
+        click.echo(f"{p.email}\tsigned up {p.at}" + (f"\tat {p.source}" if p.source else ""))
+    click.echo(f"{len(waiting)} sign-up(s) waiting for confirmation", err=True)
+
+
 @subscribers.command("list")
 @click.option("--suppressed", is_flag=True, help="List the suppressed addresses (with their latest event).")
 @command_options
@@ -312,6 +334,9 @@ def subscribers_count(root: Path) -> None:
     detail = ", ".join(f"{k} {v}" for k, v in sorted(c.suppressed.items()))
     click.echo(f"suppressed: {total_suppressed}" + (f" ({detail})" if detail else ""))
     click.echo(f"total:      {c.total}" + (f" (and {c.duplicates} duplicate row(s) ignored)" if c.duplicates else ""))
+    from .signup import pending_signups
+
+    click.echo(f"pending:    {len(pending_signups(root))} sign-up(s) waiting for confirmation")
 
 
 @subscribers.command("export")
@@ -565,6 +590,24 @@ def status(root: Path, slug: str, show_readers: bool) -> None:
 
 
 @main.command()
+@command_options
+def embed(root: Path) -> None:
+    """Print the sign-up form as plain HTML for your own web site: it posts to <base_url>/subscribe, where
+    `newsletter serve` answers, and works without JavaScript.
+
+    \b
+    Example:
+      newsletter embed > signup-form.html
+    """
+    from .config import load_config
+    from .web import signup_form
+
+    config = load_config(root)
+    click.echo(f"<!-- {config.name}: sign-up form (double opt-in: readers confirm by email) -->")
+    click.echo(signup_form(config, action=f"{config.base_url}/subscribe"))
+
+
+@main.command()
 @click.option("--issue", "slug", required=True, metavar="SLUG", help="The issue whose scheduled send to cancel.")
 @command_options
 def unschedule(root: Path, slug: str) -> None:
@@ -665,6 +708,8 @@ def stats(root: Path, slug: str, as_json: bool) -> None:
         return
     click.echo(f"{'issue':<14}{issue.slug}")
     click.echo(f"{'sent':<14}{s.sent:>8}  (accepted by SendGrid, from the send journal)")
+    if s.joined_since is not None:
+        click.echo(f"{'joined since':<14}{s.joined_since:>8}  (confirmed sign-ups since this issue went out)")
     if s.waiting_for_events:
         click.echo(f"no delivery events yet: is `newsletter serve` reachable at {config.base_url}"
                    "/webhooks/sendgrid and the Event Webhook on? (see README)")

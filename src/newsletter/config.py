@@ -37,7 +37,7 @@ DEFAULT_FONTS: dict[str, str] = {
 }
 TOP_KEYS = {
     "name", "language", "base_url", "sender", "reply_to", "postal_address", "workshops",
-    "brand", "sendgrid", "footer_note", "archive_url", "check",
+    "brand", "sendgrid", "footer_note", "archive_url", "check", "signup",
 }
 WORKSHOP_KEYS = {
     "title", "headline", "pitch", "register_url", "next", "date", "format", "price", "location", "button",
@@ -46,6 +46,15 @@ SENDGRID_KEYS = {
     "categories", "asm_group_id", "asm_groups_to_display", "batch_size", "concurrency", "timeout",
     "retries", "backoff", "click_tracking", "open_tracking", "unsubscribe_mailto", "sandbox",
 }
+
+
+@dataclass(frozen=True)
+class SignupSettings:
+    """`signup:` in newsletter.yaml: the sign-up page's promise and its abuse limits."""
+
+    promise: str = ""  # one line under the form; default: "One letter a week from <name>..."
+    per_address_per_day: int = 3  # confirmation emails to one address
+    per_ip_per_hour: int = 20  # sign-ups from one (hashed) IP address
 
 
 @dataclass(frozen=True)
@@ -110,6 +119,7 @@ class Config:
     archive_url: str
     doc: YamlDoc = field(repr=False, compare=False)
     check_spam: bool = True  # `check: {spam: false}` turns SpamAssassin's score off (for `check` and `send`)
+    signup: SignupSettings = field(default_factory=lambda: SignupSettings())
 
     @property
     def path(self) -> Path:
@@ -227,6 +237,7 @@ def load_config(root: Path) -> Config:
     checks = _mapping(p, data, "check", ("check",))
     _check_keys(p, checks, {"spam"}, ("check",))
     check_spam = checks.get("spam", True)
+    signup = _load_signup(p, _mapping(p, data, "signup", ("signup",)))
     if not isinstance(check_spam, bool):
         p.add(("check", "spam"), f"`check.spam` must be true or false, got {check_spam!r}")
     p.raise_if_any()
@@ -234,8 +245,21 @@ def load_config(root: Path) -> Config:
         root=root, name=name, language=language, base_url=base_url, sender=sender, reply_to=reply_to,
         postal_address=postal_address, workshops=workshops, colors=colors, fonts=fonts, sendgrid=sendgrid,
         footer_note=footer_note, archive_url=archive_url or f"{base_url}/archive", doc=doc,
-        check_spam=check_spam is not False,
+        check_spam=check_spam is not False, signup=signup,
     )
+
+
+def _load_signup(p: _Problems, raw: dict[str, Any]) -> SignupSettings:
+    _check_keys(p, raw, {"promise", "per_address_per_day", "per_ip_per_hour"}, ("signup",))
+    values: dict[str, Any] = {}
+    for key in ("per_address_per_day", "per_ip_per_hour"):
+        if key in raw:
+            if isinstance(raw[key], int) and not isinstance(raw[key], bool) and 1 <= raw[key] <= 10000:
+                values[key] = raw[key]
+            else:
+                p.add(("signup", key), f"`signup.{key}` must be a whole number from 1 to 10000, got {raw[key]!r}")
+    promise = _text(p, raw, "promise", ("signup", "promise"))
+    return SignupSettings(promise=promise, **values)
 
 
 def _load_sender(p: _Problems, data: dict[str, Any], name: str) -> tuple[Mailbox, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
 import json
 import time
 from collections.abc import Iterable, Iterator
@@ -185,6 +186,7 @@ class Stats:
     spamreports: int
     top_links: list[tuple[str, int]]
     events: int = 0  # SendGrid events received for this issue
+    joined_since: int | None = None  # confirmed sign-ups since its first send
 
     @property
     def waiting_for_events(self) -> bool:
@@ -218,12 +220,19 @@ def _own_unsubscribes(root: Path, slug: str) -> set[str]:
             if e.source in ("page", "one-click") and at is not None and at >= start and (end is None or at < end)}
 
 
+def _joined(root: Path, since: dt.datetime | None) -> int | None:
+    from .signup import joined_since
+
+    return None if since is None else joined_since(root, since)
+
+
 def issue_stats(root: Path, slug: str) -> Stats:
     """Count the events SendGrid attributed to this issue (custom arg `newsletter_issue`), against the readers
     the journal says SendGrid accepted."""
     from .journal import journal_path, load_state
 
-    sent = load_state(journal_path(root, slug)).sent_readers
+    state = load_state(journal_path(root, slug))
+    sent = state.sent_readers
     buckets: dict[str, set[str]] = {k: set() for k in ("delivered", "bounce", "open", "click", "unsub", "spam")}
     links: dict[str, set[str]] = {}
     events = 0
@@ -250,4 +259,5 @@ def issue_stats(root: Path, slug: str) -> Stats:
     buckets["unsub"] |= _own_unsubscribes(root, slug)
     top = sorted(((u, len(s)) for u, s in links.items()), key=lambda x: (-x[1], x[0]))[:10]
     return Stats(slug, sent, len(buckets["delivered"]), len(buckets["bounce"]), len(buckets["open"]),
-                 len(buckets["click"]), len(buckets["unsub"]), len(buckets["spam"]), top, events)
+                 len(buckets["click"]), len(buckets["unsub"]), len(buckets["spam"]), top, events,
+                 _joined(root, state.first_sent_at()))

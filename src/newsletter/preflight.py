@@ -133,6 +133,10 @@ def prepare(root: Path, options: SendOptions) -> Prepared:
     from .check import spam_problems
 
     config, issue, rendered, problems = check(root, options.slug, spam=False)
+    if issue.welcome and not options.to:
+        raise SendError(f"{issue.slug} is the welcome email (`welcome: true`): each new reader gets it when they "
+                        "confirm their sign-up, so it is never sent to the list",
+                        hint=f"to see it in your inbox: newsletter send --issue {issue.slug} --to you@your.address")
     _refuse_check_errors(problems, issue.slug)
     _require_secrets(options)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="spam") as pool:

@@ -346,3 +346,18 @@ def personalize(rendered: RenderedEmail, *, name: str, token: str, first_name: s
     issue = rendered.issue
     values = reader_substitutions(name, token, first_name, greeting=issue.greeting, fallback=issue.greeting_fallback)
     return fill(rendered.mjml, values), fill(rendered.html, values), fill(rendered.text, values)
+
+
+def render_layout(config: Config, name: str, context: dict[str, Any]) -> tuple[str, str]:
+    """(html, text) of a writer's layout pair outside the issue (layouts/<name>.mjml and .txt), with the
+    publication, its colours and fonts in the context: the sign-up confirmation email."""
+    folder = layouts_dir(config.root)
+    env = _environment(str(folder))
+    values = {"newsletter": config, "colors": config.colors, "fonts": config.fonts, **context}
+    mjml_text = _render_template(env, folder, f"{name}.mjml", values)
+    try:
+        html = _compile(mjml_text)
+    except ValueError as exc:
+        raise LayoutError(f"layouts/{name}.mjml does not compile: {exc}", path=folder / f"{name}.mjml") from None
+    text = _render_template(env, folder, f"{name}.txt", values)
+    return html, re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"

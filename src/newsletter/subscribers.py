@@ -316,6 +316,26 @@ def add_subscriber(root: Path, email: str, name: str = "") -> str:
     return address
 
 
+def add_confirmed(root: Path, email: str, first_name: str = "") -> bool:
+    """Put a reader who confirmed their sign-up on the list (atomically, under the list's lock); False when
+    they are on it already. Suppression is the ledger's business: the caller records the consent there."""
+    with _lock(root):
+        header, rows = read_list(root)
+        email_at = _column_index(header, ("email",)) or 0
+        if any(normalize(r[email_at]) == email for r in rows if len(r) > email_at):
+            return False
+        for column in ("name", "first_name"):
+            if _column_index(header, (column,)) is None:
+                header.append(column)
+        row = [""] * len(header)
+        row[email_at] = email
+        row[_column_index(header, ("first_name",)) or 0] = first_name
+        row[_column_index(header, ("name",)) or 0] = first_name
+        row[email_at] = email
+        write_list(list_path(root), header, [r + [""] * (len(header) - len(r)) for r in rows] + [row])
+    return True
+
+
 @dataclass
 class ListCounts:
     """Active, suppressed (by event) and total addresses of the list."""

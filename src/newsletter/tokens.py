@@ -80,3 +80,40 @@ def secret_from_env(*, required: bool) -> tuple[str, bool]:
 def unsubscribe_url(base_url: str, token: str) -> str:
     """<base_url>/unsubscribe/<token>."""
     return f"{base_url.rstrip('/')}/unsubscribe/{token}"
+
+
+CONFIRM_VERSION = "c1"
+CONFIRM_DAYS = 7
+
+
+def _confirm_mac(secret: str, payload: str) -> bytes:
+    return hmac.new(secret.encode("utf-8"), f"confirm:{payload}".encode(), hashlib.sha256).digest()[:_MAC_BYTES]
+
+
+def make_confirm_token(secret: str, email: str, signed_up: int) -> str:
+    """The link that confirms a sign-up: `c1.<address>.<unix time of the sign-up>.<mac>`."""
+    payload = f"{_b64(normalize(email).encode('utf-8'))}.{signed_up}"
+    return f"{CONFIRM_VERSION}.{payload}.{_b64(_confirm_mac(secret, payload))}"
+
+
+def verify_confirm_token(secret: str, token: str, now: float) -> tuple[str, int] | str:
+    """(address, sign-up time) of a valid confirm token; else why not: "invalid" or "expired"."""
+    try:
+        version, address, signed_up, mac = token.split(".")
+        email = _unb64(address).decode("utf-8")
+        when = int(signed_up)
+        given = _unb64(mac)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        return "invalid"
+    if version != CONFIRM_VERSION or _b64(given) != mac or not is_plausible(email):
+        return "invalid"
+    if not hmac.compare_digest(given, _confirm_mac(secret, f"{address}.{signed_up}")):
+        return "invalid"
+    if now - when > CONFIRM_DAYS * 86400 or when > now + 300:
+        return "expired"
+    return email, when
+
+
+def keyed_hash(secret: str, value: str) -> str:
+    """A keyed hash of a value that must not be stored as it is (a reader's IP address)."""
+    return hmac.new(secret.encode("utf-8"), f"ip:{value}".encode(), hashlib.sha256).hexdigest()[:24]

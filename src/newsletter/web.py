@@ -95,6 +95,38 @@ p.small {{ font-size:14px; color:{c['muted']}; }}
                                                            "Referrer-Policy": "no-referrer"})
 
 
+_FIELD = "font-size:18px;padding:10px;width:100%;max-width:420px;box-sizing:border-box;"
+HONEYPOT = "website"  # a field hidden from people; a bot that fills it is answered and ignored
+
+
+def signup_form(config: Config, action: str, email: str = "") -> str:
+    """The sign-up form: plain HTML that works without JavaScript (the page and `newsletter embed`)."""
+    promise = config.signup.promise or (f"One letter a week from {config.name}. Unsubscribe with one click, "
+                                        "any time.")
+    return (f'<p>{html.escape(promise)}</p>\n'
+            f'<form method="post" action="{html.escape(action, quote=True)}" class="nl-signup">\n'
+            '  <p><label for="nl-email">Your email address</label><br>\n'
+            f'  <input id="nl-email" name="email" type="email" required autocomplete="email" '
+            f'value="{html.escape(email, quote=True)}" style="{_FIELD}"></p>\n'
+            '  <p><label for="nl-first">Your first name (optional)</label><br>\n'
+            '  <input id="nl-first" name="first_name" type="text" autocomplete="given-name" '
+            f'style="{_FIELD}"></p>\n'
+            f'  <p style="position:absolute;left:-10000px;" aria-hidden="true"><label for="nl-{HONEYPOT}">Leave '
+            f'this empty</label><input id="nl-{HONEYPOT}" name="{HONEYPOT}" type="text" tabindex="-1" '
+            'autocomplete="off"></p>\n'
+            '  <p><button type="submit">Subscribe</button></p>\n'
+            "</form>\n"
+            f'<p class="small"><a href="{html.escape(config.archive_url, quote=True)}/">Read the past issues</a></p>')
+
+
+def _confirm_refused(config: Config, why: str) -> Any:
+    if why == "expired":
+        return _page(config, "This link has expired", "<p>Confirmation links work for 7 days. Please "
+                     f'<a href="{html.escape(config.base_url, quote=True)}/subscribe">sign up again</a>.</p>', 400)
+    return _page(config, "This link is not valid", "<p>This confirmation link is incomplete or has been changed. "
+                 "Please use the button in the email itself.</p>", 400)
+
+
 def _invalid(state: WebState) -> Any:
     return _page(state.config, "This link is not valid",
                  "<p>This unsubscribe link is incomplete or has been changed. Please use the link from the "
@@ -214,6 +246,83 @@ def create_app(root: Path) -> Any:
         return JSONResponse({"received": len(events), "new": result.logged, "ledger": result.ledger,
                              "skipped": result.skipped})
 
+    def transport() -> Any:
+        from .sendgrid import SendGridTransport, api_key_from_env
+
+        if not os.environ.get("SENDGRID_API_KEY", "").strip():
+            return None
+        return SendGridTransport(api_key_from_env(), timeout=config.sendgrid.timeout)
+
+    async def subscribe_page(request: Request) -> Any:
+        return _page(config, f"Subscribe to {config.name}", signup_form(config, action=f"{prefix}/subscribe"))
+
+    async def subscribe_post(request: Request) -> Any:
+        from .signup import Request as SignupRequest
+        from .signup import SignupError, request_signup
+
+        body = await _read_limited(request, MAX_FORM_BYTES)
+        if body is None:
+            return PlainTextResponse("request too large", status_code=413)
+        form = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
+        req = SignupRequest(email=form.get("email", ""), first_name=form.get("first_name", ""),
+                            source=request.headers.get("referer", "") or f"{config.base_url}/subscribe",
+                            ip=request.client.host if request.client else "", honeypot=form.get(HONEYPOT, ""))
+        try:
+            await run_in_threadpool(request_signup, root, config, state.secret, transport(), req)
+        except SignupError as exc:
+            if exc.status == 400:
+                return _page(config, f"Subscribe to {config.name}", f'<p class="error" role="alert">'
+                             f"{html.escape(exc.message)}.</p>" + signup_form(config, f"{prefix}/subscribe",
+                                                                              form.get("email", "")), 400)
+            log.error("sign-up not confirmed by email: %s", _loggable(_without_address(str(exc), req.email)))
+            return _page(config, "We could not send the confirmation",
+                         "<p>We could not send the confirmation email just now, please try again later.</p>", 503)
+        except (NewsletterError, OSError) as exc:
+            log.error("sign-up not recorded: %s", _loggable(_without_address(str(exc), req.email)))
+            return _page(config, "We could not sign you up just now",
+                         "<p>Something went wrong on our side and nothing was recorded. Please try again in a few "
+                         "minutes.</p>", 503)
+        # The same answer whatever the address: new, pending, already subscribed or unsubscribed.
+        return _page(config, "Check your inbox",
+                     "<p>If the address is right, an email is on its way with a button to confirm your "
+                     f"subscription to {html.escape(config.name)}. It can take a minute; look in the spam folder "
+                     "too.</p>")
+
+    async def confirm_page(request: Request) -> Any:
+        from .tokens import verify_confirm_token
+
+        found = verify_confirm_token(state.secret, request.path_params["token"], time.time())
+        if isinstance(found, str):
+            return _confirm_refused(config, found)
+        # A GET never changes anything: mail scanners open every link.
+        action = html.escape(str(request.url.path), quote=True)
+        return _page(config, f"Confirm your subscription to {config.name}",
+                     f"<p>Press the button to start receiving {html.escape(config.name)} at "
+                     f"<strong>{html.escape(found[0])}</strong>.</p>"
+                     f'<form method="post" action="{action}"><button type="submit">Confirm my subscription'
+                     "</button></form>")
+
+    async def confirm_post(request: Request) -> Any:
+        from .signup import SignupError, confirm
+
+        await _read_limited(request, MAX_FORM_BYTES)
+        try:
+            done = await run_in_threadpool(confirm, root, config, state.secret, transport(),
+                                           request.path_params["token"])
+        except SignupError as exc:
+            return _confirm_refused(config, "expired" if "expired" in exc.message else "invalid")
+        except (NewsletterError, OSError) as exc:
+            log.error("confirmation not recorded: %s", _loggable(str(exc)))
+            return _page(config, "We could not confirm you just now",
+                         "<p>Something went wrong on our side and nothing was recorded. Please press the button "
+                         "in the email again in a few minutes.</p>", 503)
+        if done.welcome_note:
+            log.warning("welcome email not sent: %s", _loggable(_without_address(done.welcome_note, done.email)))
+        title = "You are already subscribed" if done.already else "You are subscribed"
+        return _page(config, title, f"<p>Welcome to {html.escape(config.name)}. The next letter will find you at "
+                     f"<strong>{html.escape(done.email)}</strong>.</p>"
+                     f'<p class="small"><a href="{html.escape(config.archive_url)}/">Read the past issues</a></p>')
+
     async def health(request: Request) -> Any:
         return JSONResponse({"status": "ok", "newsletter": config.name})
 
@@ -222,6 +331,10 @@ def create_app(root: Path) -> Any:
         Route(f"{prefix}/unsubscribe/{{token}}", unsubscribe_post, methods=["POST"]),
         Route(f"{prefix}/webhooks/sendgrid", webhook, methods=["POST"]),
         Route(f"{prefix}/healthz", health, methods=["GET"]),
+        Route(f"{prefix}/subscribe", subscribe_page, methods=["GET"]),
+        Route(f"{prefix}/subscribe", subscribe_post, methods=["POST"]),
+        Route(f"{prefix}/confirm/{{token}}", confirm_page, methods=["GET"]),
+        Route(f"{prefix}/confirm/{{token}}", confirm_post, methods=["POST"]),
     ]
     app = Starlette(routes=routes)
     app.state.newsletter = state
