@@ -22,6 +22,7 @@ from .recipients import first_name_of
 LAYOUTS_DIR = "layouts"
 EMAIL_LAYOUT = "email.mjml"
 TEXT_LAYOUT = "email.txt"
+STANDALONE_LAYOUTS = (EMAIL_LAYOUT, "confirm.mjml")
 
 # Per-reader values are SendGrid substitution tags in the rendered parts: the issue is rendered once and
 # each reader's copy differs only by these. The name has one tag per part, so each part gets its own escaping.
@@ -215,9 +216,12 @@ def _compile(mjml_text: str) -> str:
 def _blame_layout(env: jinja2.Environment, folder: Path, context: dict[str, Any], error: str) -> LayoutError:
     """Find which layout broke the MJML: each partial is compiled on its own."""
     for name in sorted(env.list_templates(extensions=["mjml"])):
-        if name == EMAIL_LAYOUT:
+        if name in STANDALONE_LAYOUTS:
+            continue  # whole documents, not partials of the email
+        try:
+            fragment = _render_template(env, folder, name, context)
+        except LayoutError:
             continue
-        fragment = _render_template(env, folder, name, context)
         wrappers = ("<mjml><mj-body>{}</mj-body></mjml>",
                     "<mjml><mj-body><mj-section><mj-column>{}</mj-column></mj-section></mj-body></mjml>")
         failures = 0
