@@ -151,20 +151,22 @@ class Ledger:
         return read
 
     def _apply(self, block: bytes) -> int:
-        lines = block.decode("utf-8", errors="replace").split("\n")
+        text = block.decode("utf-8", errors="replace")
+        if "\r" in text:  # CRLF, as a spreadsheet saves it: handled once per block, not per line
+            text = text.replace("\r\n", "\n")
+        lines = text.split("\n")
         lines.pop()  # the block ends in a newline
+        if self._line == 0 and lines and lines[0].startswith("\ufeff"):  # a byte-order mark, ditto
+            lines[0] = lines[0][1:]
         latest = self.latest
         number = self._line
         events = _EVENT
+        norm = normalize  # bound once: this loop runs a million times for a large ledger
         for raw in lines:
             number += 1
-            if raw.endswith("\r"):  # CRLF, as a spreadsheet saves it
-                raw = raw[:-1]
-            if number == 1 and raw.startswith("\ufeff"):  # a byte-order mark, ditto
-                raw = raw[1:]
             parts = raw.split(",") if '"' not in raw else next(csv.reader([raw]), [])
             if len(parts) == 5 and parts[1] in events and "\ufffd" not in parts[0]:
-                latest[normalize(parts[0])] = events[parts[1]]
+                latest[norm(parts[0])] = events[parts[1]]
             elif number == 1 and raw.strip().lower().startswith("email,"):
                 continue
             elif raw.strip():
