@@ -209,6 +209,7 @@ def test_archive_pages_and_feed(ready_project: Path, tmp_path: Path) -> None:
     older = (out / "an-older-essay" / "index.html").read_text()
     assert 'src="lake.jpg"' in older and (out / "an-older-essay" / "lake.jpg").exists()
     assert '<a href="../"' in older and "All issues of Micro Moments" in older  # back to the index
+    assert 'href="https://letters.micromoments.net/subscribe"' in older and "/subscribe" in index  # and sign-up
     # a draft's images are published (its email loads them from there); its page is not
     assert (out / "a-draft" / "lake.jpg").exists() and not (out / "a-draft" / "index.html").exists()
     feed = ET.parse(out / "feed.xml").getroot()

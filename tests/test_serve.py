@@ -445,3 +445,16 @@ def test_without_a_public_key_every_webhook_is_refused(project: Path, tmp_path: 
         assert "SENDGRID_WEBHOOK_PUBLIC_KEY is not set" in srv.log_path.read_text()
     finally:
         stop_server(srv)
+
+
+def test_an_unwritable_ledger_gets_a_kind_503_and_one_log_line(server: Server) -> None:
+    ledger = ledger_path(server.root)
+    ledger.parent.mkdir(parents=True, exist_ok=True)
+    ledger.mkdir()  # a ledger that cannot be opened for writing (even root cannot write into a folder as a file)
+    code, page = server.request("POST", server.url("stuck@readers.net"), b"List-Unsubscribe=One-Click",
+                                {"Content-Type": "application/x-www-form-urlencoded"})
+    assert code == 503 and "We could not unsubscribe you just now" in page and "Internal Server Error" not in page
+    time.sleep(0.2)
+    log = server.log_path.read_text()
+    assert len([line for line in log.splitlines() if "unsubscribe not recorded" in line]) == 1
+    assert "stuck@readers.net" not in log and "Traceback" not in log

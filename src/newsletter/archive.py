@@ -44,15 +44,22 @@ def archived_issues(root: Path, config: Config) -> list[Issue]:
     return sorted(chosen, key=lambda i: (i.date, i.slug), reverse=True)
 
 
+def subscribe_url(config: Config) -> str:
+    """The sign-up page `newsletter serve` answers."""
+    return f"{config.base_url}/subscribe"
+
+
 def web_page(config: Config, issue: Issue) -> str:
     """The issue as a web page: no greeting, no per-reader link or token, images relative to the page."""
     rendered = render_issue(config, issue, web=True)
     # `web` leaves out the greeting and the unsubscribe link; a layout that ignores it still publishes neither
     # a token nor a tag.
     page = _UNSUB_LINK.sub("", fill(rendered.html, reader_substitutions("", "")))
+    accent = config.colors["accent"]
     back = (f'<p style="max-width:600px;margin:16px auto;font-family:{html.escape(config.fonts["body"])};'
-            f'font-size:16px;"><a href="../" style="color:{config.colors["accent"]};">&larr; All issues of '
-            f"{html.escape(config.name)}</a></p>")
+            f'font-size:16px;"><a href="../" style="color:{accent};">&larr; All issues of '
+            f"{html.escape(config.name)}</a> &middot; <a href=\"{html.escape(subscribe_url(config), quote=True)}\" "
+            f'style="color:{accent};">Subscribe</a></p>')
     return re.sub(r"(<body\b[^>]*>)", lambda m: m.group(1) + back, page, count=1)
 
 
@@ -119,7 +126,8 @@ time {{ display:block; font-size:15px; color:{c['muted']}; }}
 a {{ color:{c['accent']}; font-size:21px; }} p {{ margin:4px 0 0; }}
 </style></head>
 <body><main><h1>{html.escape(config.name)}</h1>
-<p><a href="feed.xml" style="font-size:16px">Atom feed</a></p>
+<p><a href="{html.escape(subscribe_url(config), quote=True)}" style="font-size:16px">Subscribe</a> &middot;
+<a href="feed.xml" style="font-size:16px">Atom feed</a></p>
 <ul>
 {items}
 </ul></main></body></html>
