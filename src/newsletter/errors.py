@@ -40,6 +40,14 @@ class UsageError(NewsletterError):
     exit_code = 2
 
 
+class HttpError(NewsletterError):
+    """A request to `serve` that must be refused: the message, and the HTTP status to answer with."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class ConfigError(NewsletterError):
     """newsletter.yaml is missing, malformed or holds wrong values."""
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import NewsletterError
+from .errors import HttpError
 from .files import append_durably, read_jsonl
 from .ledger import Event, Ledger, append_events, iter_events, ledger_path
 from .recipients import is_plausible, normalize
@@ -27,12 +27,8 @@ STATS_EVENTS = {"processed", "delivered", "open", "click", "deferred", "bounce",
                 "unsubscribe", "group_unsubscribe", "group_resubscribe"}
 
 
-class WebhookError(NewsletterError):
+class WebhookError(HttpError):
     """A webhook request that must be refused (bad signature, stale, malformed)."""
-
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def events_path(root: Path) -> Path:

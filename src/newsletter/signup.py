@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config
-from .errors import NewsletterError, TransportError
+from .errors import HttpError, TransportError
 from .files import append_durably, read_jsonl
 from .recipients import normalize, validate
 from .tokens import CONFIRM_DAYS, keyed_hash, make_confirm_token, verify_confirm_token
@@ -27,12 +27,8 @@ SIGNUPS_NAME = "signups.jsonl"
 _REQUEST, _SENT, _CONFIRMED, _WELCOMED = "request", "sent", "confirmed", "welcomed"
 
 
-class SignupError(NewsletterError):
+class SignupError(HttpError):
     """A sign-up or confirmation that cannot go on; `status` is the HTTP answer."""
-
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def signups_path(root: Path) -> Path:
