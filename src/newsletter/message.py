@@ -17,7 +17,9 @@ MAX_PER_REQUEST = 1000  # SendGrid: at most 1000 personalizations (and recipient
 
 def _to_name(name: str) -> str:
     # SendGrid refuses `,` and `;` in to.name; the greeting keeps the name as written.
-    return " ".join(name.replace(",", " ").replace(";", " ").replace('"', "").split())
+    if "," in name or ";" in name or '"' in name:
+        name = name.replace(",", " ").replace(";", " ").replace('"', "")
+    return " ".join(name.split())
 
 
 class MessageBuilder:

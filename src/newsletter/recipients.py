@@ -61,6 +61,13 @@ _NICKNAME = re.compile(r"""(?:^|\s)(?:"[^"]*"|“[^”]*”|'[^']*'|\([^)]*\))(?
 def first_name_of(name: str) -> str:
     """The first name in a full name: the first word that is not a title, leaving out quoted nicknames
     ("Mary-Kate \"MK\" Olsen, Jr." -> "Mary-Kate"); "" when there is none."""
+    if not name:
+        return ""
+    if not any(c in name for c in "\"“'(,."):  # the common case, "Jane Doe": no nickname, title dot or comma
+        for word in name.split():
+            if word.lower() not in _TITLES:
+                return word
+        return ""
     for word in _NICKNAME.sub(" ", name).replace(",", " ").split():
         bare_word = word.strip(".")
         if bare_word and bare_word.lower() not in _TITLES:

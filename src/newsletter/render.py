@@ -99,6 +99,13 @@ def greeting_for(template: str, name: str, first_name: str, fallback: str) -> st
     return template.replace("{first_name}", first_name) if needs_first else template
 
 
+_NEEDS_ESCAPE = re.compile(r"[&<>\"']")
+
+
+def _escape(value: str) -> str:
+    return html_lib.escape(value, quote=True) if _NEEDS_ESCAPE.search(value) else value
+
+
 def reader_substitutions(name: str, token: str, first_name: str = "", *, greeting: str = "",
                          fallback: str = "", used: frozenset[str] | None = None) -> dict[str, str]:
     """The substitution values of one reader, each escaped for the part it lands in (only the `used` tags).
@@ -113,14 +120,14 @@ def reader_substitutions(name: str, token: str, first_name: str = "", *, greetin
     if GREETING_TEXT_TAG in used or GREETING_HTML_TAG in used:
         line = greeting_for(greeting, name, first, fallback) if greeting else ""
         values[GREETING_TEXT_TAG] = line
-        values[GREETING_HTML_TAG] = html_lib.escape(line, quote=True)
+        values[GREETING_HTML_TAG] = _escape(line)
     shown_name = name or DEFAULT_READER_NAME
     if NAME_TEXT_TAG in used or NAME_HTML_TAG in used:
         values[NAME_TEXT_TAG] = shown_name
-        values[NAME_HTML_TAG] = html_lib.escape(shown_name, quote=True)
+        values[NAME_HTML_TAG] = _escape(shown_name)
     if FIRST_TEXT_TAG in used or FIRST_HTML_TAG in used:
         values[FIRST_TEXT_TAG] = first or shown_name
-        values[FIRST_HTML_TAG] = html_lib.escape(first or shown_name, quote=True)
+        values[FIRST_HTML_TAG] = _escape(first or shown_name)
     return values if len(values) == len(used) else {tag: v for tag, v in values.items() if tag in used}
 
 

@@ -8,6 +8,7 @@ import functools
 import hashlib
 import hmac
 import os
+from typing import Any
 
 from .errors import SendError
 from .recipients import is_plausible, normalize
@@ -19,8 +20,12 @@ VERSION = "u1"
 _MAC_BYTES = 16  # 128 bits of HMAC-SHA256: unforgeable, and keeps each link short
 
 
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
 def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+    # binascii and bytes.translate are C: a million tokens a send make this a hot path.
+    return binascii.b2a_base64(data, newline=False).translate(_URLSAFE).rstrip(b"=").decode("ascii")
 
 
 def _unb64(text: str) -> bytes:
@@ -28,15 +33,25 @@ def _unb64(text: str) -> bytes:
 
 
 @functools.lru_cache(maxsize=4)
-def _keyed(secret: str) -> hmac.HMAC:
-    # The key schedule done once per secret; each token copies it (a million tokens per send).
-    return hmac.new(secret.encode("utf-8"), f"unsubscribe:{VERSION}:".encode(), hashlib.sha256)
+def _keyed(secret: str) -> tuple[Any, Any]:
+    """HMAC-SHA256's inner and outer hashes with the key (and the message prefix) already absorbed (RFC 2104):
+    each token then costs two C-level copies instead of a key schedule."""
+    key = secret.encode("utf-8")
+    if len(key) > 64:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(64, b"\0")
+    inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+    inner.update(f"unsubscribe:{VERSION}:".encode())
+    return inner, hashlib.sha256(bytes(b ^ 0x5C for b in key))
 
 
 def _mac(secret: str, email: str) -> bytes:
-    h = _keyed(secret).copy()
-    h.update(email.encode("utf-8"))
-    return h.digest()[:_MAC_BYTES]
+    inner, outer = _keyed(secret)
+    i = inner.copy()
+    i.update(email.encode("utf-8"))
+    o = outer.copy()
+    o.update(i.digest())
+    return o.digest()[:_MAC_BYTES]
 
 
 def make_token(secret: str, email: str) -> str:
