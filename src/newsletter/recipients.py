@@ -58,12 +58,15 @@ _TITLES = frozenset({"dr", "mr", "mrs", "ms", "mx", "miss", "prof", "professor",
 _NICKNAME = re.compile(r"""(?:^|\s)(?:"[^"]*"|“[^”]*”|'[^']*'|\([^)]*\))(?=[\s,]|$)""")
 
 
+_SPECIAL = re.compile(r"[\"“'(,.]")
+
+
 def first_name_of(name: str) -> str:
     """The first name in a full name: the first word that is not a title, leaving out quoted nicknames
     ("Mary-Kate \"MK\" Olsen, Jr." -> "Mary-Kate"); "" when there is none."""
     if not name:
         return ""
-    if not any(c in name for c in "\"“'(,."):  # the common case, "Jane Doe": no nickname, title dot or comma
+    if not _SPECIAL.search(name):  # the common case, "Jane Doe": no nickname, title dot or comma
         for word in name.split():
             if word.lower() not in _TITLES:
                 return word
@@ -136,21 +139,38 @@ def eligible(rows: Iterable[Row], ledger: _Suppressions, journal: _Sent, *, rese
     """(address, name, first name) of each reader to send to now, streamed; `tally` counts everyone and why
     they were left out: suppressed in the ledger, malformed (one bad address makes SendGrid refuse a whole
     request), already sent, or in doubt."""
-    # Names bound once: this loop runs once per reader of the list, a million times for a large one.
+    # Names bound once and counts kept in locals: this loop runs a million times for a large list. The tally
+    # is complete once the stream is (readers counts as it goes).
     suppressed, sent, doubt, plausible = ledger.is_suppressed_key, journal.is_sent_key, journal.in_doubt_key, \
         _PLAUSIBLE.match
-    for key, email, name, first in unique(rows, tally):
-        tally.total += 1
-        if suppressed(key):
-            tally.suppressed += 1
-        elif len(key) > MAX_LENGTH or not plausible(key):
-            tally.invalid += 1
-            if len(tally.invalid_examples) < 5:
-                tally.invalid_examples.append(email)
-        elif sent(key):
-            tally.already_sent += 1
-        elif not resend_in_doubt and doubt(key):
-            tally.in_doubt += 1
-        else:
-            tally.readers += 1
-            yield key, name, first
+    norm = normalize
+    seen: set[int] = set()
+    total = n_suppressed = n_sent = n_doubt = n_dups = 0
+    try:
+        for email, name, first in rows:
+            key = norm(email)
+            h = hash(key)
+            if h in seen:
+                n_dups += 1
+                continue
+            seen.add(h)
+            total += 1
+            if suppressed(key):
+                n_suppressed += 1
+            elif len(key) > MAX_LENGTH or not plausible(key):
+                tally.invalid += 1
+                if len(tally.invalid_examples) < 5:
+                    tally.invalid_examples.append(email)
+            elif sent(key):
+                n_sent += 1
+            elif not resend_in_doubt and doubt(key):
+                n_doubt += 1
+            else:
+                tally.readers += 1
+                yield key, name, first
+    finally:
+        tally.total += total
+        tally.suppressed += n_suppressed
+        tally.already_sent += n_sent
+        tally.in_doubt += n_doubt
+        tally.duplicates += n_dups
