@@ -10,7 +10,7 @@ import os
 import re
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -47,6 +47,8 @@ class WebState:
     ledger: Ledger
     events: EventLog
     lock: threading.Lock  # check-then-append of one process is atomic: a second POST writes nothing new
+    prefix: str = ""  # the path of base_url, under which every route answers
+    push_lock: threading.Lock = field(default_factory=threading.Lock)  # one push to SendGrid at a time
 
 
 def _loggable(text: str) -> str:
@@ -145,196 +147,228 @@ async def _read_limited(request: Any, limit: int) -> bytes | None:
     return body
 
 
-def create_app(root: Path) -> Any:
-    """The ASGI app, configured from newsletter.yaml and the environment."""
-    from starlette.applications import Starlette
+# -- sign-up (double opt-in): the page, the form's POST, the confirm link --------------------------------
+def _transport(config: Config) -> Any:
+    """SendGrid, when SENDGRID_API_KEY is set (None otherwise: the confirmation email cannot go out)."""
+    from .sendgrid import SendGridTransport, api_key_from_env
+
+    if not os.environ.get("SENDGRID_API_KEY", "").strip():
+        return None
+    return SendGridTransport(api_key_from_env(), timeout=config.sendgrid.timeout)
+
+async def _subscribe_page(request: Any) -> Any:
+    state: WebState = request.app.state.newsletter
+    config = state.config
+    return _page(config, f"Subscribe to {config.name}", signup_form(config, action=f"{state.prefix}/subscribe"))
+
+async def _subscribe_post(request: Any) -> Any:
     from starlette.concurrency import run_in_threadpool
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse, PlainTextResponse
+    from starlette.responses import PlainTextResponse
+
+    from .signup import Request as SignupRequest
+    from .signup import SignupError, request_signup
+
+    state: WebState = request.app.state.newsletter
+    config, prefix = state.config, state.prefix
+    body = await _read_limited(request, MAX_FORM_BYTES)
+    if body is None:
+        return PlainTextResponse("request too large", status_code=413)
+    form = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
+    req = SignupRequest(email=form.get("email", ""), first_name=form.get("first_name", ""),
+                        source=request.headers.get("referer", "") or f"{config.base_url}/subscribe",
+                        ip=request.client.host if request.client else "", honeypot=form.get(HONEYPOT, ""))
+    try:
+        await run_in_threadpool(request_signup, state.root, config, state.secret, _transport(config), req)
+    except SignupError as exc:
+        if exc.status == 400:
+            return _page(config, f"Subscribe to {config.name}", f'<p class="error" role="alert">'
+                         f"{html.escape(exc.message)}.</p>" + signup_form(config, f"{prefix}/subscribe",
+                                                                          form.get("email", "")), 400)
+        log.error("sign-up not confirmed by email: %s", _loggable(_without_address(str(exc), req.email)))
+        return _page(config, "We could not send the confirmation",
+                     "<p>We could not send the confirmation email just now, please try again later.</p>", 503)
+    except (NewsletterError, OSError) as exc:
+        log.error("sign-up not recorded: %s", _loggable(_without_address(str(exc), req.email)))
+        return _page(config, "We could not sign you up just now",
+                     "<p>Something went wrong on our side and nothing was recorded. Please try again in a few "
+                     "minutes.</p>", 503)
+    # The same answer whatever the address: new, pending, already subscribed or unsubscribed.
+    return _page(config, "Check your inbox",
+                 "<p>If the address is right, an email is on its way with a button to confirm your "
+                 f"subscription to {html.escape(config.name)}. It can take a minute; look in the spam folder "
+                 "too.</p>")
+
+async def _confirm_page(request: Any) -> Any:
+    from .tokens import verify_confirm_token
+
+    state: WebState = request.app.state.newsletter
+    config = state.config
+    found = verify_confirm_token(state.secret, request.path_params["token"], time.time())
+    if isinstance(found, str):
+        return _confirm_refused(config, found)
+    # A GET never changes anything: mail scanners open every link.
+    action = html.escape(str(request.url.path), quote=True)
+    return _page(config, f"Confirm your subscription to {config.name}",
+                 f"<p>Press the button to start receiving {html.escape(config.name)} at "
+                 f"<strong>{html.escape(found[0])}</strong>.</p>"
+                 f'<form method="post" action="{action}"><button type="submit">Confirm my subscription'
+                 "</button></form>")
+
+async def _confirm_post(request: Any) -> Any:
+    from starlette.concurrency import run_in_threadpool
+
+    from .signup import SignupError, confirm
+
+    state: WebState = request.app.state.newsletter
+    config = state.config
+    await _read_limited(request, MAX_FORM_BYTES)
+    try:
+        done = await run_in_threadpool(confirm, state.root, config, state.secret, _transport(config),
+                                       request.path_params["token"])
+    except SignupError as exc:
+        return _confirm_refused(config, "expired" if "expired" in exc.message else "invalid")
+    except (NewsletterError, OSError) as exc:
+        log.error("confirmation not recorded: %s", _loggable(str(exc)))
+        return _page(config, "We could not confirm you just now",
+                     "<p>Something went wrong on our side and nothing was recorded. Please press the button "
+                     "in the email again in a few minutes.</p>", 503)
+    if done.welcome_note:
+        log.warning("welcome email not sent: %s", _loggable(_without_address(done.welcome_note, done.email)))
+    title = "You are already subscribed" if done.already else "You are subscribed"
+    return _page(config, title, f"<p>Welcome to {html.escape(config.name)}. The next letter will find you at "
+                 f"<strong>{html.escape(done.email)}</strong>.</p>"
+                 f'<p class="small"><a href="{html.escape(config.archive_url)}/">Read the past issues</a></p>')
+
+
+# -- unsubscribe (page, one-click), the event webhook, health ------------------------------------------------
+async def _unsubscribe_page(request: Any) -> Any:
+    state: WebState = request.app.state.newsletter
+    config = state.config
+    email = verify_token(state.secret, request.path_params["token"])
+    if email is None:
+        return _invalid(state)
+    # A GET never changes anything: mail scanners open every link.
+    action = html.escape(str(request.url.path), quote=True)
+    return _page(config, f"Unsubscribe {email} from {config.name}?",
+                 f'<p>You will get no more emails from {html.escape(config.name)} at '
+                 f"<strong>{html.escape(email)}</strong>.</p>"
+                 f'<form method="post" action="{action}"><input type="hidden" name="confirm" value="page">'
+                 f'<button type="submit">Unsubscribe</button></form>'
+                 f'<p class="small">Changed your mind? Just close this page.</p>')
+
+
+def _record_unsubscribe(state: WebState, email: str, source: str) -> bool:
+    with state.lock:
+        state.ledger.refresh()
+        if state.ledger.event_of(email) == "unsubscribe":
+            return False  # idempotent: already recorded
+        append_events(ledger_path(state.root), [Event(email, "unsubscribe", source=source)],
+                      what=f"a {source} unsubscribe")
+        return True  # the next request's refresh reads it back
+
+
+def _tell_sendgrid(state: WebState) -> None:
+    from .push import push_if_possible
+
+    with state.push_lock:
+        _, why = push_if_possible(state.root)
+    if why:
+        log.warning("opt-out not pushed to SendGrid yet (%s): `newsletter sync` pushes it", _loggable(why))
+
+
+async def _unsubscribe_post(request: Any) -> Any:
+    from starlette.concurrency import run_in_threadpool
+    from starlette.responses import PlainTextResponse
+
+    state: WebState = request.app.state.newsletter
+    config = state.config
+    body = await _read_limited(request, MAX_FORM_BYTES)
+    if body is None:
+        return PlainTextResponse("request too large", status_code=413)
+    email = verify_token(state.secret, request.path_params["token"])
+    if email is None:
+        return _invalid(state)
+    # RFC 8058 clients send `List-Unsubscribe=One-Click` urlencoded or as multipart/form-data.
+    form = parse_qs(body.decode("utf-8", "replace"))
+    one_click = form.get("List-Unsubscribe", [""])[0] == "One-Click" or (
+        b'name="List-Unsubscribe"' in body and b"One-Click" in body)
+    try:
+        recorded = await run_in_threadpool(_record_unsubscribe, state, email, "one-click" if one_click else "page")
+    except (NewsletterError, OSError) as exc:
+        # Nothing was stored, so nothing is claimed: 503 makes a one-click client retry, and the reader
+        # is told plainly. The log line names the cause, never the address.
+        log.error("unsubscribe not recorded: %s", _loggable(_without_address(str(exc), email)))
+        return _page(config, "We could not unsubscribe you just now",
+                     "<p>Something went wrong on our side and your request was <strong>not</strong> recorded. "
+                     "Please try again in a few minutes, or reply to any issue and ask to be removed: "
+                     "we will do it by hand.</p>", 503)
+    if recorded:
+        # Tell SendGrid too, so mail already scheduled to this reader is dropped; after the answer, in the
+        # background: the reader does not wait on SendGrid, and what fails waits for `newsletter sync`.
+        threading.Thread(target=_tell_sendgrid, args=(state,), daemon=True).start()
+    return _page(config, "You are unsubscribed",
+                 f"<p><strong>{html.escape(email)}</strong> will get no more emails from "
+                 f"{html.escape(config.name)}.</p><p>Thank you for reading. If this was a mistake, reply "
+                 "to any issue and we will add you back.</p>")
+
+
+def _record_events(state: WebState, events: list[dict[str, Any]]) -> RecordResult:
+    # The lock is taken in a worker thread, never across an await on the event loop.
+    with state.lock:
+        return state.events.record(events, state.ledger)
+
+
+async def _webhook(request: Any) -> Any:
+    from starlette.concurrency import run_in_threadpool
+    from starlette.responses import JSONResponse
+
+    state: WebState = request.app.state.newsletter
+    body = await _read_limited(request, MAX_WEBHOOK_BYTES)
+    if body is None:
+        return JSONResponse({"error": "request too large"}, status_code=413)
+    try:
+        # The signature is checked over the raw bytes before anything is read from them.
+        verify_signature(state.public_key, request.headers.get(SIGNATURE_HEADER, ""),
+                         request.headers.get(TIMESTAMP_HEADER, ""), body)
+        events = parse_batch(body)
+    except WebhookError as exc:
+        return JSONResponse({"error": exc.message}, status_code=exc.status)
+    try:
+        result = await run_in_threadpool(_record_events, state, events)
+    except (NewsletterError, OSError) as exc:
+        # Not stored, so not acknowledged: SendGrid retries a batch that is not answered 2xx.
+        log.error("webhook batch not stored: %s", _loggable(str(exc)))
+        return JSONResponse({"error": "could not store the events; retry later"}, status_code=503)
+    return JSONResponse({"received": len(events), "new": result.logged, "ledger": result.ledger,
+                         "skipped": result.skipped})
+
+
+async def _health(request: Any) -> Any:
+    from starlette.responses import JSONResponse
+
+    return JSONResponse({"status": "ok", "newsletter": request.app.state.newsletter.config.name})
+
+
+def create_app(root: Path) -> Any:
+    """The ASGI app, configured from newsletter.yaml and the environment: the route table."""
+    from starlette.applications import Starlette
     from starlette.routing import Route
 
     config = load_config(root)
     secret, _ = secret_from_env(required=True)
     state = WebState(root=root, config=config, secret=secret, public_key=os.environ.get(PUBLIC_KEY_ENV, ""),
-                     ledger=Ledger(ledger_path(root)), events=EventLog(root), lock=threading.Lock())
-    prefix = urlsplit(config.base_url).path.rstrip("/")
-
-    async def unsubscribe_page(request: Request) -> Any:
-        email = verify_token(state.secret, request.path_params["token"])
-        if email is None:
-            return _invalid(state)
-        # A GET never changes anything: mail scanners open every link.
-        action = html.escape(str(request.url.path), quote=True)
-        return _page(config, f"Unsubscribe {email} from {config.name}?",
-                     f'<p>You will get no more emails from {html.escape(config.name)} at '
-                     f"<strong>{html.escape(email)}</strong>.</p>"
-                     f'<form method="post" action="{action}"><input type="hidden" name="confirm" value="page">'
-                     f'<button type="submit">Unsubscribe</button></form>'
-                     f'<p class="small">Changed your mind? Just close this page.</p>')
-
-    def record_unsubscribe(email: str, source: str) -> bool:
-        with state.lock:
-            state.ledger.refresh()
-            if state.ledger.event_of(email) == "unsubscribe":
-                return False  # idempotent: already recorded
-            append_events(ledger_path(root), [Event(email, "unsubscribe", source=source)],
-                          what=f"a {source} unsubscribe")
-            return True  # the next request's refresh reads it back
-
-    def tell_sendgrid() -> None:
-        from .push import push_if_possible
-
-        with push_lock:
-            pushed, why = push_if_possible(root)
-        if why:
-            log.warning("opt-out not pushed to SendGrid yet (%s): `newsletter sync` pushes it", _loggable(why))
-
-    push_lock = threading.Lock()
-
-    def record_events(events: list[dict[str, Any]]) -> RecordResult:
-        # The lock is taken in a worker thread, never across an await on the event loop.
-        with state.lock:
-            return state.events.record(events, state.ledger)
-
-    async def unsubscribe_post(request: Request) -> Any:
-        body = await _read_limited(request, MAX_FORM_BYTES)
-        if body is None:
-            return PlainTextResponse("request too large", status_code=413)
-        email = verify_token(state.secret, request.path_params["token"])
-        if email is None:
-            return _invalid(state)
-        # RFC 8058 clients send `List-Unsubscribe=One-Click` urlencoded or as multipart/form-data.
-        form = parse_qs(body.decode("utf-8", "replace"))
-        one_click = form.get("List-Unsubscribe", [""])[0] == "One-Click" or (
-            b'name="List-Unsubscribe"' in body and b"One-Click" in body)
-        try:
-            recorded = await run_in_threadpool(record_unsubscribe, email, "one-click" if one_click else "page")
-        except (NewsletterError, OSError) as exc:
-            # Nothing was stored, so nothing is claimed: 503 makes a one-click client retry, and the reader
-            # is told plainly. The log line names the cause, never the address.
-            log.error("unsubscribe not recorded: %s", _loggable(_without_address(str(exc), email)))
-            return _page(config, "We could not unsubscribe you just now",
-                         "<p>Something went wrong on our side and your request was <strong>not</strong> recorded. "
-                         "Please try again in a few minutes, or reply to any issue and ask to be removed: "
-                         "we will do it by hand.</p>", 503)
-        if recorded:
-            # Tell SendGrid too, so mail already scheduled to this reader is dropped; after the answer, in the
-            # background: the reader does not wait on SendGrid, and what fails waits for `newsletter sync`.
-            threading.Thread(target=tell_sendgrid, daemon=True).start()
-        return _page(config, "You are unsubscribed",
-                     f"<p><strong>{html.escape(email)}</strong> will get no more emails from "
-                     f"{html.escape(config.name)}.</p><p>Thank you for reading. If this was a mistake, reply "
-                     "to any issue and we will add you back.</p>")
-
-    async def webhook(request: Request) -> Any:
-        body = await _read_limited(request, MAX_WEBHOOK_BYTES)
-        if body is None:
-            return JSONResponse({"error": "request too large"}, status_code=413)
-        try:
-            # The signature is checked over the raw bytes before anything is read from them.
-            verify_signature(state.public_key, request.headers.get(SIGNATURE_HEADER, ""),
-                             request.headers.get(TIMESTAMP_HEADER, ""), body)
-            events = parse_batch(body)
-        except WebhookError as exc:
-            return JSONResponse({"error": exc.message}, status_code=exc.status)
-        try:
-            result = await run_in_threadpool(record_events, events)
-        except (NewsletterError, OSError) as exc:
-            # Not stored, so not acknowledged: SendGrid retries a batch that is not answered 2xx.
-            log.error("webhook batch not stored: %s", _loggable(str(exc)))
-            return JSONResponse({"error": "could not store the events; retry later"}, status_code=503)
-        return JSONResponse({"received": len(events), "new": result.logged, "ledger": result.ledger,
-                             "skipped": result.skipped})
-
-    def transport() -> Any:
-        from .sendgrid import SendGridTransport, api_key_from_env
-
-        if not os.environ.get("SENDGRID_API_KEY", "").strip():
-            return None
-        return SendGridTransport(api_key_from_env(), timeout=config.sendgrid.timeout)
-
-    async def subscribe_page(request: Request) -> Any:
-        return _page(config, f"Subscribe to {config.name}", signup_form(config, action=f"{prefix}/subscribe"))
-
-    async def subscribe_post(request: Request) -> Any:
-        from .signup import Request as SignupRequest
-        from .signup import SignupError, request_signup
-
-        body = await _read_limited(request, MAX_FORM_BYTES)
-        if body is None:
-            return PlainTextResponse("request too large", status_code=413)
-        form = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
-        req = SignupRequest(email=form.get("email", ""), first_name=form.get("first_name", ""),
-                            source=request.headers.get("referer", "") or f"{config.base_url}/subscribe",
-                            ip=request.client.host if request.client else "", honeypot=form.get(HONEYPOT, ""))
-        try:
-            await run_in_threadpool(request_signup, root, config, state.secret, transport(), req)
-        except SignupError as exc:
-            if exc.status == 400:
-                return _page(config, f"Subscribe to {config.name}", f'<p class="error" role="alert">'
-                             f"{html.escape(exc.message)}.</p>" + signup_form(config, f"{prefix}/subscribe",
-                                                                              form.get("email", "")), 400)
-            log.error("sign-up not confirmed by email: %s", _loggable(_without_address(str(exc), req.email)))
-            return _page(config, "We could not send the confirmation",
-                         "<p>We could not send the confirmation email just now, please try again later.</p>", 503)
-        except (NewsletterError, OSError) as exc:
-            log.error("sign-up not recorded: %s", _loggable(_without_address(str(exc), req.email)))
-            return _page(config, "We could not sign you up just now",
-                         "<p>Something went wrong on our side and nothing was recorded. Please try again in a few "
-                         "minutes.</p>", 503)
-        # The same answer whatever the address: new, pending, already subscribed or unsubscribed.
-        return _page(config, "Check your inbox",
-                     "<p>If the address is right, an email is on its way with a button to confirm your "
-                     f"subscription to {html.escape(config.name)}. It can take a minute; look in the spam folder "
-                     "too.</p>")
-
-    async def confirm_page(request: Request) -> Any:
-        from .tokens import verify_confirm_token
-
-        found = verify_confirm_token(state.secret, request.path_params["token"], time.time())
-        if isinstance(found, str):
-            return _confirm_refused(config, found)
-        # A GET never changes anything: mail scanners open every link.
-        action = html.escape(str(request.url.path), quote=True)
-        return _page(config, f"Confirm your subscription to {config.name}",
-                     f"<p>Press the button to start receiving {html.escape(config.name)} at "
-                     f"<strong>{html.escape(found[0])}</strong>.</p>"
-                     f'<form method="post" action="{action}"><button type="submit">Confirm my subscription'
-                     "</button></form>")
-
-    async def confirm_post(request: Request) -> Any:
-        from .signup import SignupError, confirm
-
-        await _read_limited(request, MAX_FORM_BYTES)
-        try:
-            done = await run_in_threadpool(confirm, root, config, state.secret, transport(),
-                                           request.path_params["token"])
-        except SignupError as exc:
-            return _confirm_refused(config, "expired" if "expired" in exc.message else "invalid")
-        except (NewsletterError, OSError) as exc:
-            log.error("confirmation not recorded: %s", _loggable(str(exc)))
-            return _page(config, "We could not confirm you just now",
-                         "<p>Something went wrong on our side and nothing was recorded. Please press the button "
-                         "in the email again in a few minutes.</p>", 503)
-        if done.welcome_note:
-            log.warning("welcome email not sent: %s", _loggable(_without_address(done.welcome_note, done.email)))
-        title = "You are already subscribed" if done.already else "You are subscribed"
-        return _page(config, title, f"<p>Welcome to {html.escape(config.name)}. The next letter will find you at "
-                     f"<strong>{html.escape(done.email)}</strong>.</p>"
-                     f'<p class="small"><a href="{html.escape(config.archive_url)}/">Read the past issues</a></p>')
-
-    async def health(request: Request) -> Any:
-        return JSONResponse({"status": "ok", "newsletter": config.name})
-
+                     ledger=Ledger(ledger_path(root)), events=EventLog(root), lock=threading.Lock(),
+                     prefix=urlsplit(config.base_url).path.rstrip("/"))
+    prefix = state.prefix
     routes = [
-        Route(f"{prefix}/unsubscribe/{{token}}", unsubscribe_page, methods=["GET"]),
-        Route(f"{prefix}/unsubscribe/{{token}}", unsubscribe_post, methods=["POST"]),
-        Route(f"{prefix}/webhooks/sendgrid", webhook, methods=["POST"]),
-        Route(f"{prefix}/healthz", health, methods=["GET"]),
-        Route(f"{prefix}/subscribe", subscribe_page, methods=["GET"]),
-        Route(f"{prefix}/subscribe", subscribe_post, methods=["POST"]),
-        Route(f"{prefix}/confirm/{{token}}", confirm_page, methods=["GET"]),
-        Route(f"{prefix}/confirm/{{token}}", confirm_post, methods=["POST"]),
+        Route(f"{prefix}/unsubscribe/{{token}}", _unsubscribe_page, methods=["GET"]),
+        Route(f"{prefix}/unsubscribe/{{token}}", _unsubscribe_post, methods=["POST"]),
+        Route(f"{prefix}/webhooks/sendgrid", _webhook, methods=["POST"]),
+        Route(f"{prefix}/healthz", _health, methods=["GET"]),
+        Route(f"{prefix}/subscribe", _subscribe_page, methods=["GET"]),
+        Route(f"{prefix}/subscribe", _subscribe_post, methods=["POST"]),
+        Route(f"{prefix}/confirm/{{token}}", _confirm_page, methods=["GET"]),
+        Route(f"{prefix}/confirm/{{token}}", _confirm_post, methods=["POST"]),
     ]
     app = Starlette(routes=routes)
     app.state.newsletter = state
