@@ -74,3 +74,32 @@ def test_unique_keeps_the_first_row() -> None:
     ("Jean (JJ) Jacques", "Jean"), ("O'Brien D'Arcy", "O'Brien"), ("Ada", "Ada"), ("", ""), ("Prof.", "")])
 def test_first_name_of(name: str, first: str) -> None:
     assert first_name_of(name) == first
+
+
+def test_the_fast_path_agrees_with_email_validator() -> None:
+    import random
+    import string
+
+    from email_validator import EmailNotValidError, validate_email
+
+    from newsletter.recipients import _PLAIN
+
+    rng = random.Random(7)
+    alphabet = string.ascii_letters + string.digits + ".-_+!#$%&'*/=?^`{|}~"
+    samples = ["ada@readers.net", "Ada.Lovelace+news@Mail.Example.CO.UK", "a@x.test", "a..b@x.net", ".a@x.net",
+               "a@-x.net", "a@x.n", "a" * 65 + "@x.net", "weird!#$%&'*+/=?^_`{|}~-@x.net"]
+    samples += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 12))) + "@"
+                + rng.choice(["x.net", "Mail.ORG", "a-b.co", "q.test", "b.localhost", "c.Onion"]) for _ in range(3000)]
+    fast = 0
+    for address in samples:
+        try:
+            reference = str(validate_email(address, check_deliverability=False).normalized)
+        except EmailNotValidError:
+            reference = None
+        try:
+            ours = Address.validate(address)
+        except ValueError:
+            ours = None
+        assert ours == reference, address
+        fast += bool(_PLAIN.fullmatch(address))
+    assert fast > 1000  # the fast path was exercised

@@ -41,14 +41,28 @@ def bare(raw: str) -> str:
     return raw.strip()
 
 
+# Plain ASCII addresses, the great majority of any list, are checked here (as email-validator would accept
+# them: a dot-atom local part, letter-digit-hyphen labels, a top-level domain of letters that is not reserved
+# for special use); anything else goes to email-validator, which costs ~200 µs an address on an import.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_PLAIN = re.compile(rf"({_ATOM}(?:\.{_ATOM})*)@((?:{_LABEL}\.)+[A-Za-z]{{2,63}})")
+_SPECIAL_USE = frozenset({"arpa", "invalid", "local", "localhost", "onion", "test"})
+
+
 def validate(raw: str) -> str:
     """The address as typed or imported, checked fully (syntax only, no DNS); raises ValueError with the reason."""
     from email_validator import EmailNotValidError, validate_email
 
     if any(c in raw for c in "\r\n\x00"):
         raise ValueError("it contains a line break or a control character")
+    address = bare(raw)
+    plain = _PLAIN.fullmatch(address)
+    if plain and len(plain.group(1)) <= 64 and len(address) <= 254 and \
+            plain.group(2).rsplit(".", 1)[1].lower() not in _SPECIAL_USE:
+        return f"{plain.group(1)}@{plain.group(2).lower()}"  # as email-validator normalises it
     try:
-        return str(validate_email(bare(raw), check_deliverability=False).normalized)
+        return str(validate_email(address, check_deliverability=False).normalized)
     except EmailNotValidError as exc:
         raise ValueError(str(exc)) from None
 
