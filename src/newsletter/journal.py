@@ -304,6 +304,17 @@ class Journal:
             os.close(self._fd)
             self._fd = None
 
+    def sync(self) -> None:
+        """fsync what was written since the last synced record (the outcomes); raises StorageError."""
+        with self._lock:
+            fd = self._fd
+        if fd is None:
+            return
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            raise StorageError.from_os(exc, self.path, "the outcomes of this send") from None
+
     # -- the records ------------------------------------------------------------------------------------
     def run(self, readers: int, resend_in_doubt: bool, batch_id: str = "") -> None:
         """A send starts (scheduled under SendGrid's `batch_id` when given)."""

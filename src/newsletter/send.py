@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import random
 import threading
 import time
@@ -292,9 +291,15 @@ class Dispatcher:
             journal.run(self.p.readers, self.p.options.resend_in_doubt, self.batch_id)
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="send") as pool:
                 self._feed(pool, workers)
-            if not self.report.stopped:
-                with contextlib.suppress(StorageError):  # the end of a run is for `status`: nobody's fate
-                    journal.end()
+            try:
+                if not self.report.stopped:
+                    journal.end()  # synced, and with it every outcome written before
+                else:
+                    journal.sync()
+            except StorageError as exc:
+                # The outcomes may not be on disk: the next run would report their batches in doubt. Say so.
+                self.report.stopped = self.report.stopped or str(exc)
+                self.report.errors.append(str(exc))
         if self.p.spool is None:
             # Readers who unsubscribed after the summary was shown: skipped while streaming or at dispatch.
             late = self.tally.suppressed + self.report.suppressed_late - self.p.tally.suppressed
