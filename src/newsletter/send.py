@@ -170,6 +170,9 @@ class Dispatcher:
                 if not flight.left:
                     self.report.failed += len(readers)
                     self.report.failed_batches += 1
+                else:
+                    self.report.in_doubt += len(readers)
+                    self.report.in_doubt_batches += 1
             self._done(len(readers))
 
     def _run_batch(self, readers: list[Reader], flight: _Flight) -> None:
@@ -304,10 +307,13 @@ class Dispatcher:
             # Readers who unsubscribed after the summary was shown: skipped while streaming or at dispatch.
             late = self.tally.suppressed + self.report.suppressed_late - self.p.tally.suppressed
             self.report.suppressed_late = max(late, 0)
-        # What earlier runs left in doubt (and this run did not resend) still counts.
-        state = load_state(path)
-        self.report.in_doubt = state.in_doubt_readers
-        self.report.in_doubt_batches = state.doubt_batch_count()
+        if self.p.journal.doubt:
+            # What earlier runs left in doubt (and this run did not resend) still counts: replay the journal.
+            # Without earlier doubt the run's own count is the whole truth, and a million-reader journal is not
+            # read back into memory.
+            state = load_state(path)
+            self.report.in_doubt = state.in_doubt_readers
+            self.report.in_doubt_batches = state.doubt_batch_count()
         self.report.elapsed = time.perf_counter() - start
         return self.report
 
