@@ -67,7 +67,7 @@ def test_broken_bytes_in_the_list_name_the_line(ready_project: Path, monkeypatch
     result = Cli(ready_project)(*command, "--no-spam") if command[0] == "check" else Cli(ready_project)(*command)
     assert result.exit_code == 1, result.output
     assert f"subscribers.csv:{line}: {message}" in result.output
-    assert ("re-save the list as UTF-8" if "UTF-8" in message else "the field is too long") in result.output
+    assert ("re-save as UTF-8" if "UTF-8" in message else "the field is too long") in result.output
     assert "internal error" not in result.output
 
 

@@ -53,7 +53,7 @@ def _rows(path: Path) -> Iterator[list[str]]:
             yield from reader
         except UnicodeDecodeError:
             raise SubscriberError("not UTF-8 text", path=path, line=_first_undecodable_line(path),
-                                  hint="re-save the list as UTF-8 (\"CSV UTF-8\" in Excel or Numbers)") from None
+                                  hint="re-save as UTF-8 (\"CSV UTF-8\" in Excel or Numbers)") from None
         except csv.Error as exc:
             too_long = "field larger than field limit" in str(exc)
             raise SubscriberError(
