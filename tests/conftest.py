@@ -180,3 +180,22 @@ def readers(n: int, start: int = 0) -> list[tuple[str, str]]:
 def sender(ready_project: Path, env: dict[str, str]) -> Cli:
     configure(ready_project)
     return Cli(ready_project)
+
+
+# -- headless Chromium (Debian's), as the project's guide asks ------------------------------------------------
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    """One Chromium per test module, driven by Playwright."""
+    if not shutil.which(CHROMIUM):
+        pytest.fail("Debian's chromium is required at /usr/bin/chromium (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield b
+        b.close()

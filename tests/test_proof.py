@@ -12,28 +12,14 @@ import sys
 import threading
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from conftest import DATA, SEED_SLUG, Cli, seed_paragraphs, spam_on
 
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"]
 ISSUE = Path("issues") / SEED_SLUG
 
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    assert shutil.which(CHROMIUM), "apt-get install chromium"
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        yield b
-        b.close()
 
 
 def test_eml_is_a_complete_message(ready_project: Path) -> None:

@@ -15,10 +15,6 @@ from pathlib import Path
 import pytest
 from conftest import REPO, SEED_SLUG, Cli
 
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"]
-
 
 def reference_mjml() -> str | None:
     for candidate in (os.environ.get("MJML_BIN", ""), str(REPO / ".ci" / "mjml" / "node_modules" / ".bin" / "mjml"),
@@ -29,7 +25,7 @@ def reference_mjml() -> str | None:
 
 
 @pytest.mark.browser
-def test_pixels_match_the_reference_compiler(cli: Cli, project: Path, tmp_path: Path) -> None:
+def test_pixels_match_the_reference_compiler(cli: Cli, project: Path, tmp_path: Path, browser) -> None:
     mjml = reference_mjml()
     if mjml is None:
         if os.environ.get("NEWSLETTER_REQUIRE_REFERENCE_MJML"):  # set by .ci/run, which installs it
@@ -41,21 +37,14 @@ def test_pixels_match_the_reference_compiler(cli: Cli, project: Path, tmp_path: 
     assert "5.4.1" in version, version
     reference = tmp_path / "reference.html"
     subprocess.run([mjml, str(out / "email.mjml"), "-o", str(reference)], check=True, capture_output=True)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        try:
-            for width in (375, 600, 900):
-                shots = []
-                for document in (out / "email.html", reference):
-                    page = browser.new_page(viewport={"width": width, "height": 900})
-                    page.goto(document.as_uri())
-                    shots.append(page.screenshot(full_page=True))
-                    page.close()
-                if shots[0] != shots[1]:
-                    (tmp_path / f"ours-{width}.png").write_bytes(shots[0])
-                    (tmp_path / f"reference-{width}.png").write_bytes(shots[1])
-                    pytest.fail(f"at {width}px our HTML differs from npm mjml's: see {tmp_path}")
-        finally:
-            browser.close()
+    for width in (375, 600, 900):
+        shots = []
+        for document in (out / "email.html", reference):
+            page = browser.new_page(viewport={"width": width, "height": 900})
+            page.goto(document.as_uri())
+            shots.append(page.screenshot(full_page=True))
+            page.close()
+        if shots[0] != shots[1]:
+            (tmp_path / f"ours-{width}.png").write_bytes(shots[0])
+            (tmp_path / f"reference-{width}.png").write_bytes(shots[1])
+            pytest.fail(f"at {width}px our HTML differs from npm mjml's: see {tmp_path}")

@@ -66,11 +66,12 @@ def free_port() -> int:
 
 
 def start_server(project: Path, tmp_path: Path, extra_env: dict[str, str] | None = None, *,
-                 public_key: bool = True) -> Server:
-    """`newsletter serve` on a free port, as a subprocess (so LD_PRELOAD shims apply to it); waits for /healthz."""
+                 public_key: bool = True, extra_config: str = "") -> Server:
+    """`newsletter serve` on a free port, as a subprocess (so LD_PRELOAD shims apply to it); waits for /healthz.
+    newsletter.yaml is the filled-in one with base_url under /letters, plus `extra_config`."""
     (project / "newsletter.yaml").write_text(
         FILLED_CONFIG.replace("base_url: https://letters.micromoments.net",
-                              f"base_url: https://micromoments.net{PREFIX}"))
+                              f"base_url: https://micromoments.net{PREFIX}") + extra_config)
     key = ec.generate_private_key(ec.SECP256R1())
     public = base64.b64encode(key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).decode()
@@ -247,30 +248,20 @@ def test_log_has_one_line_per_request_without_tokens_or_addresses(server: Server
 
 
 @pytest.mark.browser
-def test_page_flow_in_chromium(server: Server) -> None:
-    import shutil
-
-    from playwright.sync_api import sync_playwright
-
-    assert shutil.which("/usr/bin/chromium"), "apt-get install chromium"
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
-        try:
-            page = browser.new_page(viewport={"width": 375, "height": 700})
-            page.goto(f"http://127.0.0.1:{server.port}{server.url('Page.Reader@readers.net')}")
-            assert page.get_by_role("heading").inner_text() == \
-                "Unsubscribe page.reader@readers.net from Micro Moments?"
-            assert server.ledger_lines() == []
-            button = page.get_by_role("button", name="Unsubscribe")
-            assert button.bounding_box()["height"] >= 44
-            button.click()
-            page.wait_for_load_state()
-            assert page.get_by_role("heading").inner_text() == "You are unsubscribed"
-            assert "page.reader@readers.net" in page.content()
-        finally:
-            browser.close()
+def test_page_flow_in_chromium(server: Server, browser) -> None:
+    page = browser.new_page(viewport={"width": 375, "height": 700})
+    try:
+        page.goto(f"http://127.0.0.1:{server.port}{server.url('Page.Reader@readers.net')}")
+        assert page.get_by_role("heading").inner_text() == "Unsubscribe page.reader@readers.net from Micro Moments?"
+        assert server.ledger_lines() == []
+        button = page.get_by_role("button", name="Unsubscribe")
+        assert button.bounding_box()["height"] >= 44
+        button.click()
+        page.wait_for_load_state()
+        assert page.get_by_role("heading").inner_text() == "You are unsubscribed"
+        assert "page.reader@readers.net" in page.content()
+    finally:
+        page.close()
     lines = server.ledger_lines()
     assert len(lines) == 1 and lines[0].startswith("page.reader@readers.net,unsubscribe,")
     assert ",page," in lines[0]
@@ -303,55 +294,53 @@ def test_captured_list_unsubscribe_url_works_against_serve(server: Server, monke
 
 
 # -- a full disk: nothing claimed that was not stored ----------------------------------------------------
-def test_one_click_on_a_full_disk_answers_503_then_records_with_room(project: Path, tmp_path: Path,
-                                                                     short_write_shim: Path) -> None:
+@pytest.fixture
+def full_disk(project: Path, tmp_path: Path, short_write_shim: Path) -> Iterator[tuple[Server, Path]]:
+    """serve on a disk that is full under subscribers/ while the returned flag file exists."""
     from conftest import shim_env
 
     full = tmp_path / "disk-is-full"
     full.touch()
     srv = start_server(project, tmp_path, shim_env(short_write_shim, "subscribers/", full_file=full))
-    try:
-        headers = {"Content-Type": "application/x-www-form-urlencoded"}
-        status, page = srv.request("POST", srv.url("victim@readers.net"), b"List-Unsubscribe=One-Click", headers)
-        assert status == 503, page  # a one-click client retries on 5xx
-        assert "not</strong> recorded" in page and "You are unsubscribed" not in page
-        assert not Ledger(ledger_path(project)).latest  # nothing whole was stored
-        full.unlink()  # room again: the client's retry is stored
-        status, page = srv.request("POST", srv.url("victim@readers.net"), b"List-Unsubscribe=One-Click", headers)
-        assert status == 200 and "You are unsubscribed" in page
-        ledger = Ledger(ledger_path(project))
-        assert ledger.is_suppressed("victim@readers.net") and not ledger.unreadable
-        lines = ledger_path(project).read_bytes().split(b"\n")
-        assert any(line.startswith(b"victim@readers.net,unsubscribe,") for line in lines)
-        time.sleep(0.2)
-        log = srv.log_path.read_text()
-        assert "unsubscribe not recorded: disk full" in log and "victim@readers.net" not in log
-    finally:
-        stop_server(srv)
+    yield srv, full
+    stop_server(srv)
 
 
-def test_webhook_batch_on_a_full_disk_is_stored_when_sendgrid_retries(project: Path, tmp_path: Path,
-                                                                      short_write_shim: Path) -> None:
-    from conftest import shim_env
+def test_one_click_on_a_full_disk_answers_503_then_records_with_room(full_disk: tuple[Server, Path]) -> None:
+    srv, full = full_disk
+    project = srv.root
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    status, page = srv.request("POST", srv.url("victim@readers.net"), b"List-Unsubscribe=One-Click", headers)
+    assert status == 503, page  # a one-click client retries on 5xx
+    assert "not</strong> recorded" in page and "You are unsubscribed" not in page
+    assert not Ledger(ledger_path(project)).latest  # nothing whole was stored
+    full.unlink()  # room again: the client's retry is stored
+    status, page = srv.request("POST", srv.url("victim@readers.net"), b"List-Unsubscribe=One-Click", headers)
+    assert status == 200 and "You are unsubscribed" in page
+    ledger = Ledger(ledger_path(project))
+    assert ledger.is_suppressed("victim@readers.net") and not ledger.unreadable
+    lines = ledger_path(project).read_bytes().split(b"\n")
+    assert any(line.startswith(b"victim@readers.net,unsubscribe,") for line in lines)
+    time.sleep(0.2)
+    log = srv.log_path.read_text()
+    assert "unsubscribe not recorded: disk full" in log and "victim@readers.net" not in log
 
-    full = tmp_path / "disk-is-full"
-    full.touch()
-    srv = start_server(project, tmp_path, shim_env(short_write_shim, "subscribers/", full_file=full))
-    try:
-        now = int(time.time())
-        body = _events({"email": "una@readers.net", "event": "unsubscribe", "sg_event_id": "f1", "timestamp": now},
-                       {"email": "bo@readers.net", "event": "bounce", "type": "bounce", "sg_event_id": "f2",
-                        "timestamp": now})
-        status, text = srv.request("POST", f"{PREFIX}/webhooks/sendgrid", body, srv.signed(body))
-        assert status == 503, text  # not stored, so not acknowledged
-        full.unlink()
-        status, text = srv.request("POST", f"{PREFIX}/webhooks/sendgrid", body, srv.signed(body))  # the retry
-        assert status == 200, text
-        assert json.loads(text)["new"] == 2 and json.loads(text)["ledger"] == 2
-        ledger = Ledger(ledger_path(project))
-        assert ledger.event_of("una@readers.net") == "unsubscribe" and ledger.event_of("bo@readers.net") == "bounce"
-    finally:
-        stop_server(srv)
+
+def test_webhook_batch_on_a_full_disk_is_stored_when_sendgrid_retries(full_disk: tuple[Server, Path]) -> None:
+    srv, full = full_disk
+    project = srv.root
+    now = int(time.time())
+    body = _events({"email": "una@readers.net", "event": "unsubscribe", "sg_event_id": "f1", "timestamp": now},
+                   {"email": "bo@readers.net", "event": "bounce", "type": "bounce", "sg_event_id": "f2",
+                    "timestamp": now})
+    status, text = srv.request("POST", f"{PREFIX}/webhooks/sendgrid", body, srv.signed(body))
+    assert status == 503, text  # not stored, so not acknowledged
+    full.unlink()
+    status, text = srv.request("POST", f"{PREFIX}/webhooks/sendgrid", body, srv.signed(body))  # the retry
+    assert status == 200, text
+    assert json.loads(text)["new"] == 2 and json.loads(text)["ledger"] == 2
+    ledger = Ledger(ledger_path(project))
+    assert ledger.event_of("una@readers.net") == "unsubscribe" and ledger.event_of("bo@readers.net") == "bounce"
 
 
 def test_webhook_skips_malformed_addresses_and_keeps_the_rest(server: Server) -> None:

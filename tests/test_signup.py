@@ -56,36 +56,30 @@ def _list(root: Path) -> list[dict[str, str]]:
     return list(csv.DictReader(path.open(encoding="utf-8"))) if path.exists() else []
 
 
-def test_sign_up_confirm_and_welcome_in_chromium(signup: tuple[Server, FakeSendGrid]) -> None:
-    from playwright.sync_api import sync_playwright
-
+def test_sign_up_confirm_and_welcome_in_chromium(signup: tuple[Server, FakeSendGrid], browser) -> None:
     srv, fake = signup
     base = f"http://127.0.0.1:{srv.port}"
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
-        try:
-            page = browser.new_page(viewport={"width": 375, "height": 800})
-            page.goto(f"{base}{PREFIX}/subscribe")
-            assert page.get_by_role("heading").inner_text() == "Subscribe to Micro Moments"
-            assert page.get_by_role("link", name="Read the past issues").is_visible()
-            page.get_by_label("Your email address").fill("New.Reader@readers.net")
-            page.get_by_label("Your first name (optional)").fill("Nora")
-            page.get_by_role("button", name="Subscribe").click()
-            page.wait_for_load_state()
-            assert page.get_by_role("heading").inner_text() == CHECK_INBOX
-            links = _confirm_links(fake)
-            assert len(links) == 1 and fake.requests[0]["personalizations"][0]["to"] == [
-                {"email": "new.reader@readers.net"}]
-            assert _list(srv.root) == []  # not before the confirmation
-            page.goto(base + _path(links[0]))  # the link in the email: a page with a button, nothing changed yet
-            assert _list(srv.root) == []
-            page.get_by_role("button", name="Confirm my subscription").click()
-            page.wait_for_load_state()
-            assert page.get_by_role("heading").inner_text() == "You are subscribed"
-        finally:
-            browser.close()
+    page = browser.new_page(viewport={"width": 375, "height": 800})
+    try:
+        page.goto(f"{base}{PREFIX}/subscribe")
+        assert page.get_by_role("heading").inner_text() == "Subscribe to Micro Moments"
+        assert page.get_by_role("link", name="Read the past issues").is_visible()
+        page.get_by_label("Your email address").fill("New.Reader@readers.net")
+        page.get_by_label("Your first name (optional)").fill("Nora")
+        page.get_by_role("button", name="Subscribe").click()
+        page.wait_for_load_state()
+        assert page.get_by_role("heading").inner_text() == CHECK_INBOX
+        links = _confirm_links(fake)
+        assert len(links) == 1 and fake.requests[0]["personalizations"][0]["to"] == [
+            {"email": "new.reader@readers.net"}]
+        assert _list(srv.root) == []  # not before the confirmation
+        page.goto(base + _path(links[0]))  # the link in the email: a page with a button, nothing changed yet
+        assert _list(srv.root) == []
+        page.get_by_role("button", name="Confirm my subscription").click()
+        page.wait_for_load_state()
+        assert page.get_by_role("heading").inner_text() == "You are subscribed"
+    finally:
+        page.close()
     assert [(r["email"], r["first_name"]) for r in _list(srv.root)] == [("new.reader@readers.net", "Nora")]
     consent = [line for line in ledger_path(srv.root).read_text().splitlines()
                if line.startswith("new.reader@readers.net,subscribe,")]
@@ -121,29 +115,10 @@ def test_replies_are_the_same_whatever_the_address(signup: tuple[Server, FakeSen
 
 
 def test_honeypot_rate_limits_and_twice_confirmed(project: Path, tmp_path: Path) -> None:
-    cfg = project / "newsletter.yaml"
     fake = FakeSendGrid().start()
-    srv = start_server(project, tmp_path, {"SENDGRID_API_URL": fake.url, "SENDGRID_API_KEY": API_KEY})
-    cfg.write_text(cfg.read_text() + "signup:\n  per_address_per_day: 2\n  per_ip_per_hour: 4\n")
-    stop_server(srv)  # restart with the limits (start_server writes the config: append after it)
-    import subprocess
-    import sys
-
-    env_extra = {"SENDGRID_API_URL": fake.url, "SENDGRID_API_KEY": API_KEY}
-    srv.log = open(tmp_path / "serve2.log", "wb")  # noqa: SIM115
-    import os
-
-    port = srv.port
-    srv.proc = subprocess.Popen([str(Path(sys.executable).parent / "newsletter"), "serve", "--root", str(project),
-                                 "--port", str(port)], stdout=srv.log, stderr=subprocess.STDOUT,
-                                env={**os.environ, "NEWSLETTER_SECRET": SECRET, **env_extra})
+    srv = start_server(project, tmp_path, {"SENDGRID_API_URL": fake.url, "SENDGRID_API_KEY": API_KEY},
+                       extra_config="signup:\n  per_address_per_day: 2\n  per_ip_per_hour: 4\n")
     try:
-        for _ in range(100):
-            try:
-                if srv.request("GET", f"{PREFIX}/healthz")[0] == 200:
-                    break
-            except OSError:
-                time.sleep(0.1)
         code, body = _post(srv, "bot@readers.net", trap="https://spam.example")
         assert code == 200 and CHECK_INBOX in body
         assert fake.requests == [] and not (project / "subscribers" / "signups.jsonl").exists()
@@ -161,6 +136,11 @@ def test_honeypot_rate_limits_and_twice_confirmed(project: Path, tmp_path: Path)
         assert [r["email"] for r in _list(project)] == ["eager@readers.net"]
         welcomes = [b for b in fake.requests if b.get("custom_args", {}).get("newsletter_issue") == "welcome"]
         assert len(welcomes) == 1
+        stop_server(srv)  # the limits are counted from subscribers/signups.jsonl: they hold across a restart
+        srv = start_server(project, tmp_path, {"SENDGRID_API_URL": fake.url, "SENDGRID_API_KEY": API_KEY},
+                           extra_config="signup:\n  per_address_per_day: 2\n  per_ip_per_hour: 4\n")
+        assert _post(srv, "sixth@readers.net", ip="10.1.1.1")[0] == 200
+        assert len(_confirm_links(fake)) == 3
     finally:
         stop_server(srv)
         fake.stop()
