@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 from .bundle import Issue
 from .config import Config
 from .errors import Level, NewsletterError, Problem
-from .render import TOKEN_TAG, RenderedEmail
+from .render import TOKEN_TAG, RenderedEmail, image_urls
 
 SUBJECT_MAX = 70
 PREHEADER_MAX = 150
@@ -111,9 +111,6 @@ def check_issue(config: Config, issue: Issue, rendered: RenderedEmail, *, links:
     order = {Level.ERROR: 0, Level.WARNING: 1}
     problems.sort(key=lambda p: order.get(p.level, 2))
     return problems
-
-
-_IMG_SRC = re.compile(r'<img\b[^>]*\bsrc="([^"]+)"')
 
 
 _RESERVED_ADDRESS = re.compile(r"[\w.+-]+@" + _RESERVED.pattern.removeprefix(r"(?<![\w-])"), re.IGNORECASE)
@@ -235,7 +232,7 @@ def _unlinked_images(issue: Issue) -> list[Problem]:
 
 def _heavy_images(config: Config, issue: Issue, rendered: RenderedEmail) -> list[Problem]:
     """Images still over 1 MB once published (re-encoded, at most 1200 px wide): slow on a phone."""
-    from .images import HEAVY_BYTES, publish
+    from .images import HEAVY_BYTES, image_cache, publish
 
     problems = []
     for image in rendered.body.images:
@@ -243,7 +240,7 @@ def _heavy_images(config: Config, issue: Issue, rendered: RenderedEmail) -> list
         if source is None or not source.is_file() or source.stat().st_size <= HEAVY_BYTES:
             continue  # re-encoding never makes an image larger than this
         try:
-            published = config.root / "build" / "images" / issue.slug / source.name
+            published = image_cache(config.root, issue.slug) / source.name
             publish(source, published)
         except NewsletterError as exc:
             problems.append(Problem("error", str(exc.message), issue.body_path, image.line))
@@ -372,7 +369,7 @@ def link_problems(config: Config, issue: Issue, rendered: RenderedEmail, body_li
 
     # Our own pages exist only once `serve`/`archive` run, but the images must be published before sending.
     own = (config.base_url, config.archive_url)
-    images = set(_IMG_SRC.findall(rendered.html))
+    images = set(image_urls(rendered.html))
     urls = [u for u in _URL_ATTR.findall(rendered.html) if urlsplit(u).scheme in ("http", "https")
             and TOKEN_TAG not in u and (u in images or not u.startswith(own))]
     results = check_links(urls)

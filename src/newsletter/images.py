@@ -101,6 +101,11 @@ def _reencode(im: object, fmt: str, out: Path) -> Published:
     return Published(im.width, im.height)
 
 
+def image_cache(root: Path, slug: str) -> Path:
+    """build/images/<slug>/: the published copies `check` and `preview` make (archive writes its own)."""
+    return root / "build" / "images" / slug
+
+
 def publish_issue_images(issue_dir: Path, target: Path) -> dict[str, Published]:
     """Every image beside the essay, published into `target` under its own name."""
     return {p.name: publish(p, target / p.name) for p in sorted(issue_dir.iterdir())

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-import html
 import os
-import re
 import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +20,7 @@ from .ledger import Ledger, load_ledger
 from .message import MAX_PER_REQUEST, MessageBuilder
 from .pipeline import check
 from .recipients import Eligibility, eligible, is_plausible, normalize
-from .render import RenderedEmail, view_url
+from .render import RenderedEmail, image_urls, view_url
 from .sendgrid import SendGridTransport, api_key_from_env
 from .subscribers import iter_subscribers
 from .tokens import secret_from_env
@@ -206,8 +204,7 @@ def _check_images(config: Config, rendered: RenderedEmail, *, test: bool) -> lis
     from .links import check_links
 
     prefix = view_url(config, rendered.issue)
-    urls = sorted({html.unescape(u) for u in re.findall(r'<img\b[^>]*\bsrc="([^"]+)"', rendered.html)
-                   if html.unescape(u).startswith(prefix)})
+    urls = sorted({u for u in image_urls(rendered.html) if u.startswith(prefix)})
     problems = []
     for r in check_links(urls, timeout=config.sendgrid.timeout):
         if r.broken or not r.content_type.startswith("image/"):

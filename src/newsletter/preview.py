@@ -221,14 +221,14 @@ def make_server(previewer: Previewer, host: str, port: int) -> ThreadingHTTPServ
             self.wfile.write(data)
 
         def _image(self, folder: Path, name: str) -> None:
-            from .images import IMAGE_SUFFIXES, publish
+            from .images import IMAGE_SUFFIXES, image_cache, publish
 
             source = folder / name
             if "/" in name or "\\" in name or not source.is_file() or source.suffix.lower() not in IMAGE_SUFFIXES:
                 self._send("not found", "text/plain", 404)
                 return
             try:  # as readers will get it: re-encoded, resized, without EXIF
-                published = previewer.root / "build" / "preview" / folder.name / name
+                published = image_cache(previewer.root, folder.name) / name
                 publish(source, published)
                 data = published.read_bytes()
             except (NewsletterError, OSError) as exc:

@@ -274,6 +274,14 @@ def render_issue(config: Config, issue: Issue, *, web: bool = False) -> Rendered
     return rendered
 
 
+_IMG_SRC = re.compile(r'<img\b[^>]*\bsrc="([^"]+)"')
+
+
+def image_urls(html: str) -> list[str]:
+    """The `src` of every <img> in an HTML part, unescaped, in order."""
+    return [html_lib.unescape(u) for u in _IMG_SRC.findall(html)]
+
+
 def _shown_size(folder: Path, src: str) -> tuple[int, int] | None:
     """The size an image beside the essay is shown at, or None (missing, unreadable, outside the folder:
     `check` reports those)."""

@@ -37,9 +37,6 @@ class Subscriber:
     extra: dict[str, str] = field(default_factory=dict)
 
 
-_column_index = column_index
-
-
 def _rows(path: Path) -> Iterator[list[str]]:
     """The list's CSV rows, streamed; a file that is not UTF-8, or a field that runs away (an unclosed quote),
     becomes one SubscriberError naming the line and what to do, never a decoding traceback."""
@@ -75,7 +72,7 @@ def _first_undecodable_line(path: Path) -> int:
 
 def _header(rows: Iterator[list[str]], path: Path) -> list[str] | None:
     header = next(rows, None)
-    if header is not None and _column_index(header, ("email",)) is None:
+    if header is not None and column_index(header, ("email",)) is None:
         raise SubscriberError(f"no `email` column (columns: {', '.join(header)})", path=path, line=1)
     return header
 
@@ -88,9 +85,9 @@ def iter_subscribers(root: Path) -> Iterator[tuple[str, str, str]]:
     header = _header(rows, path)
     if header is None:
         return
-    email_at = _column_index(header, ("email",)) or 0
-    name_at = _column_index(header, ("name",))
-    first_at = _column_index(header, ("first_name", "first name"))
+    email_at = column_index(header, ("email",)) or 0
+    name_at = column_index(header, ("name",))
+    first_at = column_index(header, ("first_name", "first name"))
     for row in rows:
         if len(row) > email_at and row[email_at].strip():
             name = row[name_at].strip() if name_at is not None and len(row) > name_at else ""
@@ -121,11 +118,6 @@ def _lock(root: Path) -> BaseFileLock:
     from filelock import FileLock
 
     return FileLock(str(list_path(root)) + ".lock", timeout=60)
-
-
-def validate_address(raw: str) -> str:
-    """The normalised address, or raises ValueError with the reason (syntax only, no DNS)."""
-    return validate(raw)
 
 
 @dataclass
@@ -253,7 +245,7 @@ def _add_readers(root: Path, report: ImportReport, active: dict[str, tuple[str, 
     """Add the active readers who are new and not suppressed; the list is rewritten atomically once."""
     with nullcontext() if report.dry_run else _lock(root):  # a dry run leaves not even a lock file behind
         header, rows = read_list(root)
-        email_at = _column_index(header, ("email",)) or 0
+        email_at = column_index(header, ("email",)) or 0
         present = {normalize(r[email_at]) for r in rows if len(r) > email_at}
         columns = {h.lower(): j for j, h in enumerate(header)}
 
@@ -292,7 +284,7 @@ def import_file(root: Path, source: Path) -> ImportReport:
 def add_subscriber(root: Path, email: str, name: str = "") -> str:
     """Add one address; refuses an invalid, present or suppressed one. Returns the stored address."""
     try:
-        address = validate_address(email)
+        address = validate(email)
     except ValueError as exc:
         raise SubscriberError(f"not a valid address: {email!r} ({exc})") from None
     key = normalize(address)
@@ -301,37 +293,32 @@ def add_subscriber(root: Path, email: str, name: str = "") -> str:
         raise SubscriberError(
             f"{address} is suppressed in the ledger (latest event: {ledger.event_of(key)})",
             hint=f"only they can ask to come back: then `newsletter resubscribe {address}`")
-    with _lock(root):
-        header, rows = read_list(root)
-        email_at = _column_index(header, ("email",)) or 0
-        if any(normalize(r[email_at]) == key for r in rows if len(r) > email_at):
-            raise SubscriberError(f"{address} is already on the list", path=list_path(root))
-        name_at = _column_index(header, ("name",))
-        if name_at is None:
-            header.append("name")
-            name_at = len(header) - 1
-        row = [""] * len(header)
-        row[email_at], row[name_at] = address, " ".join(name.split())
-        write_list(list_path(root), header, [r + [""] * (len(header) - len(r)) for r in rows] + [row])
+    if not _append_reader(root, address, {"name": " ".join(name.split())}):
+        raise SubscriberError(f"{address} is already on the list", path=list_path(root))
     return address
 
 
 def add_confirmed(root: Path, email: str, first_name: str = "") -> bool:
     """Put a reader who confirmed their sign-up on the list (atomically, under the list's lock); False when
     they are on it already. Suppression is the ledger's business: the caller records the consent there."""
+    return _append_reader(root, email, {"name": first_name, "first_name": first_name})
+
+
+def _append_reader(root: Path, address: str, cells: dict[str, str]) -> bool:
+    """Add one row under the list's lock, rewriting it atomically; False (nothing written) when present."""
+    key = normalize(address)
     with _lock(root):
         header, rows = read_list(root)
-        email_at = _column_index(header, ("email",)) or 0
-        if any(normalize(r[email_at]) == email for r in rows if len(r) > email_at):
+        email_at = column_index(header, ("email",)) or 0
+        if any(normalize(r[email_at]) == key for r in rows if len(r) > email_at):
             return False
-        for column in ("name", "first_name"):
-            if _column_index(header, (column,)) is None:
+        for column in cells:
+            if column_index(header, (column,)) is None:
                 header.append(column)
         row = [""] * len(header)
-        row[email_at] = email
-        row[_column_index(header, ("first_name",)) or 0] = first_name
-        row[_column_index(header, ("name",)) or 0] = first_name
-        row[email_at] = email
+        row[email_at] = address
+        for column, value in cells.items():
+            row[column_index(header, (column,)) or 0] = value
         write_list(list_path(root), header, [r + [""] * (len(header) - len(r)) for r in rows] + [row])
     return True
 
@@ -383,7 +370,7 @@ def export_subscribers(root: Path, target: Path, *, include_suppressed: bool = F
     """Write the active readers (all columns) to `target` atomically; returns how many rows. Cells that a
     spreadsheet would run as a formula get a leading `'`."""
     header, rows = read_list(root)
-    email_at = _column_index(header, ("email",)) or 0
+    email_at = column_index(header, ("email",)) or 0
     ledger = load_ledger(root)
     keep = [[_neutralise(c) for c in r] for r in rows
             if len(r) > email_at and (include_suppressed or not ledger.is_suppressed(r[email_at]))]
@@ -439,7 +426,7 @@ def remove_subscribers(root: Path, addresses: Iterable[str]) -> tuple[list[str],
     keys = {normalize(bare(a)) for a in addresses}
     with _lock(root):
         header, rows = read_list(root)
-        email_at = _column_index(header, ("email",)) or 0
+        email_at = column_index(header, ("email",)) or 0
         keep, removed = [], []
         for row in rows:
             key = normalize(row[email_at]) if len(row) > email_at else ""
