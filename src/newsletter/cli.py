@@ -352,14 +352,12 @@ def subscribers_export(root: Path, file: Path, include_suppressed: bool) -> None
 
 
 def _tell_sendgrid(root: Path) -> None:
-    from .push import pending, push_if_possible
+    from .push import push_if_possible
 
-    if not len(pending(root)):
-        return
     pushed, why = push_if_possible(root)
     if why:
         click.echo(f"SendGrid not told yet ({why}): `newsletter sync` pushes it", err=True)
-    else:
+    elif pushed:
         click.echo(f"SendGrid told: {pushed} address(es) on its suppression list updated", err=True)
 
 

@@ -92,8 +92,8 @@ def push(root: Path, transport: Any, group_id: int | None) -> int:
 
 
 def push_if_possible(root: Path, timeout: float = 10.0) -> tuple[int, str]:
-    """Push now when SENDGRID_API_KEY is set; (addresses pushed, why not: "" when pushed). Never raises: what
-    is not pushed waits for `newsletter sync`."""
+    """Push now when SENDGRID_API_KEY is set; (addresses pushed, why something waits: "" when nothing does).
+    Never raises: what is not pushed waits for `newsletter sync`."""
     import os
 
     from .config import load_config
@@ -101,7 +101,7 @@ def push_if_possible(root: Path, timeout: float = 10.0) -> tuple[int, str]:
     from .sendgrid import SendGridTransport, api_key_from_env
 
     if not os.environ.get("SENDGRID_API_KEY", "").strip():
-        return 0, "SENDGRID_API_KEY is not set"
+        return 0, "SENDGRID_API_KEY is not set" if len(pending(root)) else ""
     try:
         group = load_config(root).sendgrid.asm_group_id
         return push(root, SendGridTransport(api_key_from_env(), timeout=timeout), group), ""
