@@ -166,7 +166,7 @@ def _prepare(root: Path, options: SendOptions, config: Config, issue: Issue, ren
     ledger = load_ledger(root)
     ledger.check_readable()
     # The list is read once: who is eligible goes to a private temporary spool that the dispatch streams.
-    spool = tempfile.TemporaryFile(mode="w+", encoding="utf-8", newline="\n")  # noqa: SIM115 - 0600; closed with Prepared
+    spool = tempfile.TemporaryFile(mode="w+", encoding="utf-8", newline="\n")  # noqa: SIM115 - 0600, deleted when closed (at exit at the latest)
     write = spool.write
     for key, name, first in eligible(iter_subscribers(root), ledger, prepared.journal,
                                      resend_in_doubt=options.resend_in_doubt, tally=prepared.tally):

@@ -193,9 +193,6 @@ def _sort_rows(report: ImportReport) -> tuple[dict[str, tuple[str, ExportRow]], 
         report.empty += f.empty
         for row in f.rows:
             report.rows += 1
-            if row.status.kind == "skip" and row.address.lower().endswith("@deletion-request.substack.com"):
-                report.skipped[row.status.label] += 1
-                continue
             try:
                 address = validate(row.address)
             except ValueError as exc:
