@@ -39,7 +39,7 @@ def main() -> None:
     args = parser.parse_args()
 
     sys.path.insert(0, str(REPO / "src"))
-    from newsletter.pipeline import load
+    from newsletter.build import load
     from newsletter.render import render_issue
 
     config, issue = load(REPO, SLUG)

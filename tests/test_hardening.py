@@ -99,9 +99,9 @@ def test_a_malformed_api_key_is_named_never_printed(ready_project: Path, monkeyp
 def test_files_others_read_follow_the_umask_and_address_files_are_private(ready_project: Path, tmp_path: Path,
                                                                           monkeypatch) -> None:
     from newsletter.archive import build_archive
+    from newsletter.build import build
     from newsletter.journal import Journal, journal_path
     from newsletter.ledger import append_event, ledger_path
-    from newsletter.pipeline import build
     from newsletter.subscribers import add_subscriber
 
     old = os.umask(0o022)
@@ -114,8 +114,8 @@ def test_files_others_read_follow_the_umask_and_address_files_are_private(ready_
         append_event(ledger_path(ready_project), "bob@readers.net", "unsubscribe")
         with Journal(journal_path(ready_project, SEED_SLUG)) as j:
             j.run(readers=0, resend_in_doubt=False)
-        from newsletter.events import EventLog
         from newsletter.ledger import load_ledger
+        from newsletter.webhook import EventLog
 
         EventLog(ready_project).record([{"email": "cy@readers.net", "event": "open", "sg_event_id": "x"}],
                                        load_ledger(ready_project))

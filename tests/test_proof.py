@@ -79,8 +79,8 @@ def test_spamassassin_scores_the_seed_low_and_a_spammy_issue_higher(ready_projec
 
 
 def test_check_fills_the_spam_cache_and_send_reuses_it(ready_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from newsletter.build import load
     from newsletter.check import spam_problems
-    from newsletter.pipeline import load
     from newsletter.render import render_issue
 
     spam_on(ready_project)
@@ -100,8 +100,8 @@ def test_send_refuses_a_message_that_scores_as_spam(ready_project: Path, monkeyp
     spam_on(ready_project)
     monkeypatch.setenv("NEWSLETTER_SECRET", "s")
     cache = ready_project / "build" / ".cache" / "spam"
+    from newsletter.build import load
     from newsletter.eml import build_scoring_eml
-    from newsletter.pipeline import load
     from newsletter.render import render_issue
 
     config, issue = load(ready_project, SEED_SLUG)

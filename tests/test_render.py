@@ -80,7 +80,7 @@ def test_every_seed_paragraph_appears_in_both_parts(cli: Cli, project: Path) -> 
 
 
 def test_workshop_pitch_is_in_the_cta_not_the_body(project: Path) -> None:
-    from newsletter.pipeline import load
+    from newsletter.build import load
     from newsletter.render import render_issue
 
     config, issue = load(project, SEED_SLUG)

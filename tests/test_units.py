@@ -9,7 +9,7 @@ from conftest import FILLED_CONFIG
 
 from newsletter.config import load_config
 from newsletter.errors import ConfigError, TransportError
-from newsletter.markup import _MD, to_text
+from newsletter.markdown import _MD, to_text
 from newsletter.send import Action, backoff_delay, classify
 
 

@@ -10,13 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape as xml_escape
 
-from .bundle import Issue, list_slugs, load_issue
 from .config import Config, load_config
 from .files import write_atomic
 from .images import IMAGE_SUFFIXES as RASTER
 from .images import publish_issue_images
+from .issue import Issue, list_slugs, load_issue
 from .journal import journal_path, load_state
-from .markup import inline_html
+from .markdown import inline_html
 from .render import brand_styles, fill, reader_substitutions, render_issue
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".svg", ".avif"}

@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .bundle import Issue
+from .build import load
 from .config import Config
 from .errors import Level, NewsletterError, Problem
-from .render import TOKEN_TAG, RenderedEmail, image_urls
+from .issue import Issue
+from .render import TOKEN_TAG, RenderedEmail, image_urls, render_issue
 
 SUBJECT_MAX = 70
 PREHEADER_MAX = 150
@@ -418,3 +419,12 @@ def _origin(url: str, body_lines: dict[str, int], issue: Issue, config: Config,
     if line:
         return config.path, line
     return config.root / "layouts", None
+
+
+def check_slug(root: Path, slug: str | None, *, links: bool = False, spam: bool = True,
+               ) -> tuple[Config, Issue, RenderedEmail, list[Problem]]:
+    """Load, render and check an issue (the newest when `slug` is None): what `check`, `send`'s pre-flight and
+    `preview` all do."""
+    config, issue = load(root, slug)
+    rendered = render_issue(config, issue)
+    return config, issue, rendered, check_issue(config, issue, rendered, links=links, spam=spam)

@@ -105,7 +105,7 @@ def render(root: Path, slug: str | None, out_dir: Path | None, eml: bool) -> Non
     Example:
       newsletter render --issue micro-moments-of-connection --out build/
     """
-    from .pipeline import build
+    from .build import build
 
     result = build(root, slug, out_dir.resolve() if out_dir else None, eml=eml)
     for path in result.paths.values():
@@ -138,9 +138,9 @@ def check(root: Path, slug: str | None, links: bool, no_spam: bool) -> None:
     Example:
       newsletter check --issue micro-moments-of-connection
     """
-    from .pipeline import check as check_issue
+    from .check import check_slug
 
-    _, issue, _, problems = check_issue(root, slug, links=links, spam=not no_spam)
+    _, issue, _, problems = check_slug(root, slug, links=links, spam=not no_spam)
     for problem in problems:
         _echo_problem(problem)
     errors = sum(p.level == "error" for p in problems)
@@ -167,8 +167,8 @@ def new(root: Path, title: str | None, welcome: bool, slug: str | None, date_tex
     """
     import datetime as dt
 
-    from .bundle import create_issue
     from .config import load_config
+    from .issue import create_issue
 
     date = None
     if date_text:
@@ -177,7 +177,7 @@ def new(root: Path, title: str | None, welcome: bool, slug: str | None, date_tex
         except ValueError:
             raise click.BadParameter(f"{date_text!r} is not a date written YYYY-MM-DD", param_hint="--date") from None
     if welcome:
-        from .bundle import create_welcome
+        from .issue import create_welcome
 
         folder = create_welcome(root, load_config(root))
     elif not title:
@@ -696,8 +696,8 @@ def stats(root: Path, slug: str, as_json: bool) -> None:
     """
     import json
 
-    from .events import issue_stats
-    from .pipeline import load
+    from .build import load
+    from .stats import issue_stats
 
     config, issue = load(root, slug)
     s = issue_stats(root, issue.slug)

@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import IO
 from urllib.parse import unquote
 
-from .bundle import Issue
+from .check import check_slug
 from .config import Config
 from .errors import Level, Problem, SendError, TransportError, UsageError
+from .issue import Issue
 from .journal import JournalState, journal_path, load_state
 from .ledger import Ledger, load_ledger
 from .message import MAX_PER_REQUEST, MessageBuilder
-from .pipeline import check
 from .recipients import Eligibility, eligible, is_plausible, normalize
 from .render import RenderedEmail, image_urls, view_url
 from .sendgrid import SendGridTransport, api_key_from_env
@@ -130,7 +130,7 @@ def prepare(root: Path, options: SendOptions) -> Prepared:
     images and the key are checked and the list and ledger are read."""
     from .check import spam_problems
 
-    config, issue, rendered, problems = check(root, options.slug, spam=False)
+    config, issue, rendered, problems = check_slug(root, options.slug, spam=False)
     if issue.welcome and not options.to:
         raise SendError(f"{issue.slug} is the welcome email (`welcome: true`): each new reader gets it when they "
                         "confirm their sign-up, so it is never sent to the list",

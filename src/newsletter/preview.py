@@ -53,7 +53,7 @@ class Previewer:
         self.stop = threading.Event()
 
     def _files(self) -> list[Path]:
-        from .bundle import issues_dir
+        from .issue import issues_dir
 
         paths = [self.root / "newsletter.yaml"]
         issue_folder = issues_dir(self.root) / self.slug if self.slug else issues_dir(self.root)
@@ -74,13 +74,13 @@ class Previewer:
 
     def render(self) -> None:
         """Render now; a failure is kept for the page instead of stopping the server."""
-        from .pipeline import check
+        from .check import check_slug
         from .render import personalize_sample
 
         new = PreviewState()
         scoring: tuple[Any, Any] | None = None
         try:
-            config, issue, rendered, problems = check(self.root, self.slug, spam=False)
+            config, issue, rendered, problems = check_slug(self.root, self.slug, spam=False)
             _, page, text = personalize_sample(rendered)
             # The essay's images load from the archive once published; here they come from the issue folder.
             page = re.sub(r'src="' + re.escape(f"{config.archive_url}/{issue.slug}/") + r'([^"/]+)"',

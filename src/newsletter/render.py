@@ -13,10 +13,10 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
-from . import markup
-from .bundle import Issue
+from . import markdown
 from .config import Config
 from .errors import IssueError, LayoutError, Problem
+from .issue import Issue
 from .recipients import first_name_of
 
 LAYOUTS_DIR = "layouts"
@@ -51,7 +51,7 @@ class RenderedEmail:
     mjml: str
     html: str
     text: str
-    body: markup.Body
+    body: markdown.Body
     warnings: list[Problem] = field(default_factory=list)
 
     @property
@@ -131,10 +131,10 @@ def reader_substitutions(name: str, token: str, first_name: str = "", *, greetin
     return values if len(values) == len(used) else {tag: v for tag, v in values.items() if tag in used}
 
 
-def brand_styles(config: Config) -> markup.Styles:
+def brand_styles(config: Config) -> markdown.Styles:
     """The colours and fonts that inline styles are made from."""
     c = config.colors
-    return markup.Styles(text=c["text"], heading=c["heading"], accent=c["accent"], muted=c["muted"],
+    return markdown.Styles(text=c["text"], heading=c["heading"], accent=c["accent"], muted=c["muted"],
                          heading_font=config.fonts["heading"], body_font=config.fonts["body"])
 
 
@@ -143,7 +143,7 @@ def view_url(config: Config, issue: Issue) -> str:
     return f"{config.archive_url}/{issue.slug}/"
 
 
-def _context(config: Config, issue: Issue, body: markup.Body, for_text: bool, web: bool = False) -> dict[str, Any]:
+def _context(config: Config, issue: Issue, body: markdown.Body, for_text: bool, web: bool = False) -> dict[str, Any]:
     styles = brand_styles(config)
     workshop = config.workshops.get(issue.workshop) if issue.workshop else None
     next_workshop = config.workshops.get(workshop.next) if workshop and workshop.next else None
@@ -152,8 +152,8 @@ def _context(config: Config, issue: Issue, body: markup.Body, for_text: bool, we
     greeting = (GREETING_TEXT_TAG if for_text else GREETING_HTML_TAG) if issue.greeting else ""
     pitch_text = pitch_html = ""
     if workshop and workshop.pitch:
-        pitch_text = markup.text_of(workshop.pitch)
-        pitch_html = Markup(markup.inline_html(workshop.pitch, styles))
+        pitch_text = markdown.text_of(workshop.pitch)
+        pitch_html = Markup(markdown.inline_html(workshop.pitch, styles))
     details = [d for d in (workshop.date, workshop.format, workshop.location, workshop.price)] if workshop else []
     return {
         "newsletter": config,
@@ -253,7 +253,7 @@ def render_issue(config: Config, issue: Issue, *, web: bool = False) -> Rendered
     if not folder.is_dir():
         raise LayoutError("no layouts/ folder", path=folder, hint=f"it holds {EMAIL_LAYOUT} and {TEXT_LAYOUT}")
     env = _environment(str(folder))
-    body = markup.convert(issue.body_md, brand_styles(config), "" if web else view_url(config, issue),
+    body = markdown.convert(issue.body_md, brand_styles(config), "" if web else view_url(config, issue),
                           image_size=lambda src: _shown_size(issue.dir, src))
     html_context = _context(config, issue, body, for_text=False, web=web)
     mjml_text = _render_template(env, folder, EMAIL_LAYOUT, html_context)

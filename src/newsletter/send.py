@@ -12,10 +12,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from .build import load
 from .errors import LedgerError, SendError, StorageError, TransportError
 from .journal import Journal, RunInfo, ScheduleInfo, journal_path, load_state, send_lock
 from .ledger import Ledger, load_ledger
-from .pipeline import load
 from .preflight import Prepared
 from .recipients import Eligibility, Reader, eligible, unique
 from .sendgrid import Accepted, SendGridTransport, error_messages

@@ -184,7 +184,7 @@ def confirm(root: Path, config: Config, secret: str, transport: Any, token: str,
 
 
 def _send_welcome(root: Path, config: Config, secret: str, transport: Any, email: str, first: str) -> tuple[bool, str]:
-    from .bundle import WELCOME_SLUG, issues_dir, load_issue
+    from .issue import WELCOME_SLUG, issues_dir, load_issue
     from .message import MessageBuilder
     from .render import render_issue
 

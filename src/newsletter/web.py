@@ -17,7 +17,9 @@ from urllib.parse import parse_qs, urlsplit
 
 from .config import Config, load_config
 from .errors import NewsletterError
-from .events import (
+from .ledger import Event, Ledger, append_events, ledger_path
+from .tokens import secret_from_env, verify_token
+from .webhook import (
     PUBLIC_KEY_ENV,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
@@ -27,8 +29,6 @@ from .events import (
     parse_batch,
     verify_signature,
 )
-from .ledger import Event, Ledger, append_events, ledger_path
-from .tokens import secret_from_env, verify_token
 
 log = logging.getLogger("newsletter.web")
 MAX_FORM_BYTES = 16 * 1024

@@ -1,14 +1,14 @@
-"""The steps the commands share: load config and issue, render, write the build files."""
+"""`render`'s output: load config and issue, render for the sample reader, write build/<slug>/."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from .bundle import Issue, load_issue, newest_slug
 from .config import Config, load_config
 from .errors import Problem
 from .files import write_atomic
+from .issue import Issue, load_issue, newest_slug
 from .render import RenderedEmail, personalize_sample, render_issue
 from .tokens import secret_from_env
 
@@ -51,13 +51,3 @@ def build(root: Path, slug: str | None, out_dir: Path | None = None, *, eml: boo
         warnings.append(Problem("warning", "NEWSLETTER_SECRET is not set: the preview's unsubscribe link is signed "
                                 "with the development key (send refuses to run without a real one)"))
     return BuildResult(rendered, paths, len(html.encode("utf-8")), warnings)
-
-
-def check(root: Path, slug: str | None, *, links: bool = False, spam: bool = True,
-          ) -> tuple[Config, Issue, RenderedEmail, list[Problem]]:
-    """Load, render and check an issue: what `check`, `send`'s pre-flight and `preview` all do."""
-    from .check import check_issue
-
-    config, issue = load(root, slug)
-    rendered = render_issue(config, issue)
-    return config, issue, rendered, check_issue(config, issue, rendered, links=links, spam=spam)
