@@ -9,6 +9,7 @@ every stage can depend on it.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -21,8 +22,11 @@ MAX_LENGTH = 320
 
 
 def normalize(address: str) -> str:
-    """The comparison key: addresses compare case-insensitively after trimming."""
-    return address.strip().lower()
+    """The comparison key: addresses compare case-insensitively after trimming and Unicode NFC normalisation
+    (`josé` typed with a combining accent is the same reader as with a precomposed one)."""
+    key = address.strip().lower()
+    # isascii() is a flag check: the great majority of addresses skip the normaliser on the hot path
+    return key if key.isascii() else unicodedata.normalize("NFC", key)
 
 
 def is_plausible(address: object) -> bool:
