@@ -13,6 +13,7 @@ from click.testing import CliRunner, Result
 from fake_sendgrid import API_KEY, FakeSendGrid
 
 from newsletter.cli import main
+from newsletter.ledger import Event, Kind, Ledger, Recording
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
@@ -114,6 +115,12 @@ def seed_paragraphs() -> list[str]:
     if paras[-1].endswith("0"):
         paras[-1] = paras[-1][:-1].strip()
     return [p for p in paras if p]
+
+
+def record(path: Path, email: str, event: str, source: str = "cli", detail: str = "", at: str = "",
+           signed_up: str = "") -> Recording:
+    """Record one ledger event at `path` (subscribers/unsubscribes.csv) through the ledger's one writer."""
+    return Ledger(path).record([Event(email, Kind(event), at, source, detail, signed_up)])
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SEED_SLUG, Cli
+from conftest import SEED_SLUG, Cli, record
 
 ISSUE = Path("issues") / SEED_SLUG
 
@@ -101,7 +101,7 @@ def test_files_others_read_follow_the_umask_and_address_files_are_private(ready_
     from newsletter.archive import build_archive
     from newsletter.build import build
     from newsletter.journal import Journal, journal_path
-    from newsletter.ledger import append_event, ledger_path
+    from newsletter.ledger import ledger_path
     from newsletter.subscribers import add_subscriber
 
     old = os.umask(0o022)
@@ -111,7 +111,7 @@ def test_files_others_read_follow_the_umask_and_address_files_are_private(ready_
         site = build_archive(ready_project, tmp_path / "site")
         rendered = build(ready_project, SEED_SLUG, tmp_path / "build")
         add_subscriber(ready_project, "ada@readers.net")
-        append_event(ledger_path(ready_project), "bob@readers.net", "unsubscribe")
+        record(ledger_path(ready_project), "bob@readers.net", "unsubscribe")
         with Journal(journal_path(ready_project, SEED_SLUG)) as j:
             j.run(readers=0, resend_in_doubt=False)
         from newsletter.ledger import load_ledger

@@ -6,16 +6,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import Cli
+from conftest import Cli, record
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from newsletter.ledger import HEADER, Event, Ledger, append_event, append_events, ledger_path
+from newsletter.ledger import HEADER, Event, Ledger, ledger_path
 
 
 def test_first_append_writes_the_header(project: Path) -> None:
     path = ledger_path(project)
-    append_event(path, " Ada@Example.NET ", "unsubscribe", "cli", "asked, politely\nby mail")
+    record(path, " Ada@Example.NET ", "unsubscribe", "cli", "asked, politely\nby mail")
     lines = path.read_text().splitlines()
     assert lines[0] == HEADER
     email, event, at, source, detail = lines[1].split(",", 4)
@@ -25,9 +25,9 @@ def test_first_append_writes_the_header(project: Path) -> None:
 
 def test_latest_event_wins_case_insensitively(project: Path) -> None:
     path = ledger_path(project)
-    append_event(path, "ada@example.net", "bounce")
-    append_event(path, "ADA@example.net", "resubscribe")
-    append_event(path, "bob@example.net", "spamreport")
+    record(path, "ada@example.net", "bounce")
+    record(path, "ADA@example.net", "resubscribe")
+    record(path, "bob@example.net", "spamreport")
     ledger = Ledger(path)
     assert not ledger.is_suppressed("  Ada@Example.Net")
     assert ledger.is_suppressed("BOB@EXAMPLE.NET ")
@@ -36,7 +36,7 @@ def test_latest_event_wins_case_insensitively(project: Path) -> None:
 
 def test_torn_last_line_suppresses_and_next_append_starts_fresh(project: Path, cli: Cli) -> None:
     path = ledger_path(project)
-    append_event(path, "ada@example.net", "resubscribe")
+    record(path, "ada@example.net", "resubscribe")
     with open(path, "ab") as fh:
         fh.write(b"torn@example.net,unsubsc")  # a crash mid-write
     ledger = Ledger(path)
@@ -56,10 +56,10 @@ def test_torn_last_line_suppresses_and_next_append_starts_fresh(project: Path, c
 
 def test_refresh_reads_only_new_lines(project: Path) -> None:
     path = ledger_path(project)
-    append_event(path, "a@example.net", "unsubscribe")
+    record(path, "a@example.net", "unsubscribe")
     ledger = Ledger(path)
     assert not ledger.is_suppressed("b@example.net")
-    append_event(path, "b@example.net", "unsubscribe")
+    record(path, "b@example.net", "unsubscribe")
     assert ledger.refresh() == 1
     assert ledger.is_suppressed("b@example.net")
     assert ledger.refresh() == 0
@@ -73,10 +73,11 @@ def test_missing_ledger_is_empty(project: Path) -> None:
 WRITER = """
 import sys
 from pathlib import Path
-from newsletter.ledger import append_event
+from newsletter.ledger import Event, Ledger
 path, start, count = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+ledger = Ledger(path)
 for i in range(start, start + count):
-    append_event(path, f"reader{i}@example.net", "unsubscribe", "test", "x" * 300)
+    ledger.record([Event(f"reader{i}@example.net", "unsubscribe", "", "test", "x" * 300)])
 """
 
 
@@ -122,7 +123,7 @@ def test_suppressed_in_any_case_is_never_active(tmp_path_factory, data, event, p
     address = f"{local}@example.net"
     root = tmp_path_factory.mktemp("ledger")
     path = root / "subscribers" / "unsubscribes.csv"
-    append_events(path, [Event(pad + _variant(address, flips) + pad, event)])
+    Ledger(path).record([Event(pad + _variant(address, flips) + pad, event)])
     ledger = Ledger(path)
     for variant in (address, address.upper(), _variant(address, flips[::-1]), f" {address.title()} "):
         assert ledger.is_suppressed(variant)
@@ -176,7 +177,7 @@ def test_remains_of_a_short_write_do_not_block_sending(project: Path) -> None:
 
 def test_a_line_that_becomes_unreadable_mid_send_stops_the_send(project: Path) -> None:
     path = ledger_path(project)
-    append_event(path, "ada@readers.net", "unsubscribe")
+    record(path, "ada@readers.net", "unsubscribe")
     ledger = Ledger(path)
     with open(path, "ab") as fh:
         fh.write(b"b\x00o\x00b\x00@\x00\n")
@@ -196,7 +197,7 @@ def test_unsubscribe_on_a_full_disk_fails_then_succeeds_with_room(project: Path,
     from conftest import shim_env
 
     exe = str(Path(sys.executable).parent / "newsletter")
-    append_event(ledger_path(project), "first@readers.net", "unsubscribe")
+    record(ledger_path(project), "first@readers.net", "unsubscribe")
     argv = [exe, "unsubscribe", "--root", str(project), "victim@readers.net"]
     full = subprocess.run(argv, capture_output=True, text=True, timeout=60,
                           env={**os.environ, **shim_env(short_write_shim, "unsubscribes.csv", tear="victim@rea")})

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SECRET, SEED_SLUG, Cli, configure, readers, write_list
+from conftest import SECRET, SEED_SLUG, Cli, configure, readers, record, write_list
 from fake_sendgrid import FakeSendGrid
 
 from newsletter.journal import journal_path, load_state
@@ -87,9 +87,9 @@ def test_what_cannot_be_pushed_waits_for_sync(sender: Cli, fake: FakeSendGrid,
     monkeypatch.delenv("SENDGRID_API_KEY")
     out = sender("unsubscribe", "a@readers.net", "b@readers.net")
     assert out.exit_code == 0 and "SendGrid not told yet (SENDGRID_API_KEY is not set)" in out.output
-    from newsletter.ledger import Event, append_events, ledger_path
+    from newsletter.ledger import ledger_path
 
-    append_events(ledger_path(sender.root), [Event("c@readers.net", "unsubscribe", source="sendgrid")])  # webhook
+    record(ledger_path(sender.root), "c@readers.net", "unsubscribe", source="sendgrid")  # webhook
     pending = sender("sync", "--pending")
     assert "waiting to reach SendGrid: 2 opt-out(s), 0 lift(s)" in pending.output
     assert "suppress a@readers.net" in pending.output and "c@readers.net" not in pending.output

@@ -12,13 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SECRET, SEED_SLUG, Cli, configure, readers, write_list
+from conftest import SECRET, SEED_SLUG, Cli, configure, readers, record, write_list
 from fake_sendgrid import API_KEY, FakeSendGrid
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from newsletter.journal import journal_path, send_lock
-from newsletter.ledger import append_event, ledger_path
+from newsletter.ledger import ledger_path
 from newsletter.tokens import verify_token
 
 
@@ -33,9 +33,9 @@ def test_exact_delivery_with_suppressions_in_mixed_case(sender: Cli, fake: FakeS
     write_list(root, rows)
     suppressed = {3: "unsubscribe", 1500: "bounce", 2001: "spamreport", 2499: "invalid"}
     for i, event in suppressed.items():
-        append_event(ledger_path(root), f"READER{i}@Readers.NET", event)
-    append_event(ledger_path(root), "reader10@readers.net", "unsubscribe")
-    append_event(ledger_path(root), "Reader10@readers.net", "resubscribe")
+        record(ledger_path(root), f"READER{i}@Readers.NET", event)
+    record(ledger_path(root), "reader10@readers.net", "unsubscribe")
+    record(ledger_path(root), "Reader10@readers.net", "resubscribe")
     result = sender("send", "--issue", SEED_SLUG, "--yes")
     assert result.exit_code == 0, result.output
     expected = {f"reader{i}@readers.net" for i in range(2500) if i not in suppressed}
@@ -318,7 +318,7 @@ def test_unsubscribe_while_waiting_to_retry_is_honoured(sender: Cli, fake: FakeS
 
     def unsubscribe_after_first(server: FakeSendGrid, body: dict, index: int) -> None:
         if index == 0:
-            append_event(ledger_path(sender.root), "READER3@readers.net", "unsubscribe")
+            record(ledger_path(sender.root), "READER3@readers.net", "unsubscribe")
 
     fake.on_request = unsubscribe_after_first
     result = sender("send", "--issue", SEED_SLUG, "--yes")
@@ -434,7 +434,7 @@ def test_no_suppressed_address_is_ever_requested(tmp_path_factory, events) -> No
     latest: dict[str, str] = {}
     for i, event, upper in events:
         address = f"r{i}@readers.net"
-        append_event(ledger_path(root), address.upper() if upper else address, event)
+        record(ledger_path(root), address.upper() if upper else address, event)
         latest[address] = event
     server = FakeSendGrid().start()
     env = {"SENDGRID_API_URL": server.url, "SENDGRID_API_KEY": API_KEY, "NEWSLETTER_SECRET": SECRET}

@@ -12,11 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import SEED_SLUG
+from conftest import SEED_SLUG, record
 from fake_sendgrid import API_KEY, FakeSendGrid
 from test_serve import PREFIX, SECRET, Server, start_server, stop_server
 
-from newsletter.ledger import Ledger, append_event, ledger_path
+from newsletter.ledger import Ledger, ledger_path
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 CHECK_INBOX = "Check your inbox"
@@ -100,7 +100,7 @@ def test_sign_up_confirm_and_welcome_in_chromium(signup: tuple[Server, FakeSendG
 def test_replies_are_the_same_whatever_the_address(signup: tuple[Server, FakeSendGrid]) -> None:
     srv, fake = signup
     (srv.root / "subscribers" / "subscribers.csv").write_text("email\nold@readers.net\ngone@readers.net\n")
-    append_event(ledger_path(srv.root), "gone@readers.net", "unsubscribe")
+    record(ledger_path(srv.root), "gone@readers.net", "unsubscribe")
     _post(srv, "pending@readers.net")
     answers = {who: _post(srv, who) for who in ("fresh@readers.net", "pending@readers.net", "old@readers.net",
                                                 "gone@readers.net")}

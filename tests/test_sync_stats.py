@@ -7,10 +7,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SEED_SLUG, Cli
+from conftest import SEED_SLUG, Cli, record
 from fake_sendgrid import API_KEY, FakeSendGrid
 
-from newsletter.ledger import Ledger, append_event, ledger_path
+from newsletter.ledger import Ledger, ledger_path
 
 
 @pytest.fixture
@@ -33,7 +33,7 @@ def test_sync_pages_through_every_list_and_is_idempotent(ready_project: Path, fa
         "/v3/asm/suppressions": [{"email": "g@readers.net", "group_id": 7, "group_name": "Weekly",
                                   "created_at": now}],
     }
-    append_event(ledger_path(ready_project), "u5@readers.net", "unsubscribe")  # already known
+    record(ledger_path(ready_project), "u5@readers.net", "unsubscribe")  # already known
     cli = Cli(ready_project)
     result = cli("sync")
     assert result.exit_code == 0, result.output
@@ -54,9 +54,9 @@ def test_sync_pages_through_every_list_and_is_idempotent(ready_project: Path, fa
 
 def test_sync_respects_a_later_resubscribe(ready_project: Path, fake: FakeSendGrid) -> None:
     now = int(time.time())
-    append_event(ledger_path(ready_project), "back@readers.net", "unsubscribe")
-    append_event(ledger_path(ready_project), "back@readers.net", "resubscribe")
-    append_event(ledger_path(ready_project), "again@readers.net", "resubscribe")
+    record(ledger_path(ready_project), "back@readers.net", "unsubscribe")
+    record(ledger_path(ready_project), "back@readers.net", "resubscribe")
+    record(ledger_path(ready_project), "again@readers.net", "resubscribe")
     fake.suppressions = {"/v3/suppression/unsubscribes": [
         {"email": "back@readers.net", "created": now - 86400},  # listed before they came back
         {"email": "again@readers.net", "created": now + 60},  # unsubscribed again after resubscribing

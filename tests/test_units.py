@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import FILLED_CONFIG
+from conftest import FILLED_CONFIG, record
 
 from newsletter.config import load_config
 from newsletter.errors import ConfigError, TransportError
@@ -100,11 +100,11 @@ def test_tokens_compare_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_a_suppressed_address_is_not_imported(tmp_path: Path) -> None:
-    from newsletter.ledger import append_event, ledger_path
+    from newsletter.ledger import ledger_path
     from newsletter.subscribers import import_exports, list_path
 
     root = _config(tmp_path, FILLED_CONFIG)
-    append_event(ledger_path(root), "ada@readers.net", "spamreport")
+    record(ledger_path(root), "ada@readers.net", "spamreport")
     export = tmp_path / "export.csv"
     export.write_text("email,name\nADA@readers.net,Ada\nbob@readers.net,Bob\n")
     report = import_exports(root, [export])

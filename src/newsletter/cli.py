@@ -260,7 +260,7 @@ def subscribers_import(root: Path, files: tuple[Path, ...], dry_run: bool) -> No
     if (failure := r.failure()) is not None:
         raise failure
     if r.ledger_new and not dry_run:
-        _tell_sendgrid(root)
+        _told_sendgrid(r.pushed, r.waiting)
 
 
 def _where(source: str, files: int) -> str:
@@ -351,33 +351,33 @@ def subscribers_export(root: Path, file: Path, include_suppressed: bool) -> None
     click.echo(f"wrote {n} reader(s) to {file}")
 
 
-def _tell_sendgrid(root: Path) -> None:
-    from .push import push_if_possible
-
-    pushed, why = push_if_possible(root)
-    if why:
-        click.echo(f"SendGrid not told yet ({why}): `newsletter sync` pushes it", err=True)
+def _told_sendgrid(pushed: int, waiting: str) -> None:
+    if waiting:
+        click.echo(f"SendGrid not told yet ({waiting}): `newsletter sync` pushes it", err=True)
     elif pushed:
         click.echo(f"SendGrid told: {pushed} address(es) on its suppression list updated", err=True)
 
 
 def _ledger_append(root: Path, addresses: tuple[str, ...], event: str, detail: str) -> None:
-    from .ledger import ledger_path
+    from .ledger import Kind, Outcome, ledger_path
     from .subscribers import record_ledger_events
 
     where = _show(ledger_path(root))
-    for o in record_ledger_events(root, addresses, event, detail=detail):
-        if o.outcome == "recorded":
-            click.echo(f"{event}: {o.address} (recorded in {where})")
-        elif o.outcome == "not-on-list" and event == "resubscribe":
-            click.echo(f"{event}: {o.address}: recorded; not on the list yet: "
-                       f"`newsletter subscribers add {o.address}` adds them")
-        elif o.outcome == "not-on-list":
-            click.echo(f"{event}: {o.address}: not on the list; recorded so it is never mailed")
-        elif o.outcome == "already-suppressed":
-            click.echo(f"{o.address} is already suppressed (latest event: {o.previous}); nothing recorded")
+    kind = Kind(event)
+    changes, recording = record_ledger_events(root, addresses, kind, detail=detail)
+    for c in changes:
+        address, previous = c.result.event.email, c.result.previous
+        if c.result.outcome is not Outcome.RECORDED:
+            click.echo(f"{address} is not suppressed; nothing recorded" if not kind.suppresses else
+                       f"{address} is already suppressed (latest event: {previous}); nothing recorded")
+        elif c.on_list:
+            click.echo(f"{event}: {address} (recorded in {where})")
+        elif kind.suppresses:
+            click.echo(f"{event}: {address}: not on the list; recorded so it is never mailed")
         else:
-            click.echo(f"{o.address} is not suppressed; nothing recorded")
+            click.echo(f"{event}: {address}: recorded; not on the list yet: "
+                       f"`newsletter subscribers add {address}` adds them")
+    _told_sendgrid(recording.pushed, recording.waiting)
 
 
 @main.command()
@@ -394,7 +394,6 @@ def unsubscribe(root: Path, addresses: tuple[str, ...], reason: str, event: str)
       newsletter unsubscribe ada@example.net --reason "asked by reply"
     """
     _ledger_append(root, addresses, event, reason)
-    _tell_sendgrid(root)
 
 
 @main.command()
@@ -409,7 +408,6 @@ def resubscribe(root: Path, addresses: tuple[str, ...], note: str) -> None:
       newsletter resubscribe ada@example.net --note "signed up again on the site"
     """
     _ledger_append(root, addresses, "resubscribe", note)
-    _tell_sendgrid(root)
     click.echo("if SendGrid suppresses the address too (a bounce, or its own unsubscribe list), remove it there "
                "as well: SendGrid drops mail to its suppressed addresses", err=True)
 
@@ -567,9 +565,16 @@ def status(root: Path, slug: str, show_readers: bool) -> None:
         click.echo(f"  run:      started {run.started}" + (f", ended {run.ended}" if run.ended else
                                                            ", did not finish (killed or stopped)"))
     for sched in s.schedules:
-        click.echo(f"  cancelled at {sched.cancelled_at}: the send scheduled for {sched.send_at} (batch "
-                   f"{sched.batch_id})" if sched.cancelled_at else
-                   f"  scheduled for {sched.send_at} (batch {sched.batch_id})")
+        if sched.cancelled_at:
+            click.echo(f"  cancelled at {sched.cancelled_at}: the send scheduled for {sched.send_at} (batch "
+                       f"{sched.batch_id})")
+        elif sched.cancel_unknown:
+            click.echo(f"  scheduled for {sched.send_at} (batch {sched.batch_id}); a cancel was asked for at "
+                       f"{sched.cancel_asked_at} and SendGrid's answer was not recorded: it may still go out "
+                       f"(`newsletter unschedule --issue {s.slug}` asks again)")
+        else:
+            click.echo(f"  scheduled for {sched.send_at} (batch {sched.batch_id})"
+                       + (f"; SendGrid refused to cancel it: {sched.cancel_refused}" if sched.cancel_refused else ""))
     click.echo(f"sent:       {s.sent} reader(s) in {s.sent_batches} batch(es)")
     click.echo(f"pending:    {s.pending} reader(s) not sent yet")
     click.echo(f"suppressed: {s.suppressed}")
@@ -616,16 +621,11 @@ def unschedule(root: Path, slug: str) -> None:
     Example:
       newsletter unschedule --issue micro-moments-of-connection
     """
-    import datetime as dt
-
-    from .send import unschedule as cancel
+    from .schedule import unschedule as cancel
 
     schedule = cancel(root, slug)
     click.echo(f"cancelled the send scheduled for {schedule.send_at} (batch {schedule.batch_id}); "
                f"`newsletter send --issue {slug}` can schedule or send it again")
-    if dt.datetime.fromisoformat(schedule.send_at) - dt.datetime.now(dt.UTC) < dt.timedelta(minutes=10):
-        click.secho("warning: SendGrid only promises to cancel 10 minutes or more before the send time: check "
-                    "`newsletter stats` for deliveries", fg="yellow", err=True)
 
 
 @main.command()
@@ -661,23 +661,20 @@ def sync(root: Path, full: bool, show_pending: bool) -> None:
       newsletter sync
       newsletter sync --pending
     """
-    from .config import load_config
-    from .push import pending, push
     from .sendgrid import SendGridTransport, api_key_from_env
-    from .sync import sync_suppressions
+    from .suppressions import sync as sync_lists
+    from .suppressions import waiting
 
-    waiting = pending(root)
-    click.echo(f"waiting to reach SendGrid: {len(waiting.add)} opt-out(s), {len(waiting.remove)} lift(s)")
+    todo = waiting(root)
+    click.echo(f"waiting to reach SendGrid: {len(todo.add)} opt-out(s), {len(todo.remove)} lift(s)")
     if show_pending:
-        for address in waiting.add:
+        for address in todo.add:
             click.echo(f"  suppress {address}")
-        for address in waiting.remove:
+        for address in todo.remove:
             click.echo(f"  lift     {address}")
         return
-    transport = SendGridTransport(api_key_from_env())
-    pushed = push(root, transport, load_config(root).sendgrid.asm_group_id)
-    click.echo(f"pushed {pushed} address(es) to SendGrid's suppression list")
-    report = sync_suppressions(root, transport, full=full)
+    report = sync_lists(root, SendGridTransport(api_key_from_env()), full=full)
+    click.echo(f"pushed {report.pushed} address(es) to SendGrid's suppression list")
     for endpoint, fetched in report.fetched.items():
         click.echo(f"{endpoint}: {fetched} listed, {report.appended[endpoint]} new in the ledger")
     click.echo(f"appended {sum(report.appended.values())} event(s)")

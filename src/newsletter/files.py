@@ -14,11 +14,23 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from .errors import StorageError
 
+if TYPE_CHECKING:
+    from filelock import BaseFileLock
+
 PRIVATE = 0o600
+LOCK_TIMEOUT = 60.0  # seconds any command waits for another holding a file's lock
+
+
+def file_lock(path: Path, timeout: float = LOCK_TIMEOUT) -> BaseFileLock:
+    """The lock every writer of `path` takes: `<path>.lock`, beside it. Locks of different file descriptions
+    exclude each other even within one process, so threads are serialised too."""
+    from filelock import FileLock
+
+    return FileLock(str(path) + ".lock", timeout=timeout)
 
 
 def _umask_mode() -> int:
@@ -86,13 +98,17 @@ def open_for_append(path: Path, header: bytes = b"", *, private: bool = True) ->
     return fd
 
 
-def append_durably(path: Path, data: bytes, *, what: str, header: bytes = b"", lock_timeout: float = 60.0) -> None:
-    """Append `data` under `<path>.lock`, then fsync (see open_for_append for torn lines and the header).
-    Raises StorageError when any byte could not be written or synced, and filelock.Timeout."""
-    from filelock import FileLock, Timeout
+def append_durably(path: Path, data: bytes, *, what: str, header: bytes = b"", lock_timeout: float = LOCK_TIMEOUT,
+                   locked: bool = False) -> None:
+    """Append `data` under `<path>.lock` (already held by the caller when `locked`), then fsync (see
+    open_for_append for torn lines and the header). Raises StorageError when any byte could not be written or
+    synced, and filelock.Timeout."""
+    from contextlib import nullcontext
+
+    from filelock import Timeout
 
     try:
-        with FileLock(str(path) + ".lock", timeout=lock_timeout):
+        with nullcontext() if locked else file_lock(path, lock_timeout):
             fd = open_for_append(path, header)
             try:
                 write_all(fd, data)
@@ -103,6 +119,14 @@ def append_durably(path: Path, data: bytes, *, what: str, header: bytes = b"", l
         raise  # a TimeoutError (so an OSError) that means "busy", not "broken": the caller words it
     except OSError as exc:
         raise StorageError.from_os(exc, path, what) from None
+
+
+def append_jsonl(path: Path, records: list[dict[str, Any]], *, what: str, locked: bool = False) -> None:
+    """Append JSON objects, one a line, whole and fsynced (see append_durably): the one JSON-lines writer."""
+    data = b"".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+                    for r in records)
+    if data:
+        append_durably(path, data, what=what, locked=locked)
 
 
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:

@@ -13,7 +13,10 @@ File: subscribers/sends/<slug>.jsonl, one JSON object per line:
                                              or unsubscribes that arrived while waiting to retry)
   {"t": "doubt", "b": 7, "error": ...}       the request went out and no answer came: fate unknown
   {"t": "schedule", "batch_id", "send_at"}   the batches that follow are SendGrid-scheduled under this batch id
-  {"t": "cancel", "batch_id", "at"}          ... and were cancelled: their readers count as not sent
+  {"t": "cancel_asked", "batch_id", "at"}    SendGrid is about to be asked to cancel it (written first: a crash
+                                             after SendGrid cancelled never leaves "scheduled" unexplained)
+  {"t": "cancel_refused", "batch_id", "error"}  ... and SendGrid refused: it is still scheduled
+  {"t": "cancel", "batch_id", "at"}          ... and SendGrid cancelled: their readers count as not sent
 A batch whose last record is `attempt` or `doubt` is in doubt: never re-sent unless asked.
 
 A record counts only when it is whole (it ends in a newline): a request leaves only after its `attempt`
@@ -44,7 +47,7 @@ SENDS_DIR = "sends"
 # The record types: spelled here and nowhere else.
 _RUN, _END, _BATCH, _ATTEMPT, _OK, _RETRY, _FAILED, _REPLACED, _DOUBT = (
     "run", "end", "batch", "attempt", "ok", "retry", "failed", "replaced", "doubt")
-_SCHEDULE, _CANCEL = "schedule", "cancel"
+_SCHEDULE, _CANCEL_ASKED, _CANCEL_REFUSED, _CANCEL = "schedule", "cancel_asked", "cancel_refused", "cancel"
 
 
 def journal_path(root: Path, slug: str) -> Path:
@@ -83,6 +86,21 @@ class ScheduleInfo:
     batch_id: str
     send_at: str
     cancelled_at: str = ""
+    cancel_asked_at: str = ""  # a cancel was asked for and SendGrid's answer is not recorded (when not refused)
+    cancel_refused: str = ""  # SendGrid's refusal of the last cancel asked for
+
+    @property
+    def cancel_unknown(self) -> bool:
+        """A cancel was asked for and its answer was never recorded: SendGrid may or may not have cancelled."""
+        return bool(self.cancel_asked_at) and not self.cancelled_at and not self.cancel_refused
+
+    def minutes_left(self, now: dt.datetime | None = None) -> float:
+        """Minutes until SendGrid sends it (negative once it has)."""
+        try:
+            send_at = dt.datetime.fromisoformat(self.send_at)
+        except ValueError:
+            return -1.0
+        return (send_at - (now or dt.datetime.now(dt.UTC))).total_seconds() / 60
 
     def pending(self, now: dt.datetime | None = None) -> bool:
         """Not cancelled and not gone out yet."""
@@ -199,7 +217,7 @@ def load_state(path: Path) -> JournalState:
     schedule = ""  # the batch id of the run being replayed, when it was scheduled
     for rec in read_records(path):
         kind = rec.get("t")
-        if kind in (_RUN, _END, _SCHEDULE, _CANCEL):
+        if kind in (_RUN, _END, _SCHEDULE, _CANCEL_ASKED, _CANCEL_REFUSED, _CANCEL):
             schedule = _apply_run(state, scheduled, open_batches, kind, rec, schedule)
             continue
         try:
@@ -245,6 +263,14 @@ def _apply_run(state: JournalState, scheduled: dict[str, tuple[set[int], int]], 
         state.schedules.append(ScheduleInfo(batch_id, str(rec.get("send_at", ""))))
         scheduled.setdefault(batch_id, (set(), 0))
         return batch_id
+    if kind in (_CANCEL_ASKED, _CANCEL_REFUSED):
+        # Until SendGrid's cancel is recorded, the batch may still go out: its readers stay as good as sent.
+        for info in state.schedules:
+            if info.batch_id == batch_id and kind == _CANCEL_ASKED:
+                info.cancel_asked_at, info.cancel_refused = str(rec.get("at", "")), ""
+            elif info.batch_id == batch_id:
+                info.cancel_refused = str(rec.get("error", "")) or "refused"
+        return schedule
     # A cancel: SendGrid discards the batch's mail, so its readers were not sent, nor are they in doubt.
     for info in state.schedules:
         if info.batch_id == batch_id:
@@ -327,6 +353,14 @@ class Journal:
         """The requests that follow are scheduled for `send_at` under SendGrid's `batch_id`."""
         self._write({"t": _SCHEDULE, "batch_id": batch_id, "send_at": send_at.astimezone(dt.UTC).isoformat(),
                      "at": _now()})
+
+    def cancel_asked(self, batch_id: str) -> None:
+        """SendGrid is about to be asked to cancel a scheduled batch (written, and fsynced, before it is)."""
+        self._write({"t": _CANCEL_ASKED, "batch_id": batch_id, "at": _now()})
+
+    def cancel_refused(self, batch_id: str, error: str) -> None:
+        """SendGrid refused to cancel: the batch is still scheduled."""
+        self._write({"t": _CANCEL_REFUSED, "batch_id": batch_id, "error": error[:300], "at": _now()})
 
     def cancel(self, batch_id: str) -> None:
         """SendGrid accepted the cancel of a scheduled batch."""

@@ -21,6 +21,7 @@ from .ledger import Ledger, load_ledger
 from .message import MAX_PER_REQUEST, MessageBuilder
 from .recipients import Eligibility, eligible, is_plausible, normalize
 from .render import RenderedEmail, image_urls, view_url
+from .schedule import schedule_warning
 from .sendgrid import SendGridTransport, api_key_from_env
 from .subscribers import iter_subscribers
 from .tokens import secret_from_env
@@ -141,6 +142,8 @@ def prepare(root: Path, options: SendOptions) -> Prepared:
         spam = pool.submit(spam_problems, config, rendered)
         prepared = _prepare(root, options, config, issue, rendered)
         _refuse_check_errors(spam.result(), issue.slug)
+    if options.at is not None and (late := schedule_warning(options.at)):
+        prepared.warnings.append(late)
     return prepared
 
 
@@ -163,8 +166,8 @@ def _prepare(root: Path, options: SendOptions, config: Config, issue: Issue, ren
                         journal=load_state(journal_path(root, issue.slug)), warnings=warnings)
     if options.to:
         return prepared
-    ledger = load_ledger(root)
-    ledger.check_readable()
+    ledger = load_ledger(root, strict=False)
+    ledger.check_readable("nothing was sent")
     # The list is read once: who is eligible goes to a private temporary spool that the dispatch streams.
     spool = tempfile.TemporaryFile(mode="w+", encoding="utf-8", newline="\n")  # noqa: SIM115 - 0600, deleted when closed (at exit at the latest)
     write = spool.write
@@ -245,13 +248,14 @@ def _check_key(root: Path, config: Config, api_key: str, options: SendOptions) -
 
 
 def _sync_before_send(root: Path, transport: SendGridTransport, scopes: list[str]) -> str:
-    """Pull SendGrid's suppressions into the ledger; a failure is a warning (SendGrid enforces its own)."""
-    from .sync import sync_suppressions
+    """Push the opt-outs SendGrid has not heard of, then pull its suppressions into the ledger; a failure is a
+    warning (this send re-reads the ledger before every batch, and SendGrid enforces its own lists)."""
+    from .suppressions import sync
 
     if not any(s.startswith("suppression") or s.startswith("asm") for s in scopes):
         return "warning: the API key cannot read suppressions; skipped `newsletter sync` (use --no-sync to silence)"
     try:
-        sync_suppressions(root, transport)
+        sync(root, transport)
     except TransportError as exc:
         return f"warning: `newsletter sync` failed, sending with the local ledger only: {exc}"
     return ""

@@ -400,37 +400,6 @@ def _new_schedule(prepared: Prepared, transport: SendGridTransport | None) -> st
         raise SendError(f"cannot create a batch id for the scheduled send, nothing was sent: {exc}") from None
 
 
-def unschedule(root: Path, slug: str) -> ScheduleInfo:
-    """Cancel the issue's pending scheduled send at SendGrid and journal it; its readers count as not sent."""
-    from filelock import Timeout
-
-    from .sendgrid import api_key_from_env
-
-    config, issue = load(root, slug)
-    path = journal_path(root, issue.slug)
-    try:
-        with send_lock(root, issue.slug):
-            state = load_state(path)
-            pending = state.pending_schedule()
-            if pending is None:
-                last = state.schedules[-1] if state.schedules else None
-                why = (f"; the last one was cancelled at {last.cancelled_at}" if last and last.cancelled_at else
-                       f"; the last one went out at {last.send_at}" if last else "")
-                raise SendError(f"nothing is scheduled for {issue.slug}{why}")
-            transport = SendGridTransport(api_key_from_env(), timeout=config.sendgrid.timeout)
-            try:
-                transport.cancel_scheduled(pending.batch_id)
-            except TransportError as exc:
-                raise SendError(f"SendGrid did not cancel batch {pending.batch_id}: {exc}",
-                                hint="the send is still scheduled; try again") from None
-            with Journal(path) as journal:
-                journal.cancel(pending.batch_id)
-    except Timeout:
-        raise SendError(f"a `newsletter send` of {issue.slug} is running",
-                        hint="wait for it to finish, then unschedule") from None
-    return pending
-
-
 def _dry_run(prepared: Prepared) -> SendReport:
     """Build every request body (so size and shape problems show) without journaling or sending."""
     import json

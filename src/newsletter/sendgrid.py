@@ -144,6 +144,19 @@ class SendGridTransport:
         """Cancel every message of a scheduled batch (POST /v3/user/scheduled_sends, status cancel)."""
         self.request_json("POST", "/v3/user/scheduled_sends", {"batch_id": batch_id, "status": "cancel"})
 
+    def scheduled_status(self, batch_id: str) -> str:
+        """The status SendGrid holds for a scheduled batch (`cancel`, `pause`; "" when it holds none)."""
+        from urllib.parse import quote
+
+        try:
+            answer = self.request_json("GET", f"/v3/user/scheduled_sends/{quote(batch_id, safe='')}")
+        except TransportError as exc:
+            if exc.status == 404:
+                return ""
+            raise
+        items = answer if isinstance(answer, list) else [answer]
+        return next((str(i.get("status", "")) for i in items if isinstance(i, dict)), "")
+
     def add_suppressions(self, emails: list[str], group_id: int | None) -> None:
         """Unsubscribe addresses in SendGrid: the unsubscribe group when there is one, else globally."""
         path = f"/v3/asm/groups/{group_id}/suppressions" if group_id else "/v3/asm/suppressions/global"

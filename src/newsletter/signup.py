@@ -14,12 +14,14 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from .config import Config
-from .errors import HttpError, TransportError
-from .files import append_durably, read_jsonl
+from .errors import HttpError, StorageError, TransportError
+from .files import append_durably, file_lock, read_jsonl
+from .ledger import Event, Kind, Ledger, Outcome, Source
 from .recipients import normalize, validate
 from .tokens import CONFIRM_DAYS, keyed_hash, make_confirm_token, verify_confirm_token
 
@@ -127,24 +129,37 @@ def _send_confirmation(config: Config, secret: str, transport: Any, email: str, 
         raise SignupError(f"the confirmation email could not be sent: {exc}", 503) from None
 
 
+class ConfirmStatus(StrEnum):
+    """What pressing the confirm button did."""
+
+    CONFIRMED = "confirmed"  # consent recorded, on the list
+    ALREADY = "already"  # this sign-up was confirmed before: nothing changed
+    STALE = "stale"  # the sign-up is older than the reader's latest opt-out: an old link never lifts it
+    PARTIAL = "partial"  # consent recorded, but the list could not be written: pressing again finishes it
+
+
 @dataclass
 class Confirmed:
-    """A confirmation: the reader, and whether it was new and whether the welcome went out."""
+    """A confirmation: the reader, what took effect, and whether the welcome went out."""
 
     email: str
-    already: bool = False
+    status: ConfirmStatus = ConfirmStatus.CONFIRMED
     welcomed: bool = False
-    welcome_note: str = ""
+    welcome_note: str = ""  # why the welcome did not go out, or why its sending was not recorded
+
+    @property
+    def already(self) -> bool:
+        """Confirmed before this press."""
+        return self.status is ConfirmStatus.ALREADY
 
 
-def confirm(root: Path, config: Config, secret: str, transport: Any, token: str,
+def confirm(root: Path, config: Config, secret: str, transport: Any, token: str, ledger: Ledger,
             now: float | None = None) -> Confirmed:
-    """Confirm a sign-up: the reader joins the list (atomically, under its lock), the ledger records the
-    consent (`subscribe`: signed up when, confirmed when, from where), and the welcome email goes out once.
-    Confirming twice changes nothing. Raises SignupError(400) for an invalid or expired link."""
-    from filelock import FileLock
-
-    from .ledger import Event, append_events, ledger_path
+    """Confirm a sign-up, in an order that stays true at every step: the consent in the ledger first
+    (`subscribe`: signed up when, confirmed when, from where; the ledger refuses it as STALE when the sign-up is
+    older than the reader's latest opt-out), then the list (atomically, under its lock), then the welcome email,
+    then the record that it went out. Confirming twice changes nothing. Raises SignupError(400) for an invalid
+    or expired link, and StorageError when the consent could not be written (then nothing was)."""
     from .subscribers import add_confirmed
 
     now = time.time() if now is None else now
@@ -153,34 +168,47 @@ def confirm(root: Path, config: Config, secret: str, transport: Any, token: str,
         raise SignupError("this link has expired: sign up again" if found == "expired"
                           else "this confirmation link is not valid", 400)
     email, signed_up = found
-    with FileLock(str(signups_path(root)) + ".confirm.lock", timeout=60):
-        request: dict[str, Any] = {}
-        done = welcomed = False
-        for rec in _records(root):
-            if rec.get("email") != email:
-                continue
-            if rec.get("t") == _REQUEST and int(rec.get("at", 0)) == signed_up:
-                request = rec
-            elif rec.get("t") == _CONFIRMED and int(rec.get("signed_up", 0)) == signed_up:
-                done = True
-            elif rec.get("t") == _WELCOMED:
-                welcomed = True
+    with file_lock(Path(str(signups_path(root)) + ".confirm")):
+        request, done, welcomed = _confirm_history(root, email, signed_up)
         if done:
-            return Confirmed(email, already=True, welcomed=welcomed)
+            return Confirmed(email, ConfirmStatus.ALREADY, welcomed=welcomed)
         first = str(request.get("first_name", ""))
-        add_confirmed(root, email, first)
-        detail = (f"signed up {_iso(signed_up)} at {request.get('source') or 'the sign-up page'}; confirmed "
-                  f"{_iso(now)}; ip {request.get('ip', '?')}")
-        append_events(ledger_path(root), [Event(email, "subscribe", _iso(now), "signup", detail)],
-                      what=f"the consent of {email}")
-        _append(root, {"t": _CONFIRMED, "email": email, "at": int(now), "signed_up": signed_up},
-                what=f"the confirmation of {email}")
+        consent = Event(email, Kind.SUBSCRIBE, _iso(now), Source.SIGNUP,
+                        f"at {request.get('source') or 'the sign-up page'}; confirmed {_iso(now)}; "
+                        f"ip {request.get('ip', '?')}", signed_up=_iso(signed_up))
+        if ledger.record([consent], what=f"the consent of {email}").results[0].outcome is Outcome.STALE:
+            return Confirmed(email, ConfirmStatus.STALE)
+        try:
+            add_confirmed(root, email, first)
+            _append(root, {"t": _CONFIRMED, "email": email, "at": int(now), "signed_up": signed_up},
+                    what=f"the confirmation of {email}")
+        except (StorageError, OSError) as exc:
+            return Confirmed(email, ConfirmStatus.PARTIAL, welcome_note=str(exc))
         result = Confirmed(email)
         if not welcomed:
             result.welcomed, result.welcome_note = _send_welcome(root, config, secret, transport, email, first)
             if result.welcomed:
-                _append(root, {"t": _WELCOMED, "email": email, "at": int(now)}, what=f"the welcome of {email}")
+                try:
+                    _append(root, {"t": _WELCOMED, "email": email, "at": int(now)}, what=f"the welcome of {email}")
+                except (StorageError, OSError) as exc:  # welcomed all the same: the reader is told so
+                    result.welcome_note = f"the welcome went out but could not be recorded: {exc}"
         return result
+
+
+def _confirm_history(root: Path, email: str, signed_up: int) -> tuple[dict[str, Any], bool, bool]:
+    """The sign-up request this link confirms, whether it was confirmed already, whether a welcome went out."""
+    request: dict[str, Any] = {}
+    done = welcomed = False
+    for rec in _records(root):
+        if rec.get("email") != email:
+            continue
+        if rec.get("t") == _REQUEST and int(rec.get("at", 0)) == signed_up:
+            request = rec
+        elif rec.get("t") == _CONFIRMED and int(rec.get("signed_up", 0)) == signed_up:
+            done = True
+        elif rec.get("t") == _WELCOMED:
+            welcomed = True
+    return request, done, welcomed
 
 
 def _send_welcome(root: Path, config: Config, secret: str, transport: Any, email: str, first: str) -> tuple[bool, str]:
@@ -232,4 +260,4 @@ def joined_since(root: Path, since: dt.datetime) -> int:
     """Readers who confirmed a sign-up since `since`."""
     from .ledger import iter_events, ledger_path
 
-    return sum(1 for _, at in iter_events(ledger_path(root), "subscribe") if at is not None and at >= since)
+    return sum(1 for _, at in iter_events(ledger_path(root), Kind.SUBSCRIBE) if at is not None and at >= since)

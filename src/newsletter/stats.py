@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .ledger import iter_events, ledger_path
+from .ledger import Kind, iter_events, ledger_path
 from .webhook import events_path, read_events
 
 
@@ -55,7 +55,7 @@ def _own_unsubscribes(root: Path, slug: str) -> set[str]:
         return set()
     later = [t for p in sends_dir(root).glob("*.jsonl") if p.stem != slug and (t := first_run_at(p)) and t > start]
     end = min(later, default=None)
-    return {e.email for e, at in iter_events(ledger_path(root), "unsubscribe")
+    return {e.email for e, at in iter_events(ledger_path(root), Kind.UNSUBSCRIBE)
             if e.source in ("page", "one-click") and at is not None and at >= start and (end is None or at < end)}
 
 

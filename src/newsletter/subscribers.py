@@ -13,7 +13,18 @@ from typing import TYPE_CHECKING
 from .errors import SubscriberError, UsageError
 from .exports import ExportFile, ExportRow, column_index, iter_sources, read_export
 from .files import atomic_writer
-from .ledger import Ledger, load_ledger
+from .ledger import (
+    Event,
+    Kind,
+    Ledger,
+    Outcome,
+    Recorded,
+    Recording,
+    Source,
+    imported_from,
+    load_ledger,
+    now_iso,
+)
 from .recipients import Eligibility, bare, is_plausible, normalize, unique, validate
 
 if TYPE_CHECKING:
@@ -134,7 +145,9 @@ class ImportReport:
     skipped: Counter[str] = field(default_factory=Counter)  # unconfirmed, pending... (not added, not recorded)
     kept_out: Counter[str] = field(default_factory=Counter)  # active rows the ledger already suppresses, by event
     ledger_new: int = 0
-    ledger_known: int = 0  # opt-outs the ledger already held
+    ledger_known: int = 0  # opt-outs the ledger already held (or older than the reader's return)
+    pushed: int = 0  # addresses SendGrid was told about
+    waiting: str = ""  # why SendGrid has not been told yet
     invalid: list[tuple[str, int, str, str]] = field(default_factory=list)  # (file, line, value, reason)
     malformed: list[tuple[str, int, str]] = field(default_factory=list)  # (file, line, what is wrong)
     empty: int = 0
@@ -213,27 +226,20 @@ def _sort_rows(report: ImportReport) -> tuple[dict[str, tuple[str, ExportRow]], 
 
 
 def _record_opt_outs(root: Path, report: ImportReport, opt_outs: dict[str, _OptOut]) -> Ledger:
-    """Append the opt-outs the ledger does not already hold; returns the ledger as it now reads."""
-    from .ledger import LIFTING, Event, append_events, iter_events, ledger_path
+    """Record the opt-outs through the ledger, dated from the export (one older than the reader's return to us
+    changes nothing); returns the ledger as it now reads. A dry run only asks what would be written."""
+    from .suppressions import open_ledger
 
-    ledger = load_ledger(root)
-    lifted_at = {}
-    if any(ledger.event_of(k) in LIFTING for k in opt_outs):
-        # A reader who came back after the export was made stays back: only an opt-out dated after their
-        # resubscribe (or an undated one, to be safe) suppresses them again.
-        lifted_at = {e.email: e.at for e, _ in iter_events(ledger_path(root))
-                     if e.event in LIFTING and e.email in opt_outs}
-    events: list[Event] = []
-    for key, o in opt_outs.items():
-        if ledger.is_suppressed(key) or (o.at and lifted_at.get(key, "") > o.at):
-            report.ledger_known += 1
-            continue
-        detail = f"{o.label} in {Path(o.source.rsplit('!', 1)[-1]).name}"
-        events.append(Event(key, o.event, o.at, f"import:{o.platform}", detail))
-    report.ledger_new = len(events)
-    if events and not report.dry_run:
-        append_events(ledger_path(root), events, what=f"{len(events)} opt-out(s) from the import")
-        ledger.refresh()
+    ledger = load_ledger(root) if report.dry_run else open_ledger(root)
+    events = [Event(key, Kind(o.event), o.at, imported_from(o.platform),
+                    f"{o.label} in {Path(o.source.rsplit('!', 1)[-1]).name}") for key, o in opt_outs.items()]
+    if report.dry_run:
+        results = ledger.preview(events)
+    else:
+        recording = ledger.record(events, what=f"{len(events)} opt-out(s) from the import")
+        results, report.pushed, report.waiting = recording.results, recording.pushed, recording.waiting
+    report.ledger_new = sum(r.outcome is Outcome.RECORDED for r in results)
+    report.ledger_known = len(results) - report.ledger_new
     return ledger
 
 
@@ -375,21 +381,20 @@ def export_subscribers(root: Path, target: Path, *, include_suppressed: bool = F
     return len(keep)
 
 
-@dataclass
-class LedgerOutcome:
-    """What `unsubscribe`/`resubscribe` did for one address."""
+@dataclass(frozen=True)
+class LedgerChange:
+    """What `unsubscribe`/`resubscribe` did for one address: the ledger's outcome, and whether it is on the list."""
 
-    address: str
-    outcome: str  # recorded | not-on-list | already-suppressed | not-suppressed
-    previous: str | None = None
+    result: Recorded
+    on_list: bool
 
 
-def record_ledger_events(root: Path, addresses: Iterable[str], event: str, *, detail: str = "",
-                         source: str = "cli") -> list[LedgerOutcome]:
-    """Append `event` for each address the ledger does not already say it about: a suppression of an address
-    already suppressed, or a lift of one that is not, appends nothing. Raises UsageError for a non-address
-    (before anything is written) and StorageError when the line could not be written whole."""
-    from .ledger import LIFTING, Event, append_events, ledger_path, now_iso
+def record_ledger_events(root: Path, addresses: Iterable[str], event: Kind, *, detail: str = "",
+                         source: str = Source.CLI) -> tuple[list[LedgerChange], Recording]:
+    """Record `event` for each address through the ledger (which writes only what changes something, then tells
+    SendGrid). Raises UsageError for a non-address (before anything is written) and StorageError when the line
+    could not be written whole."""
+    from .suppressions import open_ledger
 
     keys: list[str] = []
     for raw in addresses:
@@ -398,24 +403,11 @@ def record_ledger_events(root: Path, addresses: Iterable[str], event: str, *, de
             raise UsageError(f"not an address: {raw!r}")
         if key not in keys:
             keys.append(key)
-    ledger = load_ledger(root)
     wanted = set(keys)
     on_list = {k for k, *_ in unique(iter_subscribers(root)) if k in wanted}
-    outcomes: list[LedgerOutcome] = []
-    new: list[Event] = []
     at = now_iso()
-    for key in keys:
-        previous = ledger.event_of(key)
-        lifting = event in LIFTING
-        if ledger.is_suppressed(key) != lifting:
-            outcomes.append(LedgerOutcome(key, "not-suppressed" if lifting else "already-suppressed", previous))
-            continue
-        new.append(Event(key, event, at, source, detail))
-        outcomes.append(LedgerOutcome(key, "recorded" if key in on_list else "not-on-list", previous))
-    if new:
-        append_events(ledger_path(root), new, what=f"the {event} of {', '.join(e.email for e in new[:3])}"
-                      + (" ..." if len(new) > 3 else ""))
-    return outcomes
+    recording = open_ledger(root, strict=False).record([Event(k, event, at, source, detail) for k in keys])
+    return [LedgerChange(r, r.event.email in on_list) for r in recording.results], recording
 
 
 def remove_subscribers(root: Path, addresses: Iterable[str]) -> tuple[list[str], list[str]]:

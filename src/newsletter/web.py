@@ -10,14 +10,15 @@ import os
 import re
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from .config import Config, load_config
 from .errors import NewsletterError
-from .ledger import Event, Ledger, append_events, ledger_path
+from .ledger import Event, Kind, Ledger, Source, ledger_path
+from .suppressions import BackgroundPusher
 from .tokens import secret_from_env, verify_token
 from .webhook import (
     PUBLIC_KEY_ENV,
@@ -48,7 +49,6 @@ class WebState:
     events: EventLog
     lock: threading.Lock  # check-then-append of one process is atomic: a second POST writes nothing new
     prefix: str = ""  # the path of base_url, under which every route answers
-    push_lock: threading.Lock = field(default_factory=threading.Lock)  # one push to SendGrid at a time
 
 
 def _loggable(text: str) -> str:
@@ -224,7 +224,7 @@ async def _confirm_post(request: Any) -> Any:
     await _read_limited(request, MAX_FORM_BYTES)
     try:
         done = await run_in_threadpool(confirm, state.root, config, state.secret, _transport(config),
-                                       request.path_params["token"])
+                                       request.path_params["token"], state.ledger)
     except SignupError as exc:
         return _confirm_refused(config, "expired" if "expired" in exc.message else "invalid")
     except (NewsletterError, OSError) as exc:
@@ -232,8 +232,24 @@ async def _confirm_post(request: Any) -> Any:
         return _page(config, "We could not confirm you just now",
                      "<p>Something went wrong on our side and nothing was recorded. Please press the button "
                      "in the email again in a few minutes.</p>", 503)
+    return _confirmed_page(state, done)
+
+
+def _confirmed_page(state: WebState, done: Any) -> Any:
+    from .signup import ConfirmStatus
+
+    config = state.config
     if done.welcome_note:
-        log.warning("welcome email not sent: %s", _loggable(_without_address(done.welcome_note, done.email)))
+        log.warning("welcome email: %s", _loggable(_without_address(done.welcome_note, done.email)))
+    if done.status is ConfirmStatus.STALE:
+        return _page(config, "This link is older than your unsubscribe",
+                     "<p>You unsubscribed after asking for this link, so it cannot sign you up again. If you "
+                     f'would like to come back, please <a href="{html.escape(config.base_url, quote=True)}/subscribe">'
+                     "sign up again</a>: a new email will ask you to confirm.</p>", 409)
+    if done.status is ConfirmStatus.PARTIAL:
+        return _page(config, "Almost there",
+                     "<p>Your consent was recorded, but we could not add you to the list just now. Please press "
+                     "the button in the email again in a few minutes to finish.</p>", 503)
     title = "You are already subscribed" if done.already else "You are subscribed"
     return _page(config, title, f"<p>Welcome to {html.escape(config.name)}. The next letter will find you at "
                  f"<strong>{html.escape(done.email)}</strong>.</p>"
@@ -258,22 +274,10 @@ async def _unsubscribe_page(request: Any) -> Any:
 
 
 def _record_unsubscribe(state: WebState, email: str, source: str) -> bool:
-    with state.lock:
-        state.ledger.refresh()
-        if state.ledger.event_of(email) == "unsubscribe":
-            return False  # idempotent: already recorded
-        append_events(ledger_path(state.root), [Event(email, "unsubscribe", source=source)],
-                      what=f"a {source} unsubscribe")
-        return True  # the next request's refresh reads it back
-
-
-def _tell_sendgrid(state: WebState) -> None:
-    from .push import push_if_possible
-
-    with state.push_lock:
-        _, why = push_if_possible(state.root)
-    if why:
-        log.warning("opt-out not pushed to SendGrid yet (%s): `newsletter sync` pushes it", _loggable(why))
+    """The ledger decides (a second POST writes nothing) and tells SendGrid after the answer, in the
+    background: the reader does not wait on SendGrid, and what fails waits in the ledger's queue."""
+    recording = state.ledger.record([Event(email, Kind.UNSUBSCRIBE, source=source)], what=f"a {source} unsubscribe")
+    return bool(recording.written)
 
 
 async def _unsubscribe_post(request: Any) -> Any:
@@ -293,7 +297,8 @@ async def _unsubscribe_post(request: Any) -> Any:
     one_click = form.get("List-Unsubscribe", [""])[0] == "One-Click" or (
         b'name="List-Unsubscribe"' in body and b"One-Click" in body)
     try:
-        recorded = await run_in_threadpool(_record_unsubscribe, state, email, "one-click" if one_click else "page")
+        recorded = await run_in_threadpool(_record_unsubscribe, state, email,
+                                           Source.ONE_CLICK if one_click else Source.PAGE)
     except (NewsletterError, OSError) as exc:
         # Nothing was stored, so nothing is claimed: 503 makes a one-click client retry, and the reader
         # is told plainly. The log line names the cause, never the address.
@@ -302,10 +307,7 @@ async def _unsubscribe_post(request: Any) -> Any:
                      "<p>Something went wrong on our side and your request was <strong>not</strong> recorded. "
                      "Please try again in a few minutes, or reply to any issue and ask to be removed: "
                      "we will do it by hand.</p>", 503)
-    if recorded:
-        # Tell SendGrid too, so mail already scheduled to this reader is dropped; after the answer, in the
-        # background: the reader does not wait on SendGrid, and what fails waits for `newsletter sync`.
-        threading.Thread(target=_tell_sendgrid, args=(state,), daemon=True).start()
+    del recorded  # the same page whether it was new or a repeat
     return _page(config, "You are unsubscribed",
                  f"<p><strong>{html.escape(email)}</strong> will get no more emails from "
                  f"{html.escape(config.name)}.</p><p>Thank you for reading. If this was a mistake, reply "
@@ -356,8 +358,11 @@ def create_app(root: Path) -> Any:
 
     config = load_config(root)
     secret, _ = secret_from_env(required=True)
+    ledger = Ledger(ledger_path(root))
+    pusher = BackgroundPusher(ledger)
+    ledger.follow = pusher.follow  # every opt-out recorded here reaches SendGrid without a `sync`
     state = WebState(root=root, config=config, secret=secret, public_key=os.environ.get(PUBLIC_KEY_ENV, ""),
-                     ledger=Ledger(ledger_path(root)), events=EventLog(root), lock=threading.Lock(),
+                     ledger=ledger, events=EventLog(root), lock=threading.Lock(),
                      prefix=urlsplit(config.base_url).path.rstrip("/"))
     prefix = state.prefix
     routes = [
@@ -370,7 +375,15 @@ def create_app(root: Path) -> Any:
         Route(f"{prefix}/confirm/{{token}}", _confirm_page, methods=["GET"]),
         Route(f"{prefix}/confirm/{{token}}", _confirm_post, methods=["POST"]),
     ]
-    app = Starlette(routes=routes)
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> Any:
+        pusher.start()
+        try:
+            yield
+        finally:
+            pusher.stop()
+
+    app = Starlette(routes=routes, lifespan=lifespan)
     app.state.newsletter = state
     return AccessLog(app)
 

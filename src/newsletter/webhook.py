@@ -13,7 +13,7 @@ from typing import Any
 
 from .errors import HttpError
 from .files import append_durably, read_jsonl
-from .ledger import Event, Ledger, append_events, ledger_path
+from .ledger import Event, Kind, Ledger, Source
 from .recipients import is_plausible, normalize
 
 EVENTS_NAME = "events.jsonl"
@@ -77,26 +77,27 @@ def parse_batch(body: bytes) -> list[dict[str, Any]]:
     return data
 
 
-def ledger_event_for(event: dict[str, Any]) -> str | None:
-    """The ledger event a SendGrid event means, if any."""
+# `dropped` suppresses only for the reader's own reasons; SendGrid's other reasons ("Recipient List over
+# Package Quota", "Spam Content", "Invalid SMTPAPI header", ...) are about the message or the account.
+DROPPED_REASONS = {
+    "unsubscribed address": Kind.UNSUBSCRIBE,
+    "bounced address": Kind.BOUNCE,
+    "spam reporting address": Kind.SPAMREPORT,
+    "invalid": Kind.INVALID,
+}
+_EVENT_KINDS = {"unsubscribe": Kind.UNSUBSCRIBE, "group_unsubscribe": Kind.UNSUBSCRIBE,
+                "group_resubscribe": Kind.RESUBSCRIBE, "spamreport": Kind.SPAMREPORT}
+
+
+def ledger_event_for(event: dict[str, Any]) -> Kind | None:
+    """The ledger event a SendGrid event means, if any: only the reader's own acts and their mailbox's fate."""
     kind = event.get("event")
-    if kind in ("unsubscribe", "group_unsubscribe"):
-        return "unsubscribe"
-    if kind == "spamreport":
-        return "spamreport"
     if kind == "bounce":
         # `blocked` is temporary (a full mailbox, a greylist): not a reason to stop mailing
-        return None if event.get("type") == "blocked" else "bounce"
+        return None if event.get("type") == "blocked" else Kind.BOUNCE
     if kind == "dropped":
-        reason = str(event.get("reason", "")).lower()
-        if "unsubscribed" in reason:
-            return "unsubscribe"
-        if "spam" in reason:
-            return "spamreport"
-        if "bounce" in reason:
-            return "bounce"
-        return "invalid"
-    return None
+        return DROPPED_REASONS.get(" ".join(str(event.get("reason", "")).lower().split()))
+    return _EVENT_KINDS.get(str(kind))
 
 
 class EventLog:
@@ -132,22 +133,20 @@ class EventLog:
             fresh.append(e)
         if not fresh:
             return result
-        ledger.refresh()
         to_ledger = []
         for e in fresh:
             kind = ledger_event_for(e)
-            email = normalize(e["email"])
-            if kind and ledger.event_of(email) != kind:
+            if kind:
                 detail = f"{e.get('event')} {e.get('sg_event_id') or ''}".strip()
                 if e.get("reason"):
                     detail += f": {e['reason']}"
-                to_ledger.append(Event(email, kind, source="sendgrid", detail=detail[:200]))
-        if to_ledger:
-            append_events(ledger_path(self.root), to_ledger, what=f"{len(to_ledger)} event(s) from SendGrid")
+                to_ledger.append(Event(normalize(e["email"]), kind, source=Source.SENDGRID, detail=detail[:200]))
+        # The ledger writes only what changes someone's state (a bounce after an unsubscribe adds nothing).
+        written = ledger.record(to_ledger, what=f"{len(to_ledger)} event(s) from SendGrid").written if to_ledger else []
         data = b"".join(json.dumps(e, separators=(",", ":"), ensure_ascii=False).encode() + b"\n" for e in fresh)
         append_durably(self.path, data, what=f"{len(fresh)} event(s) from SendGrid")
         self.seen |= ids  # only now: everything this batch needs is on disk
-        result.logged, result.ledger = len(fresh), len(to_ledger)
+        result.logged, result.ledger = len(fresh), len(written)
         return result
 
 
