@@ -314,7 +314,9 @@ class Ledger:
         if at > self._max:
             self._max = at
         if kind.suppresses:
-            packed = (((at << _LINE_BITS) | line) << _KIND_BITS) | _CODE[kind] | (_FROM_SENDGRID if from_sendgrid else 0)
+            packed = (((at << _LINE_BITS) | line) << _KIND_BITS) | _CODE[kind]
+            if from_sendgrid:
+                packed |= _FROM_SENDGRID
             old = self._supp.get(key)
             if old is None or packed > old:
                 self._supp[key] = packed
