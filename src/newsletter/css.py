@@ -162,7 +162,7 @@ def _attribute_faults(style: str) -> list[CssFault]:
     import tinycss2
 
     nodes = tinycss2.parse_blocks_contents(style + _END_DECLARATION, skip_comments=True, skip_whitespace=True)
-    last = nodes[-1] if nodes else None
+    last: Any = nodes[-1] if nodes else None
     ended = getattr(last, "type", "") == "declaration" and last.lower_name == "nl-end"
     faults = _declaration_faults(style, nodes[:-1] if ended else nodes, "a style attribute", True, parsed=True)
     if not ended:
