@@ -102,6 +102,7 @@ def check_issue(config: Config, issue: Issue, rendered: RenderedEmail, *, links:
         *_footer_checks(config, rendered),
         *_inbox_checks(issue),
         *_brand_checks(config),
+        *css_problems(config, rendered),
         *accessibility_problems(rendered, config.root / "layouts"),
         *rendered.warnings,
     ]
@@ -305,6 +306,26 @@ def _brand_checks(config: Config) -> list[Problem]:
         if ratio < 4.5:
             problems.append(Problem("error", f"colours `{fg}` on `{bg}` have contrast {ratio:.1f}:1; "
                                     "WCAG AA needs 4.5:1", config.path, config.line("brand", "colors", fg)))
+    return problems
+
+
+def css_problems(config: Config, rendered: RenderedEmail) -> list[Problem]:
+    """The email's CSS parsed (every <style> block and inline style): each fault named with its layout."""
+    from .css import css_faults, find_origin
+    from .render import EMAIL_LAYOUT, layout_texts, layouts_dir
+
+    faults = css_faults(rendered.html)
+    if not faults:
+        return []
+    layouts = layout_texts(config, rendered)  # rendered only when there is something to place
+    problems: list[Problem] = []
+    seen: set[tuple[Path, int | None, str]] = set()
+    for fault in faults:
+        # Not in any layout's text: MJML wrote it from an attribute value, so the email layout is the best guess.
+        path, line = find_origin(fault, layouts) or (layouts_dir(config.root) / EMAIL_LAYOUT, None)
+        if (path, line, fault.message) not in seen:
+            seen.add((path, line, fault.message))
+            problems.append(Problem("error", fault.message, path, line))
     return problems
 
 

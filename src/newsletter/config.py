@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .css import font_stack_problem
 from .errors import ConfigError, UsageError, where
 from .recipients import is_plausible, normalize
 from .yamlfile import YamlDoc, describe, load_yaml, unknown_key_message
@@ -329,8 +330,11 @@ def _load_brand(p: _Problems, brand: dict[str, Any]) -> tuple[dict[str, str], di
         keys = ("brand", "fonts", str(key))
         if key not in DEFAULT_FONTS:
             p.add(keys, unknown_key_message(str(key), DEFAULT_FONTS))
-        elif not isinstance(value, str) or not value.strip() or re.search(r"[<>\";{}]", value):
+        elif not isinstance(value, str) or not value.strip():
             p.add(keys, f"font `{key}` must be a CSS font stack such as \"Georgia, serif\", got {value!r}")
+        elif problem := font_stack_problem(value):
+            p.add(keys, f"font `{key}` is not a CSS font stack ({problem}): {value.strip()!r}; write family "
+                  "names between commas, e.g. '\"Playfair Display\", Georgia, serif'")
         else:
             fonts[str(key)] = value.strip()
     return colors, fonts

@@ -15,6 +15,7 @@ from markupsafe import Markup
 
 from . import markdown
 from .config import Config
+from .css import CssValueError, LayoutText, css_value
 from .errors import IssueError, LayoutError, Problem
 from .issue import Issue
 from .recipients import first_name_of
@@ -65,11 +66,21 @@ def layouts_dir(root: Path) -> Path:
     return root / LAYOUTS_DIR
 
 
+def css_filter(value: object) -> Markup:
+    """`{{ value | css }}`: the one way a layout puts a value into CSS (<mj-style>, <mj-attributes>, `style`).
+    HTML escaping is wrong inside <style>, where entities are never decoded: the value is checked for CSS
+    instead and written with single quotes, which stand both there and inside a double-quoted attribute."""
+    try:
+        return Markup(css_value(value))
+    except CssValueError as exc:
+        raise jinja2.TemplateRuntimeError(f"`| css` refused {str(value)!r}: {exc}") from None
+
+
 @lru_cache(maxsize=8)
 def _environment(folder: str) -> jinja2.Environment:
     # Cached per folder so repeated renders (benchmark, preview) reuse compiled templates;
     # auto_reload (the default) still picks up a layout the writer saves.
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(folder),
         # select_autoescape matches the final suffix only: .mjml must be listed, .txt stays raw.
         autoescape=jinja2.select_autoescape(enabled_extensions=("html", "htm", "xml", "mjml"),
@@ -79,6 +90,8 @@ def _environment(folder: str) -> jinja2.Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
+    env.filters["css"] = css_filter
+    return env
 
 
 def fill(text: str, values: dict[str, str]) -> str:
@@ -132,10 +145,10 @@ def reader_substitutions(name: str, token: str, first_name: str = "", *, greetin
 
 
 def brand_styles(config: Config) -> markdown.Styles:
-    """The colours and fonts that inline styles are made from."""
-    c = config.colors
+    """The colours and fonts that inline styles are made from, checked for CSS as the layouts' `| css` does."""
+    c = {key: css_value(value) for key, value in config.colors.items()}
     return markdown.Styles(text=c["text"], heading=c["heading"], accent=c["accent"], muted=c["muted"],
-                         heading_font=config.fonts["heading"], body_font=config.fonts["body"])
+                           heading_font=css_value(config.fonts["heading"]), body_font=css_value(config.fonts["body"]))
 
 
 def view_url(config: Config, issue: Issue) -> str:
@@ -242,6 +255,38 @@ def _blame_layout(env: jinja2.Environment, folder: Path, context: dict[str, Any]
                                hint="check that every tag is closed and spelled as MJML spells it")
     return LayoutError(f"the MJML does not parse: {error}", path=folder / EMAIL_LAYOUT,
                        hint="check that every tag is closed and spelled as MJML spells it")
+
+
+def _included_layouts(env: jinja2.Environment, name: str, seen: set[str]) -> list[str]:
+    """The layouts `name` includes, innermost first (each once)."""
+    from jinja2 import meta
+
+    assert env.loader is not None
+    source, _, _ = env.loader.get_source(env, name)
+    out: list[str] = []
+    for child in meta.find_referenced_templates(env.parse(source)):
+        if child and child not in seen:
+            seen.add(child)
+            out += [*_included_layouts(env, child, seen), child]
+    return out
+
+
+def layout_texts(config: Config, rendered: RenderedEmail) -> list[LayoutText]:
+    """Each layout of the email with what it renders to for this issue, the included ones first (the most
+    specific), email.mjml last: what `check` searches to tell which layout a piece of the output came from."""
+    folder = layouts_dir(config.root)
+    env = _environment(str(folder))
+    context = _context(config, rendered.issue, rendered.body, for_text=False)
+    out = []
+    for name in _included_layouts(env, EMAIL_LAYOUT, {EMAIL_LAYOUT}):
+        try:
+            text = _render_template(env, folder, name, context)
+            source = (folder / name).read_text(encoding="utf-8")
+        except (LayoutError, OSError, UnicodeDecodeError):
+            continue  # it rendered inside email.mjml; on its own it is only a better guess
+        out.append(LayoutText(folder / name, source, text))
+    source = (folder / EMAIL_LAYOUT).read_text(encoding="utf-8")
+    return [*out, LayoutText(folder / EMAIL_LAYOUT, source, rendered.mjml)]
 
 
 def render_issue(config: Config, issue: Issue, *, web: bool = False) -> RenderedEmail:
