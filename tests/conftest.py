@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -206,3 +206,42 @@ def browser() -> Iterator[object]:
         b = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         yield b
         b.close()
+
+
+# -- SendGrid's signed Event Webhook, and the web app in process -------------------------------------------------
+class WebhookSigner:
+    """A key pair like SendGrid's: the public half for SENDGRID_WEBHOOK_PUBLIC_KEY, the private half signs."""
+
+    def __init__(self) -> None:
+        import base64
+
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        self.public = base64.b64encode(self.key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).decode()
+
+    def headers(self, body: bytes, ts: int | None = None) -> dict[str, str]:
+        """The signature headers SendGrid sends with `body`."""
+        import base64
+        import time
+
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        stamp = str(int(time.time()) if ts is None else ts)
+        sig = self.key.sign(stamp.encode() + body, ec.ECDSA(hashes.SHA256()))
+        return {"X-Twilio-Email-Event-Webhook-Signature": base64.b64encode(sig).decode(),
+                "X-Twilio-Email-Event-Webhook-Timestamp": stamp, "Content-Type": "application/json"}
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 10.0, what: str = "the condition") -> None:
+    """Poll `condition` until it holds (never a fixed sleep); fail after `timeout` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)

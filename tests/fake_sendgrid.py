@@ -123,12 +123,25 @@ class FakeSendGrid:
         self.global_suppressions: set[str] = set()
         self.group_suppressions: dict[str, set[str]] = {}
         self.suppression_requests: list[tuple[str, str, Any]] = []  # (method, path, body)
+        self.suppressions_down = False  # True: every suppression add/remove answers 500, as an outage would
         self.received = threading.Event()
         self.lock = threading.Lock()
         self.server: ThreadingHTTPServer | None = None
         self.thread: threading.Thread | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget every account state (suppressions, schedules, mail), keeping the server: one fake, many runs."""
+        with self.lock:
+            for name in ("requests", "accepted", "responses", "times", "list_requests", "batch_ids", "scheduled",
+                         "suppression_requests", "plan"):
+                getattr(self, name).clear()
+            for name in ("suppressions", "scheduled_sends", "group_suppressions"):
+                getattr(self, name).clear()
+            self.global_suppressions.clear()
+            self.delivered.clear()
+            self.suppressions_down = False
+
     def start(self) -> FakeSendGrid:
         fake = self
 
@@ -212,6 +225,13 @@ class FakeSendGrid:
         if not self._authorized(h):
             return
         path, _, query = h.path.partition("?")
+        if path.startswith("/v3/user/scheduled_sends/"):
+            batch_id = path.rsplit("/", 1)[1]
+            if batch_id in self.scheduled_sends:
+                self._reply(h, 200, [{"batch_id": batch_id, "status": self.scheduled_sends[batch_id]}])
+            else:
+                self._reply(h, 404, self._errors("not found"))
+            return
         if path == "/v3/scopes" and self.scopes_endpoint:
             self._reply(h, 200, {"scopes": self.scopes})
         elif path.startswith(("/v3/suppression/", "/v3/asm/suppressions")):
@@ -387,6 +407,9 @@ class FakeSendGrid:
             self._reply(h, 201, body)
         elif path == "/v3/asm/suppressions/global" or (path.startswith("/v3/asm/groups/")
                                                         and path.endswith("/suppressions")):
+            if self.suppressions_down:
+                self._reply(h, 500, self._errors("internal error"))
+                return
             is_global = path == "/v3/asm/suppressions/global"
             body = self._body(h, "global" if is_global else "group", "add")
             if body is None:
@@ -408,6 +431,9 @@ class FakeSendGrid:
         if not self._authorized(h):
             return
         parts = [unquote(p) for p in h.path.split("?")[0].split("/")]
+        if self.suppressions_down:
+            self._reply(h, 500, self._errors("internal error"))
+            return
         with self.lock:
             self.suppression_requests.append(("DELETE", h.path, None))
             if parts[1:5] == ["v3", "asm", "suppressions", "global"] and len(parts) == 6:

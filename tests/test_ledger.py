@@ -269,3 +269,78 @@ def test_export_neutralises_formulas(cli: Cli, project: Path, tmp_path: Path) ->
     assert rows[1] == ["ada@readers.net", "'=HYPERLINK(\"http://x\")", "'+1"]
     assert rows[2] == ["bob@readers.net", "'@SUM(A1)", "'-2"]
     assert rows[3] == ["cy@readers.net", "Plain", "ok"]
+
+
+# -- the rule: latest event by time, ties by file order; an old confirmation never lifts ------------------
+def test_an_event_dated_before_a_return_does_not_suppress_again(project: Path) -> None:
+    path = ledger_path(project)
+    record(path, "ada@readers.net", "unsubscribe", at="2026-03-01T10:00:00Z")
+    record(path, "ada@readers.net", "resubscribe", at="2026-06-01T10:00:00Z")
+    old = Ledger(path).record([Event("ada@readers.net", "bounce", "2026-04-01T10:00:00Z", "import:mailchimp")])
+    assert old.results[0].outcome == "unchanged" and not old.written  # older than her return: nothing to say
+    assert not Ledger(path).is_suppressed("ada@readers.net")
+    newer = Ledger(path).record([Event("ada@readers.net", "bounce", "2026-07-01T10:00:00Z", "import:mailchimp")])
+    assert newer.results[0].outcome == "recorded" and Ledger(path).is_suppressed("ada@readers.net")
+
+
+def test_an_old_confirmation_link_never_lifts_an_opt_out(project: Path) -> None:
+    path = ledger_path(project)
+    record(path, "ada@readers.net", "unsubscribe", at="2026-11-20T10:00:00Z")
+    before = path.read_bytes()
+    stale = Ledger(path).record([Event("ada@readers.net", "subscribe", "2026-11-25T10:00:00Z", "signup",
+                                       signed_up="2026-11-19T09:00:00Z")])
+    assert stale.results[0].outcome == "stale" and path.read_bytes() == before
+    assert Ledger(path).is_suppressed("ada@readers.net")
+    fresh = Ledger(path).record([Event("ada@readers.net", "subscribe", "2026-11-25T10:00:00Z", "signup",
+                                       signed_up="2026-11-21T09:00:00Z")])
+    assert fresh.results[0].outcome == "recorded" and not Ledger(path).is_suppressed("ada@readers.net")
+    assert path.read_text().splitlines()[-1].split(",")[4].startswith("signed up 2026-11-21T09:00:00Z")
+
+
+def test_recording_twice_writes_once(project: Path) -> None:
+    path = ledger_path(project)
+    ledger = Ledger(path)
+    kinds = [r.outcome for r in ledger.record([Event("ada@readers.net", "unsubscribe"),
+                                               Event("ADA@readers.net", "spamreport"),
+                                               Event("bob@readers.net", "resubscribe")]).results]
+    assert kinds == ["recorded", "unchanged", "unchanged"]
+    assert len(path.read_text().splitlines()) == 2
+
+
+def test_an_nfd_spelling_is_the_same_reader(cli: Cli, project: Path) -> None:
+    import unicodedata
+
+    cli("subscribers", "add", "josé@readers.net")
+    nfd = unicodedata.normalize("NFD", "JOSÉ@readers.net")
+    result = cli("unsubscribe", nfd)
+    assert result.exit_code == 0 and "unsubscribe: josé@readers.net (recorded in" in result.output
+    assert "not on the list" not in result.output
+    assert Ledger(ledger_path(project)).is_suppressed("josé@readers.net")
+    assert "active:     0" in cli("subscribers", "count").output
+
+
+_TIMES = st.sampled_from(["2026-01-01T00:00:00Z", "2026-01-01T00:00:01Z", "2026-02-01T00:00:00Z",
+                          "2026-03-01T12:00:00Z"])
+_EVENTS = st.lists(st.tuples(st.sampled_from(["a@readers.net", "b@readers.net"]),
+                             st.sampled_from(["unsubscribe", "bounce", "resubscribe", "subscribe"]), _TIMES, _TIMES),
+                   max_size=12)
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
+@given(_EVENTS, st.integers(0, 12))
+def test_the_state_read_back_equals_a_fold_of_the_lines_in_time_order(tmp_path_factory, events, split) -> None:
+    from test_optout_model import oracle
+
+    path = tmp_path_factory.mktemp("ledger") / "subscribers" / "unsubscribes.csv"
+    path.parent.mkdir()
+    lines = [f"{e},{k},{at},cli,{'signed up ' + signed if k == 'subscribe' else ''}\n"
+             for e, k, at, signed in events]
+    path.write_text(HEADER + "\n" + "".join(lines[:split]))
+    ledger = Ledger(path)  # part read at once, the rest by tailing: both must agree with the fold
+    with open(path, "a") as fh:
+        fh.write("".join(lines[split:]))
+    ledger.refresh()
+    expected = oracle(path)
+    for who in ("a@readers.net", "b@readers.net"):
+        assert ledger.is_suppressed(who) == expected.get(who, (False,))[0], (who, lines)
+        assert Ledger(path).is_suppressed(who) == expected.get(who, (False,))[0]

@@ -180,3 +180,21 @@ def test_unsubscribe_rejects_non_addresses(cli: Cli, project: Path) -> None:
     result = cli("unsubscribe", "not an address")
     assert result.exit_code == 2
     assert not (project / "subscribers" / "unsubscribes.csv").exists()
+
+
+def test_every_reader_of_the_ledger_refuses_an_unreadable_line(cli: Cli, project: Path, tmp_path: Path) -> None:
+    from newsletter.ledger import HEADER, ledger_path
+
+    cli("subscribers", "add", "ada@readers.net")
+    cli("subscribers", "add", "bob@readers.net")
+    path = ledger_path(project)
+    text = HEADER + "\nada@readers.net,unsubscribe,2026-11-01T10:00:00Z,cli,\n"
+    for broken in (text.encode("utf-16"), text.replace(",", ";").encode()):
+        path.write_bytes(broken)
+        out = tmp_path / "export.csv"
+        for argv in (("subscribers", "count"), ("subscribers", "list"), ("subscribers", "list", "--suppressed"),
+                     ("subscribers", "export", str(out))):
+            result = cli(*argv)
+            assert result.exit_code == 1, (argv, result.output)
+            assert "unsubscribes.csv:1: cannot read the address on this line" in result.output, argv
+        assert not out.exists()  # no export with the opted-out reader in it

@@ -170,8 +170,10 @@ def confirm(root: Path, config: Config, secret: str, transport: Any, token: str,
     email, signed_up = found
     with file_lock(Path(str(signups_path(root)) + ".confirm")):
         request, done, welcomed = _confirm_history(root, email, signed_up)
-        if done:
-            return Confirmed(email, ConfirmStatus.ALREADY, welcomed=welcomed)
+        if done:  # confirmed before; an opt-out since then stands: the link is older than it
+            ledger.refresh()
+            stale = ledger.is_suppressed_key(email)
+            return Confirmed(email, ConfirmStatus.STALE if stale else ConfirmStatus.ALREADY, welcomed=welcomed)
         first = str(request.get("first_name", ""))
         consent = Event(email, Kind.SUBSCRIBE, _iso(now), Source.SIGNUP,
                         f"at {request.get('source') or 'the sign-up page'}; confirmed {_iso(now)}; "

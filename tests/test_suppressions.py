@@ -1,0 +1,141 @@
+"""SendGrid's suppression lists follow the ledger's state: push, pull, sync (suppressions.py)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import Cli, WebhookSigner, configure, record, wait_for, write_list
+from fake_sendgrid import API_KEY, FakeSendGrid
+
+from newsletter.ledger import Kind, Ledger, Source, ledger_path
+from newsletter.sendgrid import SendGridTransport
+from newsletter.suppressions import open_ledger, plan, push, sync, waiting
+from newsletter.tokens import make_confirm_token
+
+GROUP = 42
+
+
+@pytest.fixture
+def letters(ready_project: Path, env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Path:
+    configure(ready_project, asm_group_id=GROUP)
+    write_list(ready_project, [("ada@readers.net", "Ada"), ("bob@readers.net", "Bob")])
+    return ready_project
+
+
+@pytest.fixture
+def signer(monkeypatch: pytest.MonkeyPatch) -> WebhookSigner:
+    s = WebhookSigner()
+    monkeypatch.setenv("SENDGRID_WEBHOOK_PUBLIC_KEY", s.public)
+    return s
+
+
+@pytest.fixture
+def app(letters: Path, signer: WebhookSigner) -> Iterator[object]:
+    from starlette.testclient import TestClient
+
+    from newsletter.web import create_app
+
+    with TestClient(create_app(letters)) as client:  # its lifespan runs serve's SendGrid pusher
+        yield client
+
+
+def _webhook(client: object, signer: WebhookSigner, *events: dict) -> None:
+    body = json.dumps([{"timestamp": int(time.time()), "sg_event_id": f"e{i}-{time.monotonic_ns()}", **e}
+                       for i, e in enumerate(events)]).encode()
+    answer = client.post("/webhooks/sendgrid", content=body, headers=signer.headers(body))  # type: ignore[attr-defined]
+    assert answer.status_code == 200, answer.text
+
+
+def _transport() -> SendGridTransport:
+    return SendGridTransport(API_KEY, timeout=5)
+
+
+def test_a_push_never_lifts_what_sendgrid_itself_recorded(letters: Path, fake: FakeSendGrid, app: object,
+                                                          signer: WebhookSigner) -> None:
+    # Ada signs up and confirms; later she unsubscribes through SendGrid's own group link.
+    signed_up = int(time.time()) - 60
+    confirmed = app.post(f"/confirm/{make_confirm_token('test-secret-0123456789', 'ada@readers.net', signed_up)}")  # type: ignore[attr-defined]
+    assert confirmed.status_code == 200, confirmed.text
+    fake.group_suppressions.setdefault(str(GROUP), set()).add("ada@readers.net")
+    _webhook(app, signer, {"email": "ada@readers.net", "event": "group_unsubscribe", "asm_group_id": GROUP})
+    assert Ledger(ledger_path(letters)).is_suppressed("ada@readers.net")
+    wait_for(lambda: not len(waiting(letters)), what="serve's pusher")
+    assert Cli(letters)("sync").exit_code == 0
+    deletes = [p for m, p, _ in fake.suppression_requests if m == "DELETE" and "ada" in p]
+    assert deletes == [f"/v3/asm/groups/{GROUP}/suppressions/ada@readers.net",
+                       "/v3/asm/suppressions/global/ada@readers.net"]  # the confirmation's lift, before the opt-out
+    assert fake.suppressed("ada@readers.net", GROUP)  # and nothing since: SendGrid still drops her mail
+
+
+def test_a_confirmed_sign_up_lifts_the_suppression_at_sendgrid(letters: Path, fake: FakeSendGrid, app: object) -> None:
+    open_ledger(letters).record([ledger_event("bob@readers.net", Kind.UNSUBSCRIBE, at="2026-01-05T10:00:00Z")])
+    assert fake.suppressed("bob@readers.net", GROUP)
+    token = make_confirm_token("test-secret-0123456789", "bob@readers.net", int(time.time()))  # signed up since
+    answer = app.post(f"/confirm/{token}")  # type: ignore[attr-defined]
+    assert answer.status_code == 200 and "You are subscribed" in answer.text
+    wait_for(lambda: not fake.suppressed("bob@readers.net", GROUP), what="the lift to reach SendGrid")
+    assert not Ledger(ledger_path(letters)).is_suppressed("bob@readers.net")
+
+
+def test_a_return_lifts_sendgrids_own_global_unsubscribe_too(letters: Path, fake: FakeSendGrid, app: object,
+                                                             signer: WebhookSigner) -> None:
+    fake.global_suppressions.add("ada@readers.net")  # SendGrid's own (global) unsubscribe link
+    _webhook(app, signer, {"email": "ada@readers.net", "event": "unsubscribe"})
+    wait_for(lambda: not len(waiting(letters)), what="serve's pusher")
+    assert not [r for r in fake.suppression_requests if r[0] == "POST"]  # SendGrid knows: nothing pushed back
+    result = Cli(letters)("resubscribe", "ada@readers.net")
+    assert result.exit_code == 0 and "SendGrid told: 1 address(es)" in result.output
+    assert not fake.suppressed("ada@readers.net", GROUP)
+
+
+def test_what_cannot_be_pushed_waits_in_the_ledger_until_sendgrid_is_back(letters: Path, fake: FakeSendGrid) -> None:
+    fake.suppressions_down = True
+    cli = Cli(letters)
+    result = cli("unsubscribe", "ada@readers.net")
+    assert result.exit_code == 0 and "SendGrid not told yet (SendGrid answered 500" in result.output
+    assert waiting(letters).add == ["ada@readers.net"]
+    fake.suppressions_down = False
+    synced = cli("sync")
+    assert synced.exit_code == 0 and "pushed 1 address(es)" in synced.output
+    assert fake.suppressed("ada@readers.net", GROUP) and not len(waiting(letters))
+
+
+def test_an_address_the_ledger_suppresses_is_never_deleted_there(letters: Path, fake: FakeSendGrid) -> None:
+    ledger = open_ledger(letters)
+    ledger.record([ledger_event("ada@readers.net", Kind.UNSUBSCRIBE)])
+    # An old resubscribe (dated before the unsubscribe) arrives after it: it changes nothing, so nothing is lifted.
+    ledger.record([ledger_event("ada@readers.net", Kind.RESUBSCRIBE, at="2020-01-01T00:00:00Z")])
+    ledger.record([ledger_event("ada@readers.net", Kind.BOUNCE, source=Source.SENDGRID)])
+    push(ledger, _transport(), GROUP)
+    assert not [r for r in fake.suppression_requests if r[0] == "DELETE"]
+    assert fake.suppressed("ada@readers.net", GROUP)
+
+
+def test_pull_records_listings_at_their_own_time(letters: Path, fake: FakeSendGrid) -> None:
+    path = ledger_path(letters)
+    record(path, "ada@readers.net", "unsubscribe")
+    record(path, "ada@readers.net", "resubscribe")  # she came back after SendGrid listed her (below)
+    long_ago = int(time.time()) - 86400
+    fake.suppressions["/v3/suppression/unsubscribes"] = [{"email": "ada@readers.net", "created": long_ago},
+                                                        {"email": "cy@readers.net", "created": long_ago}]
+    fake.suppressions["/v3/suppression/bounces"] = [{"email": "Bob@Readers.net", "created": long_ago,
+                                                     "reason": "550 unknown user"}]
+    report = sync(letters, _transport())
+    assert report.appended["suppression/unsubscribes"] == 1 and report.appended["suppression/bounces"] == 1
+    ledger = Ledger(path)
+    assert not ledger.is_suppressed("ada@readers.net")  # the listing is older than her return
+    assert ledger.is_suppressed("cy@readers.net") and ledger.event_of("bob@readers.net") is Kind.BOUNCE
+    bob = [line for line in path.read_text().splitlines() if line.startswith("bob@")]
+    assert bob[0].split(",")[2] == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(long_ago))
+    assert sync(letters, _transport()).appended == {k: 0 for k in report.appended}  # idempotent
+    assert not len(plan(Ledger(path)))
+
+
+def ledger_event(email: str, kind: Kind, *, at: str = "", source: str = Source.CLI):  # type: ignore[no-untyped-def]
+    from newsletter.ledger import Event
+
+    return Event(email, kind, at, source)
