@@ -110,3 +110,56 @@ def test_imported_opt_outs_are_pushed_in_batches_of_1000(sender: Cli, fake: Fake
     posts = [b for m, p, b in fake.suppression_requests if m == "POST"]
     assert [len(b["recipient_emails"]) for b in posts] == [1000, 1000, 500]
     assert len(fake.global_suppressions) == 2500
+
+
+# -- a cancel SendGrid may no longer honour is refused; the truth survives a refusal and a full disk ------------
+def test_too_close_to_cancel_warns_at_scheduling_and_refuses_to_unschedule(sender: Cli, fake: FakeSendGrid) -> None:
+    write_list(sender.root, readers(3))
+    soon = sender("send", "--issue", SEED_SLUG, "--yes", "--no-sync", "--at", _at(hours=3 / 60))
+    assert soon.exit_code == 0, soon.output
+    assert "less than 15 minutes away" in soon.output and "can no longer take it back" in soon.output
+    late = sender("unschedule", "--issue", SEED_SLUG)
+    assert late.exit_code == 1
+    assert "too late to cancel: SendGrid may already be sending; it goes out at 20" in late.output
+    assert fake.scheduled_sends == {}  # SendGrid was not asked
+    again = sender("send", "--issue", SEED_SLUG, "--yes", "--no-sync")  # no second copy while it may go out
+    assert again.exit_code == 0 and "nothing to send" in again.output
+    assert len(fake.accepted) == 1
+
+
+def test_a_refused_cancel_leaves_the_send_scheduled(sender: Cli, fake: FakeSendGrid) -> None:
+    write_list(sender.root, readers(3))
+    assert sender("send", "--issue", SEED_SLUG, "--yes", "--no-sync", "--at", _at()).exit_code == 0
+    fake.scheduled_sends[fake.batch_ids[0]] = "pause"  # SendGrid then answers 400 to a cancel
+    refused = sender("unschedule", "--issue", SEED_SLUG)
+    assert refused.exit_code == 1 and f"SendGrid did not cancel batch {fake.batch_ids[0]}" in refused.output
+    status = sender("status", "--issue", SEED_SLUG).output
+    assert "SendGrid refused to cancel it" in status and "cancelled at" not in status
+    assert load_state(journal_path(sender.root, SEED_SLUG)).sent_readers == 3  # as good as sent: never re-sent
+    assert "nothing to send" in sender("send", "--issue", SEED_SLUG, "--yes", "--no-sync").output
+
+
+def test_a_cancel_sendgrid_took_but_the_disk_could_not_record_is_found_again(
+        sender: Cli, fake: FakeSendGrid, short_write_shim: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from conftest import shim_env
+
+    write_list(sender.root, readers(3))
+    assert sender("send", "--issue", SEED_SLUG, "--yes", "--no-sync", "--at", _at()).exit_code == 0
+    exe = str(Path(sys.executable).parent / "newsletter")
+    argv = [exe, "unschedule", "--root", str(sender.root), "--issue", SEED_SLUG]
+    full = subprocess.run(argv, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **shim_env(short_write_shim, "sends/", tear='"t":"cancel","')})
+    assert full.returncode == 1, full.stdout + full.stderr
+    assert "disk full" in full.stderr and "SendGrid cancelled it, but that could not be recorded" in full.stderr
+    assert fake.scheduled_sends == {fake.batch_ids[0]: "cancel"}
+    status = sender("status", "--issue", SEED_SLUG).output
+    assert "a cancel was asked for at" in status and "SendGrid's answer was not recorded" in status
+    assert "nothing to send" in sender("send", "--issue", SEED_SLUG, "--yes", "--no-sync").output  # in doubt: never twice
+    again = sender("unschedule", "--issue", SEED_SLUG)  # asks SendGrid what it holds, and records it
+    assert again.exit_code == 0, again.output
+    assert "cancelled at" in sender("status", "--issue", SEED_SLUG).output
+    assert load_state(journal_path(sender.root, SEED_SLUG)).sent_readers == 0
