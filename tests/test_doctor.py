@@ -474,6 +474,15 @@ def test_without_a_network_dns_and_http_checks_warn(setup: Setup, monkeypatch: p
     assert setup.fake.account_requests == []
 
 
+def test_a_resolver_blind_to_the_internet_counts_as_no_network(setup: Setup) -> None:
+    """A sandbox's or a captive portal's DNS says NXDOMAIN to everything: not a set-up with every record missing."""
+    setup.zone.records.clear()
+    checks = setup.run()
+    dns_checks = {"dkim", "return-path", "dmarc", "spf", "reply-mx", "base-url"}
+    assert not_ok(checks) == {k: (Status.WARN, NO_NETWORK) for k in dns_checks}
+    assert setup.zone.questions == [("sendgrid.net", "TXT")]  # asked once, then nothing more
+
+
 def test_a_malformed_nameserver_is_a_usage_error(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NEWSLETTER_NAMESERVER", "dns.example.net:53")
     result = Cli(setup.root)("doctor")

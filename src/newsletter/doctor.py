@@ -131,8 +131,11 @@ class _Context:
             try:
                 self.answers[what] = call(self.transport)
             except TransportError as exc:
-                raise self._not_checked(exc) from None
-        return self.answers[what]  # type: ignore[no-any-return]
+                self.answers[what] = self._not_checked(exc)  # the same answer for every check that asks
+        answer = self.answers[what]
+        if isinstance(answer, _NotChecked):
+            raise answer
+        return answer  # type: ignore[no-any-return]
 
     def _not_checked(self, exc: TransportError) -> _NotChecked:
         if exc.status is None and not exc.sent:  # could not connect: the network (or SendGrid) is not there
@@ -345,12 +348,17 @@ def _check_base_url(ctx: _Context) -> tuple[Status, str, str]:
                      "serve it behind Caddy (README: Running serve in production) and set base_url: https://... "
                      "in newsletter.yaml")
     host = url.hostname
+    try:
+        port = url.port or 443
+    except ValueError:
+        return _fail(f"base_url {base} has a port that is not a number from 1 to 65535",
+                     "correct base_url in newsletter.yaml")
     addresses = [host] if _is_ip(host) else ctx.dns.lookup(host, "A") + ctx.dns.lookup(host, "AAAA")
     if not addresses:
         return _fail(f"{host} has no address (no A or AAAA record)",
                      f"at your registrar, add an A record for {host} with your server's IP address")
     try:
-        status = _get_status(host, url.port or 443, addresses[0], f"{url.path.rstrip('/')}/healthz")
+        status = _get_status(host, port, addresses[0], f"{url.path.rstrip('/')}/healthz")
     except ssl.SSLCertVerificationError as exc:
         return _fail(f"{health}: the HTTPS certificate is not valid ({exc.verify_message})",
                      f"let Caddy fetch one: {host} must point at the server and ports 80 and 443 be open")
@@ -539,7 +547,7 @@ def _check_list_private(ctx: _Context) -> tuple[Status, str, str]:
 def _check_backup(ctx: _Context) -> tuple[Status, str, str]:
     folder = ctx.root / "backups"
     found = sorted(folder.glob("*.tar.gz"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
-    fix = ("run `newsletter backup` now and every day (README: Backups), and copy backups/ off the server")
+    fix = ("run `newsletter backup` now and every day (README says how), and copy backups/ off the server")
     if not found:
         return _warn("no backup in backups/: losing this machine would lose your readers", fix)
     newest = found[-1]

@@ -14,6 +14,9 @@ from .recipients import normalize
 
 DNS_LIFETIME = 3.0  # seconds for one question, retries included; a dead network costs this once
 SPF_MAX_TERMS = 50  # a record that sprawls past this is over the limit anyway: stop asking
+# A name that always exists. A resolver that says it does not cannot see the Internet's DNS (a sandbox, a captive
+# portal answering NXDOMAIN for everything): every missing record would then be a false failure.
+CANARY = "sendgrid.net"
 
 
 class NoNetwork(Exception):
@@ -29,6 +32,7 @@ class Resolver:
         self.lifetime = lifetime
         self.offline = False
         self._resolver: Any = None
+        self._canary_seen = False
 
     @classmethod
     def from_env(cls, lifetime: float = DNS_LIFETIME) -> Resolver:
@@ -69,15 +73,24 @@ class Resolver:
     def lookup(self, name: str, rtype: str) -> list[str]:
         """The records of `rtype` at `name` as text ([] when there are none or the name does not exist): TXT
         strings joined, CNAME and MX targets without the final dot ("." for a null MX), addresses as written."""
+        if self.offline:
+            raise NoNetwork("no network")
+        if not self._canary_seen:
+            self._canary_seen = True
+            if self._ask(CANARY, "TXT") is None:
+                self.offline = True
+                raise NoNetwork(f"the DNS server says {CANARY} does not exist: it cannot see the Internet's DNS")
+        return self._ask(name, rtype) or []
+
+    def _ask(self, name: str, rtype: str) -> list[str] | None:
+        """The records as text; None when the name does not exist, [] when it has none of this type."""
         import dns.exception
         import dns.resolver
 
-        if self.offline:
-            raise NoNetwork("no network")
         try:
             answer = self._get().resolve(name, rtype, raise_on_no_answer=False)
         except dns.resolver.NXDOMAIN:
-            return []
+            return None
         except dns.resolver.NoNameservers as exc:
             if _unreachable(exc):
                 self.offline = True
