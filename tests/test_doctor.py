@@ -330,6 +330,10 @@ def test_spf_with_eleven_lookups_warns(setup: Setup) -> None:
     assert setup.run()["spf"].detail == f"one SPF record at {DOMAIN}, 10 DNS lookup(s) of 10"
     setup.zone.set(DOMAIN, "TXT", "v=spf1 include:sendgrid.net ~all", "v=spf1 mx -all")
     assert setup.run()["spf"].detail == f"{DOMAIN} has 2 SPF records: receivers treat that as an error"
+    setup.zone.set(DOMAIN, "TXT", "v=spf1 mx redirect=_spf.loop.test")
+    setup.zone.set("_spf.loop.test", "TXT", f"v=spf1 include:{DOMAIN} -all")
+    spf = setup.run()["spf"]
+    assert (spf.status, spf.detail) == (Status.WARN, f"{DOMAIN}'s SPF record: include loop through {DOMAIN}")
 
 
 def test_reply_to_without_mx_fails(setup: Setup) -> None:
