@@ -124,6 +124,12 @@ class FakeSendGrid:
         self.group_suppressions: dict[str, set[str]] = {}
         self.suppression_requests: list[tuple[str, str, Any]] = []  # (method, path, body)
         self.suppressions_down = False  # True: every suppression add/remove answers 500, as an outage would
+        # The account's settings that `doctor` reads (shapes: tests/data/sendgrid/whitelabel_domains.json and
+        # event_webhook_settings.json; build entries with authenticated_domain() and event_webhook() below)
+        self.domains: list[dict[str, Any]] = []  # GET /v3/whitelabel/domains
+        self.webhooks: list[dict[str, Any]] = []  # oldest first; "public_key" only while signing is on
+        self.webhooks_all_endpoint = True  # False: .../settings/all answers 404, as for the older single webhook
+        self.account_requests: list[str] = []  # paths of the GETs above
         self.received = threading.Event()
         self.lock = threading.Lock()
         self.server: ThreadingHTTPServer | None = None
@@ -234,6 +240,8 @@ class FakeSendGrid:
             return
         if path == "/v3/scopes" and self.scopes_endpoint:
             self._reply(h, 200, {"scopes": self.scopes})
+        elif path.startswith(("/v3/whitelabel/", "/v3/user/webhooks/")):
+            self._get_account(h, path, query)
         elif path.startswith(("/v3/suppression/", "/v3/asm/suppressions")):
             from urllib.parse import parse_qs
 
@@ -248,6 +256,34 @@ class FakeSendGrid:
                 start = int(q.get("start_time", ["0"])[0])
                 items = [i for i in items if i.get("created", 0) >= start][offset:offset + limit]
             self._reply(h, 200, items)
+        else:
+            self._reply(h, 404, self._errors("not found"))
+
+    def _get_account(self, h: BaseHTTPRequestHandler, path: str, query: str) -> None:
+        """Domain authentication and the Event Webhook settings, as SendGrid answers them."""
+        from urllib.parse import parse_qs
+
+        with self.lock:
+            self.account_requests.append(path)
+            hooks = [dict(w) for w in self.webhooks]
+        settings = "/v3/user/webhooks/event/settings"
+        if path == "/v3/whitelabel/domains":
+            q = parse_qs(query)
+            offset, limit = int(q.get("offset", ["0"])[0]), int(q.get("limit", ["50"])[0])
+            self._reply(h, 200, self.domains[offset:offset + limit])
+        elif path == f"{settings}/all" and self.webhooks_all_endpoint:
+            self._reply(h, 200, {"max_allowed": 5, "webhooks": hooks or [{}]})  # none: the spec's `[{}]`
+        elif path == settings:  # the older single-webhook form: the oldest one
+            oldest = hooks[0] if hooks else {"enabled": False, "url": ""}
+            self._reply(h, 200, {k: v for k, v in oldest.items() if k not in ("friendly_name", "created_date",
+                                                                                "updated_date")})
+        elif path.startswith(f"{settings}/signed"):
+            wanted = path[len(f"{settings}/signed"):].strip("/")
+            hook = next((w for w in hooks if w.get("id") == wanted), None) if wanted else (hooks or [None])[0]
+            if hook is None:
+                self._reply(h, 404, {"errors": [{"message": "Invalid id provided."}]})
+            else:
+                self._reply(h, 200, {"id": wanted, "public_key": hook.get("public_key", "")})
         else:
             self._reply(h, 404, self._errors("not found"))
 
@@ -446,6 +482,38 @@ class FakeSendGrid:
         h.send_response(204)
         h.send_header("Content-Length", "0")
         h.end_headers()
+
+
+def authenticated_domain(domain: str, *, user_id: int = 7, return_path: str = "em1234",
+                         valid: bool = True) -> dict[str, Any]:
+    """One entry of GET /v3/whitelabel/domains with automatic security: the return path and both DKIM keys are
+    CNAMEs into SendGrid (the published example's shape, tests/data/sendgrid/whitelabel_domains.json)."""
+    def cname(host: str, data: str) -> dict[str, Any]:
+        return {"valid": valid, "type": "cname", "host": host, "data": data}
+
+    return {"id": 10_000 + user_id, "user_id": user_id, "subdomain": return_path, "domain": domain,
+            "username": "writer", "ips": [], "custom_spf": False, "default": True, "legacy": False,
+            "automatic_security": True, "valid": valid,
+            "dns": {"mail_cname": cname(f"{return_path}.{domain}", f"u{user_id}.wl.sendgrid.net"),
+                    "dkim1": cname(f"s1._domainkey.{domain}", f"s1._domainkey.u{user_id}.wl.sendgrid.net"),
+                    "dkim2": cname(f"s2._domainkey.{domain}", f"s2._domainkey.u{user_id}.wl.sendgrid.net")}}
+
+
+WEBHOOK_EVENTS = ("group_resubscribe", "delivered", "group_unsubscribe", "spam_report", "bounce", "deferred",
+                  "unsubscribe", "processed", "open", "click", "dropped")
+
+
+def event_webhook(url: str, *, enabled: bool = True, public_key: str = "", off: tuple[str, ...] = (),
+                  webhook_id: str = "77d4a5da-7015-11ed-a1eb-0242ac120002") -> dict[str, Any]:
+    """One Event Webhook as GET /v3/user/webhooks/event/settings/all lists it: every event on but `processed` and
+    those in `off`; `public_key` present only when signed (tests/data/sendgrid/event_webhook_settings.json)."""
+    hook: dict[str, Any] = {"enabled": enabled, "url": url}
+    hook.update({event: event not in off and event != "processed" for event in WEBHOOK_EVENTS})
+    hook.update({"friendly_name": "newsletter", "id": webhook_id, "created_date": "2026-11-02T09:00:00Z",
+                 "updated_date": "2026-11-02T09:00:00Z"})
+    if public_key:
+        hook["public_key"] = public_key
+    return hook
 
 
 if __name__ == "__main__":  # a fake to point a manual `newsletter send` (or a benchmark) at

@@ -648,6 +648,43 @@ def serve(root: Path, host: str, port: int) -> None:
 
 
 @main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@command_options
+def doctor(root: Path, as_json: bool) -> None:
+    """Is this newsletter ready to send? Checks the sender's domain (SendGrid's authentication, DKIM, return
+    path, DMARC, SPF), the reply-to domain's MX, <base_url>/healthz over HTTPS, SendGrid's Event Webhook and
+    its signature, the API key's permissions, NEWSLETTER_SECRET, that git keeps subscribers/ out, and a
+    backup younger than 7 days.
+
+    One line per check: ✓ ok, ! warning, ✗ failure, with what to do. Exits 1 when any check fails. DNS
+    questions go to NEWSLETTER_NAMESERVER (HOST:PORT) when it is set. Run it on the server.
+
+    \b
+    Examples:
+      newsletter doctor
+      newsletter doctor --json
+    """
+    import json
+
+    from .doctor import Status, run_doctor
+
+    report = run_doctor(root)
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2, ensure_ascii=False))
+    else:
+        marks = {Status.OK: ("✓", "green"), Status.WARN: ("!", "yellow"), Status.FAIL: ("✗", "red")}
+        for c in report.checks:
+            mark, color = marks[c.status]
+            click.secho(f"{mark} {c.check:<15}{c.detail}" + (f" → {c.fix}" if c.fix else ""), fg=color)
+        failed = sum(c.status == Status.FAIL for c in report.checks)
+        warned = sum(c.status == Status.WARN for c in report.checks)
+        click.echo(f"{failed} failure(s), {warned} warning(s): " + (
+            "fix the failures, then run `newsletter doctor` again" if failed else "ready to send"))
+    if report.failed:
+        sys.exit(1)
+
+
+@main.command()
 @click.option("--full", is_flag=True, help="Read the whole lists, not only what changed since the last sync.")
 @click.option("--pending", "show_pending", is_flag=True, help="Only list what waits to be pushed to SendGrid.")
 @command_options

@@ -15,6 +15,7 @@ from .recipients import is_plausible, normalize
 from .yamlfile import YamlDoc, describe, load_yaml, unknown_key_message
 
 CONFIG_NAME = "newsletter.yaml"
+ENV_FILE_NAME = ".env"  # beside newsletter.yaml: the variables below, for whoever runs the commands there
 HEX_COLOR = re.compile(r"^#(?:[0-9a-fA-F]{3}){1,2}$")
 
 DEFAULT_COLORS: dict[str, str] = {
@@ -132,15 +133,63 @@ class Config:
         return self.doc.line(*keys)
 
 
+# -- environment variables: every name the tool reads, read in one place ----------------------------------
+API_KEY_ENV = "SENDGRID_API_KEY"  # the key every SendGrid call uses
+API_URL_ENV = "SENDGRID_API_URL"  # SendGrid's base URL (tests point it at a local fake)
+SECRET_ENV = "NEWSLETTER_SECRET"  # signs unsubscribe and confirmation links
+WEBHOOK_PUBLIC_KEY_ENV = "SENDGRID_WEBHOOK_PUBLIC_KEY"  # verifies SendGrid's signed Event Webhook
+NAMESERVER_ENV = "NEWSLETTER_NAMESERVER"  # HOST:PORT of the DNS server `doctor` asks
+ROOT_ENV = "NEWSLETTER_ROOT"  # the newsletter's folder, when --root is not given
+
+_env_files_loaded: set[Path] = set()
+
+
+def env_value(name: str) -> str:
+    """The environment variable `name` as set (or loaded from .env), "" when it is not set."""
+    return os.environ.get(name, "")
+
+
+def env_set(name: str) -> bool:
+    """Whether `name` holds something other than whitespace."""
+    return bool(env_value(name).strip())
+
+
+def env_file_path(root: Path) -> Path:
+    """ROOT/.env: variables for the commands run in this newsletter (git-ignored)."""
+    return root / ENV_FILE_NAME
+
+
+def load_env_file(root: Path) -> bool:
+    """Load ROOT/.env into the environment once per process, never overriding a variable already set (the
+    shell or the service's environment wins). Whether a file was loaded."""
+    path = env_file_path(root)
+    if path in _env_files_loaded or not path.is_file():
+        return False
+    from dotenv import load_dotenv
+
+    _env_files_loaded.add(path)
+    try:
+        return load_dotenv(path, override=False, interpolate=False)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {ENV_FILE_NAME}: {exc}", path=path,
+                          hint="it holds lines such as NEWSLETTER_SECRET=..., in UTF-8") from None
+
+
 def resolve_root(root: str | Path | None) -> Path:
     """--root, else NEWSLETTER_ROOT, else the nearest folder holding newsletter.yaml from the current directory
     upward (as git finds its repository). Raises UsageError (exit 2) when there is none: a command run in the
-    wrong folder must not create a ledger there that no send will ever read."""
-    given = root or os.environ.get("NEWSLETTER_ROOT")
+    wrong folder must not create a ledger there that no send will ever read. The folder's .env is loaded."""
+    folder = _find_root(root)
+    load_env_file(folder)
+    return folder
+
+
+def _find_root(root: str | Path | None) -> Path:
+    given = root or env_value(ROOT_ENV)
     if given:
         folder = Path(given).expanduser().resolve()
         if not (folder / CONFIG_NAME).is_file():
-            how = "--root" if root else "NEWSLETTER_ROOT"
+            how = "--root" if root else ROOT_ENV
             raise UsageError(f"no {CONFIG_NAME} in {folder} (given by {how})",
                              hint="point it at your newsletter's folder, the one holding newsletter.yaml")
         return folder

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -13,7 +12,7 @@ from typing import IO
 from urllib.parse import unquote
 
 from .check import check_slug
-from .config import Config
+from .config import API_KEY_ENV, SECRET_ENV, Config, env_set, env_value
 from .errors import Level, Problem, SendError, TransportError, UsageError
 from .issue import Issue
 from .journal import JournalState, journal_path, load_state
@@ -191,12 +190,12 @@ def _one_line(value: str) -> str:
 
 
 def _require_secrets(options: SendOptions) -> None:
-    missing = [name for name, ok in (("SENDGRID_API_KEY", options.dry_run or api_key_present()),
-                                      ("NEWSLETTER_SECRET", secret_present())) if not ok]
+    missing = [name for name, ok in ((API_KEY_ENV, options.dry_run or api_key_present()),
+                                      (SECRET_ENV, secret_present())) if not ok]
     if missing:
         raise SendError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set: "
-                        + "; ".join({"SENDGRID_API_KEY": "the API key sends the mail",
-                                     "NEWSLETTER_SECRET": "the secret signs every reader's unsubscribe link"}[m]
+                        + "; ".join({API_KEY_ENV: "the API key sends the mail",
+                                     SECRET_ENV: "the secret signs every reader's unsubscribe link"}[m]
                                     for m in missing),
                         hint="export " + " and ".join(f"{m}=..." for m in missing))
 
@@ -263,9 +262,9 @@ def _sync_before_send(root: Path, transport: SendGridTransport, scopes: list[str
 
 def api_key_present() -> bool:
     """SENDGRID_API_KEY is set."""
-    return bool(os.environ.get("SENDGRID_API_KEY", "").strip())
+    return env_set(API_KEY_ENV)
 
 
 def secret_present() -> bool:
     """NEWSLETTER_SECRET is set."""
-    return bool(os.environ.get("NEWSLETTER_SECRET", ""))
+    return bool(env_value(SECRET_ENV))

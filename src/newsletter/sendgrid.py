@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import threading
 import time
 import urllib.error
 from dataclasses import dataclass
 from typing import Any
 
+from .config import API_KEY_ENV, API_URL_ENV, env_value
 from .errors import SendError, TransportError
 
-API_KEY_ENV = "SENDGRID_API_KEY"
-API_URL_ENV = "SENDGRID_API_URL"
 DEFAULT_API_URL = "https://api.sendgrid.com"
 
 
@@ -28,7 +26,7 @@ class Accepted:
 
 def api_url() -> str:
     """SENDGRID_API_URL without a trailing slash (tests point it at a local fake)."""
-    return (os.environ.get(API_URL_ENV) or DEFAULT_API_URL).rstrip("/")
+    return (env_value(API_URL_ENV) or DEFAULT_API_URL).rstrip("/")
 
 
 def error_messages(body: bytes) -> list[str]:
@@ -116,6 +114,32 @@ class SendGridTransport:
         except ValueError:
             raise TransportError(f"GET {path} answered something that is not JSON") from None
 
+    def authenticated_domains(self) -> list[dict[str, Any]]:
+        """The account's authenticated sending domains (GET /v3/whitelabel/domains): `domain`, `valid` and the
+        records it must publish under `dns` (`dkim1`, `dkim2`, `mail_cname`: `host`, `type`, `data`)."""
+        answer = self.get_json("/v3/whitelabel/domains", {"limit": 200, "offset": 0})
+        return [d for d in answer if isinstance(d, dict)] if isinstance(answer, list) else []
+
+    def event_webhooks(self) -> list[dict[str, Any]]:
+        """The Event Webhooks (GET /v3/user/webhooks/event/settings/all); accounts that predate several webhooks
+        answer only the older single-webhook GET /v3/user/webhooks/event/settings. Empty entries are left out."""
+        try:
+            answer = self.get_json("/v3/user/webhooks/event/settings/all")
+            hooks = answer.get("webhooks") if isinstance(answer, dict) else None
+        except TransportError as exc:
+            if exc.status != 404:
+                raise
+            hooks = [self.get_json("/v3/user/webhooks/event/settings")]
+        return [h for h in hooks or [] if isinstance(h, dict) and h.get("url")]
+
+    def webhook_public_key(self, webhook_id: str = "") -> str:
+        """The verification key of a signed Event Webhook ("" when it is not signed): GET
+        /v3/user/webhooks/event/settings/signed/{id}, or the older single-webhook form without an id."""
+        path = "/v3/user/webhooks/event/settings/signed" + (f"/{webhook_id}" if webhook_id else "")
+        answer = self.get_json(path)
+        key = answer.get("public_key") if isinstance(answer, dict) else None
+        return key if isinstance(key, str) else ""
+
     def request_json(self, method: str, path: str, body: Any = None) -> Any:
         """`method` /v3/<path> with a JSON body; the decoded JSON answer (None when empty)."""
         segments = [s for s in path.strip("/").split("/") if s][1:]  # the client adds /v3 itself
@@ -181,8 +205,7 @@ class SendGridTransport:
 
 def api_key_from_env() -> str:
     """SENDGRID_API_KEY, or a SendError saying how to set it."""
-    raw = os.environ.get(API_KEY_ENV, "")
-    key = raw.strip()
+    key = env_value(API_KEY_ENV).strip()
     if not key:
         raise SendError(f"{API_KEY_ENV} is not set: it is needed to send",
                         hint="create a key with the Mail Send permission in SendGrid (Settings > API Keys)")

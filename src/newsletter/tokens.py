@@ -7,13 +7,12 @@ import binascii
 import functools
 import hashlib
 import hmac
-import os
 from typing import Any
 
+from .config import SECRET_ENV, env_value
 from .errors import SendError
 from .recipients import is_plausible, normalize
 
-SECRET_ENV = "NEWSLETTER_SECRET"
 # Used only for previews when no secret is set; `send` refuses to run with it.
 DEVELOPMENT_SECRET = "newsletter-development-key-NOT-for-sending"
 VERSION = "u1"
@@ -80,7 +79,7 @@ def verify_token(secret: str, token: str) -> str | None:
 
 def secret_from_env(*, required: bool) -> tuple[str, bool]:
     """(secret, is_development_key); raises SendError when `required` and the variable is unset."""
-    secret = os.environ.get(SECRET_ENV, "")
+    secret = env_value(SECRET_ENV)
     if secret:
         return secret, False
     if required:
