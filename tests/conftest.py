@@ -28,7 +28,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     # No test may reach the real SendGrid API or depend on the developer's shell.
     for name in ("SENDGRID_API_KEY", "SENDGRID_API_URL", "NEWSLETTER_SECRET", "NEWSLETTER_ROOT",
-                 "NEWSLETTER_DEBUG", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+                 "NEWSLETTER_DEBUG", "NEWSLETTER_NAMESERVER", "SENDGRID_WEBHOOK_PUBLIC_KEY",
+                 "SSL_CERT_FILE", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
         monkeypatch.delenv(name, raising=False)
 
 

@@ -117,11 +117,9 @@ def _transport(root: Path, timeout: float | None = None) -> tuple[Any, int | Non
 def push_now(ledger: Ledger) -> tuple[int, str]:
     """What follows a write on the command line: push at once when SENDGRID_API_KEY is set. Returns (addresses
     pushed, why something waits: "" when nothing does). Never raises: what is not pushed waits, durably."""
-    import os
+    from .config import API_KEY_ENV, env_set
 
-    from .sendgrid import API_KEY_ENV
-
-    if not os.environ.get(API_KEY_ENV, "").strip():
+    if not env_set(API_KEY_ENV):
         return 0, f"{API_KEY_ENV} is not set" if len(plan(ledger)) else ""
     try:
         transport, group = _transport(ledger.root, timeout=10.0)

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import html
 import logging
-import os
 import re
 import threading
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from .config import Config, load_config
+from .config import API_KEY_ENV, Config, env_set, env_value, load_config
 from .errors import NewsletterError
 from .ledger import Event, Kind, Ledger, Source, ledger_path
 from .suppressions import BackgroundPusher
@@ -152,7 +151,7 @@ def _transport(config: Config) -> Any:
     """SendGrid, when SENDGRID_API_KEY is set (None otherwise: the confirmation email cannot go out)."""
     from .sendgrid import SendGridTransport, api_key_from_env
 
-    if not os.environ.get("SENDGRID_API_KEY", "").strip():
+    if not env_set(API_KEY_ENV):
         return None
     return SendGridTransport(api_key_from_env(), timeout=config.sendgrid.timeout)
 
@@ -361,7 +360,7 @@ def create_app(root: Path) -> Any:
     ledger = Ledger(ledger_path(root))
     pusher = BackgroundPusher(ledger)
     ledger.follow = pusher.follow  # every opt-out recorded here reaches SendGrid without a `sync`
-    state = WebState(root=root, config=config, secret=secret, public_key=os.environ.get(PUBLIC_KEY_ENV, ""),
+    state = WebState(root=root, config=config, secret=secret, public_key=env_value(PUBLIC_KEY_ENV),
                      ledger=ledger, events=EventLog(root), lock=threading.Lock(),
                      prefix=urlsplit(config.base_url).path.rstrip("/"))
     prefix = state.prefix
@@ -463,7 +462,7 @@ def serve(root: Path, host: str, port: int, ready: Any = None) -> None:
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    if not os.environ.get(PUBLIC_KEY_ENV):
+    if not env_set(PUBLIC_KEY_ENV):
         log.warning("%s is not set: the event webhook will refuse every request (403)", PUBLIC_KEY_ENV)
     app = create_app(root)
     import socket

@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .config import WEBHOOK_PUBLIC_KEY_ENV as PUBLIC_KEY_ENV
 from .errors import HttpError
 from .files import append_durably, read_jsonl
 from .ledger import Event, Kind, Ledger, Source
 from .recipients import is_plausible, normalize
 
 EVENTS_NAME = "events.jsonl"
-PUBLIC_KEY_ENV = "SENDGRID_WEBHOOK_PUBLIC_KEY"
 SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
 TIMESTAMP_HEADER = "X-Twilio-Email-Event-Webhook-Timestamp"
 TOLERANCE = 600  # seconds either way: SendGrid documents none; ten minutes stops replays of old batches
