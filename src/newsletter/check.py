@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 from .build import load
 from .config import Config
 from .errors import Level, NewsletterError, Problem
-from .issue import Issue
+from .issue import Issue, safe_file, unsafe_files
 from .render import TOKEN_TAG, RenderedEmail, image_urls, render_issue
 
 SUBJECT_MAX = 70
@@ -193,13 +193,22 @@ def _local_url_problems(issue: Issue, url: str, is_image: bool, path: Path | str
     if inside is None:
         return [Problem("error", f"image `{url}` is outside issues/{issue.slug}/: put the image in the issue's "
                         "folder and write its name alone", path, line)]
-    if not inside.is_file():
+    if safe_file(issue.dir, inside.name) is None:
+        if inside.exists() or inside.is_symlink():
+            return []  # a link or a device: _unsafe_files names it
         return [Problem("error", f"image file `{url}` not found beside body.md", path, line)]
     return []
 
 
+def _unsafe_files(issue: Issue) -> list[Problem]:
+    """Links and other non-regular files in the issue folder: never read, rendered or published."""
+    return [Problem("error", "a link or not a regular file: nothing in an issue folder is published unless it is a "
+                    "plain file inside it (replace it with the file itself, or remove it)", p)
+            for p in unsafe_files(issue.dir)]
+
+
 def _image_checks(config: Config, issue: Issue, rendered: RenderedEmail) -> list[Problem]:
-    problems = _unlinked_images(issue) + _heavy_images(config, issue, rendered)
+    problems = _unsafe_files(issue) + _unlinked_images(issue) + _heavy_images(config, issue, rendered)
     local_images = [i.url for i in rendered.body.images if not urlsplit(i.url).scheme]
     if local_images:
         problems.append(Problem("note", f"{len(local_images)} image(s) load from {config.archive_url}/{issue.slug}/: "
@@ -238,8 +247,9 @@ def _heavy_images(config: Config, issue: Issue, rendered: RenderedEmail) -> list
 
     problems = []
     for image in rendered.body.images:
-        source = _inside(issue.dir, image.url)
-        if source is None or not source.is_file() or source.stat().st_size <= HEAVY_BYTES:
+        inside = _inside(issue.dir, image.url)
+        source = safe_file(issue.dir, inside.name) if inside is not None else None
+        if source is None or source.stat().st_size <= HEAVY_BYTES:
             continue  # re-encoding never makes an image larger than this
         try:
             published = image_cache(config.root, issue.slug) / source.name
@@ -428,8 +438,8 @@ def _inside(folder: Path, url: str) -> Path | None:
     name = unquote(url.split("?", 1)[0].split("#", 1)[0])
     if name.startswith(("/", "\\")) or "\x00" in name:
         return None
-    target = (folder / name).resolve()
-    return target if target.is_relative_to(folder.resolve()) else None
+    target = folder / name  # not resolved: a link is refused by safe_file, never followed
+    return target if "/" not in name and "\\" not in name and name not in (".", "..") else None
 
 
 def _origin(url: str, body_lines: dict[str, int], issue: Issue, config: Config,

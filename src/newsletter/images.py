@@ -107,6 +107,8 @@ def image_cache(root: Path, slug: str) -> Path:
 
 
 def publish_issue_images(issue_dir: Path, target: Path) -> dict[str, Published]:
-    """Every image beside the essay, published into `target` under its own name."""
-    return {p.name: publish(p, target / p.name) for p in sorted(issue_dir.iterdir())
-            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES}
+    """Every image beside the essay (regular files only: never a link), published into `target` under its name."""
+    from .issue import issue_files
+
+    return {p.name: publish(p, target / p.name) for p in issue_files(issue_dir)
+            if p.suffix.lower() in IMAGE_SUFFIXES}

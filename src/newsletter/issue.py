@@ -52,6 +52,39 @@ class Issue:
         return self.dir / "body.md"
 
 
+def safe_file(folder: Path, name: str) -> Path | None:
+    """The file `name` of an issue folder when it may be read, rendered or published: a plain name (no `/`,
+    no `..`), a regular file, not a link, inside the folder. None otherwise: a link such as
+    `chart.svg -> ../../subscribers/subscribers.csv` would publish every reader's address."""
+    if not name or "/" in name or "\\" in name or name in (".", "..") or "\x00" in name:
+        return None
+    path = folder / name
+    try:
+        if path.is_symlink() or not path.is_file():
+            return None
+        return path if path.resolve().parent == folder.resolve() else None
+    except OSError:
+        return None
+
+
+def unsafe_files(folder: Path) -> list[Path]:
+    """What in an issue folder must never be read or published: links, and anything not a regular file."""
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError:
+        return []
+    return [p for p in entries if safe_file(folder, p.name) is None and not p.name.startswith(".")]
+
+
+def issue_files(folder: Path) -> list[Path]:
+    """The regular files of an issue folder (its images among them), links and the like left out."""
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError:
+        return []
+    return [p for p in entries if safe_file(folder, p.name) is not None]
+
+
 def issues_dir(root: Path) -> Path:
     """The folder that holds one sub-folder per issue."""
     return root / ISSUES_DIR
@@ -62,7 +95,8 @@ def list_slugs(root: Path) -> list[str]:
     base = issues_dir(root)
     if not base.is_dir():
         return []
-    return sorted(d.name for d in base.iterdir() if (d / "issue.yaml").is_file())
+    # a folder that is a link is not an issue: it could lead anywhere on the disk
+    return sorted(d.name for d in base.iterdir() if not d.is_symlink() and (d / "issue.yaml").is_file())
 
 
 def _parse_date(value: Any, doc: YamlDoc) -> dt.date:
@@ -83,6 +117,9 @@ def load_issue(root: Path, slug: str, config: Config | None = None) -> Issue:
     """Read issues/<slug>/; raises IssueError naming the file and line of the first problem."""
     slugs = list_slugs(root)
     folder = issues_dir(root) / slug
+    if folder.is_symlink():
+        raise IssueError("the issue folder is a link: an issue is read only from a plain folder", path=folder,
+                         hint="replace the link with the folder itself")
     if "/" in slug or "\\" in slug or slug.startswith(".") or not (folder / "issue.yaml").is_file():
         if folder.is_dir():
             raise IssueError("no issue.yaml in this issue folder", path=folder,
@@ -91,6 +128,11 @@ def load_issue(root: Path, slug: str, config: Config | None = None) -> Issue:
         hint = f"did you mean `{close[0]}`? " if close else ""
         hint += f"issues here: {', '.join(slugs)}" if slugs else "create one with `newsletter new \"Title\"`"
         raise IssueError(f"unknown issue `{slug}`", path=issues_dir(root), hint=hint)
+    for name in ("issue.yaml", "body.md"):
+        if ((folder / name).exists() or (folder / name).is_symlink()) and safe_file(folder, name) is None:
+            raise IssueError("a link or not a regular file: an issue's files are read only when they are "
+                             "plain files inside its folder", path=folder / name,
+                             hint="replace the link with the file itself")
     doc = load_yaml(folder / "issue.yaml", IssueError)
     data = doc.data
     for key in data:

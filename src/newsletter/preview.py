@@ -222,9 +222,10 @@ def make_server(previewer: Previewer, host: str, port: int) -> ThreadingHTTPServ
 
         def _image(self, folder: Path, name: str) -> None:
             from .images import IMAGE_SUFFIXES, image_cache, publish
+            from .issue import safe_file
 
-            source = folder / name
-            if "/" in name or "\\" in name or not source.is_file() or source.suffix.lower() not in IMAGE_SUFFIXES:
+            source = safe_file(folder, name)
+            if source is None or source.suffix.lower() not in IMAGE_SUFFIXES:
                 self._send("not found", "text/plain", 404)
                 return
             try:  # as readers will get it: re-encoded, resized, without EXIF

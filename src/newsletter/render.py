@@ -333,10 +333,10 @@ def _shown_size(folder: Path, src: str) -> tuple[int, int] | None:
     from urllib.parse import unquote
 
     from .images import published_size
+    from .issue import safe_file
 
-    name = unquote(src)
-    path = folder / name
-    if "/" in name or "\\" in name or not path.is_file():
+    path = safe_file(folder, unquote(src))
+    if path is None:
         return None
     try:
         return published_size(path).display
