@@ -55,6 +55,41 @@ def test_a_camera_photo_is_published_small_upright_and_without_exif(tmp_path: Pa
     assert (out / "dawn.jpg").stat().st_size < landscape.stat().st_size
 
 
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
+def test_png_and_webp_lose_their_exif_and_gps_too(tmp_path: Path, fmt: str) -> None:
+    from newsletter.images import publish
+
+    exif = Image.Exif()
+    exif[0x010F] = "PhoneMaker"
+    exif.get_ifd(GPS_IFD).update({1: "N", 2: (51.0, 27.0, 3.5)})
+    source = tmp_path / f"map.{fmt.lower()}"
+    Image.new("RGB", (1600, 800), (10, 90, 200)).save(source, fmt, exif=exif)
+    assert Image.open(source).getexif().get_ifd(GPS_IFD)  # the camera's position is there to begin with
+    publish(source, tmp_path / "site" / source.name)
+    with Image.open(tmp_path / "site" / source.name) as im:
+        assert im.size == (1200, 600)
+        assert not im.getexif() and "exif" not in im.info and b"Exif" not in (tmp_path / "site" / source.name
+                                                                              ).read_bytes()
+
+
+def test_a_changed_photo_is_published_again_whatever_its_date(tmp_path: Path) -> None:
+    import os
+
+    from newsletter.images import publish
+
+    source, target = tmp_path / "dawn.jpg", tmp_path / "site" / "dawn.jpg"
+    Image.new("RGB", (800, 600), (200, 0, 0)).save(source, "JPEG")
+    publish(source, target)
+    first = target.read_bytes()
+    publish(source, target)  # unchanged: the published copy is reused
+    assert target.read_bytes() == first
+    Image.new("RGB", (800, 600), (0, 0, 200)).save(source, "JPEG")  # replaced by a copy with an older date
+    os.utime(source, (1_000_000_000, 1_000_000_000))
+    publish(source, target)
+    with Image.open(target) as im:
+        assert im.getpixel((10, 10))[2] > 150  # blue now: not the stale red copy
+
+
 def test_the_img_gets_width_and_height(ready_project: Path) -> None:
     camera_photo(ready_project / ISSUE / "dawn.jpg")
     add_photo(ready_project, "![Dawn over the hills](dawn.jpg)\n\nA photo ![the sea](dawn.jpg) inline.")

@@ -143,8 +143,10 @@ def check(root: Path, slug: str | None, links: bool, no_spam: bool) -> None:
     _, issue, _, problems = check_slug(root, slug, links=links, spam=not no_spam)
     for problem in problems:
         _echo_problem(problem)
-    errors = sum(p.level == "error" for p in problems)
-    warnings = sum(p.level == "warning" for p in problems)
+    from .errors import Level
+
+    errors = sum(p.level is Level.ERROR for p in problems)
+    warnings = sum(p.level is Level.WARNING for p in problems)
     click.echo(f"{issue.slug}: {errors} error(s), {warnings} warning(s)")
     if errors:
         sys.exit(1)

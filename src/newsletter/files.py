@@ -74,6 +74,33 @@ def atomic_writer(path: Path, *, what: str = "the file", private: bool = False) 
         raise
 
 
+@contextmanager
+def atomic_path(path: Path, *, what: str = "the file", private: bool = False) -> Iterator[Path]:
+    """A temporary path beside `path` for a writer that wants a file name (an image encoder): once the block
+    ends, its content is fsynced and replaces `path` (0600 when `private`, else as the umask says)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise StorageError.from_os(exc, path, what) from None
+    try:
+        yield Path(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fchmod(fd, PRIVATE if private else _umask_mode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise StorageError.from_os(exc, path, what) from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def write_atomic(path: Path, data: str, *, what: str = "the file", private: bool = False) -> None:
     """Replace `path` with `data` atomically."""
     with atomic_writer(path, what=what, private=private) as fh:

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import IssueError
+from .files import atomic_path
 
 MAX_WIDTH = 1200
 COLUMN_WIDTH = 552  # the 600 px email minus the image's 24 px padding either side
@@ -58,28 +58,23 @@ def published_size(path: Path) -> Published:
 
 def publish(source: Path, target: Path) -> Published:
     """Write the web copy of `source` to `target`: orientation applied, at most MAX_WIDTH wide, re-encoded
-    (JPEG quality 82, progressive; PNG optimised), metadata dropped. Skipped when `target` is newer."""
+    (JPEG quality 82, progressive; PNG optimised), metadata dropped. Skipped when `target` is the copy of
+    this version of `source` (same modification time)."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    if target.exists() and target.stat().st_mtime >= source.stat().st_mtime:
-        return published_size(source)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    os.close(fd)
+    stamp = source.stat().st_mtime_ns
+    if target.exists() and target.stat().st_mtime_ns == stamp:
+        return published_size(source)  # the copy of this very version (a changed photo has another time)
     try:
-        with Image.open(source) as original:
+        with atomic_path(target, what=f"the published copy of {source.name}") as tmp, Image.open(source) as original:
             fmt = (original.format or "").upper()
             if fmt == "GIF":  # animations are kept as they are; GIF carries no EXIF
                 shutil.copyfile(source, tmp)
                 size = _scaled(*original.size)
             else:
-                size = _reencode(ImageOps.exif_transpose(original), fmt, Path(tmp))
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # published: readable by the web server, as the umask says
-        os.replace(tmp, target)
+                size = _reencode(ImageOps.exif_transpose(original), fmt, tmp)
+        os.utime(target, ns=(stamp, stamp))  # the copy carries its source's time: how it is known fresh
     except (UnidentifiedImageError, OSError) as exc:
-        Path(tmp).unlink(missing_ok=True)
         raise IssueError(f"cannot publish this image: {exc}", path=source) from None
     return size
 

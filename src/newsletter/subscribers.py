@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from .errors import SubscriberError, UsageError
 from .exports import ExportFile, ExportRow, column_index, iter_sources, read_export
-from .files import atomic_writer
+from .files import atomic_writer, file_lock
 from .ledger import (
     Event,
     Kind,
@@ -37,15 +37,6 @@ SHOW_FIRST = 5
 def list_path(root: Path) -> Path:
     """subscribers/subscribers.csv under the newsletter root."""
     return root / "subscribers" / LIST_NAME
-
-
-@dataclass
-class Subscriber:
-    """One row of the list: the address, the name, and any other columns as they were."""
-
-    email: str
-    name: str = ""
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 def _rows(path: Path) -> Iterator[list[str]]:
@@ -126,9 +117,7 @@ def write_list(path: Path, header: list[str], rows: Iterator[list[str]] | list[l
 
 
 def _lock(root: Path) -> BaseFileLock:
-    from filelock import FileLock
-
-    return FileLock(str(list_path(root)) + ".lock", timeout=60)
+    return file_lock(list_path(root))
 
 
 @dataclass
