@@ -52,6 +52,7 @@ RATIO_GRACE = 1 << 20  # members under 1 MB may expand any amount: a little text
 MAX_DIRECTORY = 1 << 20  # bytes of a zip's central directory
 SNIFF = 8192  # bytes looked at to tell a binary or UTF-16 file
 GUESS_ROWS = 200  # rows looked at to guess an unnamed email column
+MAX_INVALID = 100_000  # invalid addresses that, past half the rows read, make a file "not a list of readers"
 SHOW_FIRST = 5
 
 T = TypeVar("T")
@@ -148,10 +149,10 @@ class ExportFile:
     empty: int = 0  # rows without an address
     layout: _Layout | None = field(default=None, repr=False)
 
-    def extra(self, row: ExportRow) -> list[tuple[str, str]]:
-        """The row's other columns, (column, value), as the list keeps them."""
+    def extra_columns(self) -> list[tuple[int, str]]:
+        """(index, name) of the columns the list keeps besides the address and names."""
         assert self.layout is not None
-        return [(h, row.cells[i].strip()) for i, h in self.layout.extra if i < len(row.cells)]
+        return self.layout.extra
 
 
 @dataclass
@@ -317,32 +318,39 @@ class _Lines:
         self.chars = 0  # characters of the row being read: the parser's caller resets it after each row
         self.legacy = 0  # lines read as windows-1252
         self.unicode = 0  # lines read as UTF-8 that are not plain ASCII
+        self._iterator = self._read()
 
-    def __iter__(self) -> _Lines:
-        return self
+    def __iter__(self) -> Iterator[str]:
+        return self._iterator
 
-    def __next__(self) -> str:
-        while True:
-            try:
-                line = self.text.readline(MAX_ROW + 1)
-            except UnicodeDecodeError:
-                raise SubscriberError("not valid UTF-16 text", path=self.source, line=self.number + 1,
-                                      hint="re-save the file as UTF-8 (\"CSV UTF-8\" in Excel)") from None
-            if not line:
-                raise StopIteration
-            self.number += 1
-            self.budget.lines -= 1
-            if self.budget.lines < 0:
-                raise SubscriberError(f"more than {MAX_LINES:,} lines to import (the limit); nothing was imported",
-                                      path=self.source, hint="split the export and import it in parts")
-            if self.chars == 0 and line in _BLANK:
-                continue  # between rows, a blank line is nothing: it never reaches the parser
-            self.chars += len(line)
-            if self.chars > MAX_ROW:
-                raise _too_long(self.source, self.number, line)
-            if self.number == 1 and not self.utf16:
-                line = line.removeprefix("\xef\xbb\xbf")  # the UTF-8 byte order mark, read as latin-1
-            return line if self.utf16 or line.isascii() else self._decode(line)
+    def _read(self) -> Iterator[str]:
+        # The hot loop of an import: locals, not attributes, for what every line touches.
+        readline, source, utf16 = self.text.readline, self.source, self.utf16
+        number, last = 0, self.budget.lines
+        try:
+            while True:
+                try:
+                    line = readline(MAX_ROW + 1)
+                except UnicodeDecodeError:
+                    raise SubscriberError("not valid UTF-16 text", path=source, line=number + 1,
+                                          hint="re-save the file as UTF-8 (\"CSV UTF-8\" in Excel)") from None
+                if not line:
+                    return
+                number += 1
+                if number > last:
+                    raise SubscriberError(f"more than {MAX_LINES:,} lines to import (the limit); nothing was "
+                                          "imported", path=source, hint="split the export and import it in parts")
+                if self.chars == 0 and line in _BLANK:
+                    continue  # between rows, a blank line is nothing: it never reaches the parser
+                self.number = number
+                self.chars += len(line)
+                if self.chars > MAX_ROW:
+                    raise _too_long(source, number, line)
+                if number == 1 and not utf16:
+                    line = line.removeprefix("\xef\xbb\xbf")  # the UTF-8 byte order mark, read as latin-1
+                yield line if utf16 or line.isascii() else self._decode(line)
+        finally:
+            self.budget.lines -= number
 
     def _decode(self, line: str) -> str:
         raw = line.encode("latin-1")
@@ -399,7 +407,7 @@ def _delimiter(text: str) -> str:
 
 def _records(lines: _Lines, source: str) -> Iterator[tuple[int, list[str]]]:
     """(line, cells) of each row that is not blank, the header first, held to the column and field limits."""
-    first = next(lines, None)
+    first = next(iter(lines), None)
     if first is None:
         raise SubscriberError("the file is empty", path=source)
     lines.delimiter = _delimiter(first)
@@ -411,7 +419,7 @@ def _records(lines: _Lines, source: str) -> Iterator[tuple[int, list[str]]]:
                 raise _columns_error(source, lines.number)
             if chars > MAX_FIELD and max(map(len, row), default=0) > MAX_FIELD:
                 raise _field_error(source, lines.number)
-            if any(cell.strip() for cell in row):
+            if (row and row[0].strip()) or any(cell.strip() for cell in row):  # the first cell, mostly
                 yield lines.number, row
     except csv.Error as exc:
         if "field larger than field limit" in str(exc):

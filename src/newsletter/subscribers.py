@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import SubscriberError, UsageError
-from .exports import SHOW_FIRST, Examples, ExportFile, ExportRow, iter_rows, read_exports
+from .exports import MAX_INVALID, SHOW_FIRST, Examples, ExportFile, ExportRow, iter_rows, read_exports
 from .files import atomic_writer
 from .ledger import (
     Event,
@@ -198,7 +198,7 @@ def _address(row: ExportRow, source: str, invalid: Examples[tuple[str, int, str,
     """The row's address as the list keeps it, or None (counted as invalid). A value that is not even
     plausible costs a regex, not email-validator: a file of a million junk lines stays cheap; only the few
     examples the report shows are asked why."""
-    if not is_plausible(normalize(bare(row.address))) and len(invalid.first) >= SHOW_FIRST:
+    if len(invalid.first) >= SHOW_FIRST and not is_plausible(normalize(bare(row.address))):
         invalid.count += 1
         return None
     try:
@@ -222,6 +222,10 @@ def _sort_rows(report: ImportReport) -> tuple[Active, dict[str, _OptOut]]:
             report.rows += 1
             address = _address(row, f.source, report.invalid)
             if address is None:
+                if report.invalid.count > MAX_INVALID and report.invalid.count * 2 > report.rows:
+                    raise SubscriberError(f"{report.invalid.count:,} of the {report.rows:,} rows read so far have no "
+                                          "valid address: this is not a list of readers; nothing was imported",
+                                          path=f.source, hint="check that the file is the list the tool exported")
                 continue
             key = normalize(address)
             kind = row.status.kind
@@ -276,6 +280,7 @@ def _add_readers(root: Path, report: ImportReport, active: Active, opt_outs: dic
             return columns[name.lower()]
 
         new_rows: list[dict[int, str]] = []
+        plans: dict[int, list[tuple[int, int]]] = {}  # per file: (list column, file column) of its other columns
         for key, (address, row, f) in active.items():
             if key in present:
                 report.already_present += 1
@@ -287,7 +292,11 @@ def _add_readers(root: Path, report: ImportReport, active: Active, opt_outs: dic
                 cells = {column("email"): address, column("name"): row.name}
                 if row.first_name:
                     cells[column("first_name")] = row.first_name
-                cells.update((column(h), value) for h, value in f.extra(row))
+                plan = plans.get(id(f))
+                if plan is None:
+                    plan = plans[id(f)] = [(column(h), i) for i, h in f.extra_columns()]
+                width = len(row.cells)
+                cells.update((j, row.cells[i].strip()) for j, i in plan if i < width)
                 new_rows.append(cells)
         report.added = len(new_rows)
         if new_rows and not report.dry_run:
