@@ -157,10 +157,15 @@ class ExportFile:
 
 @dataclass
 class Budget:
-    """What one import may still read, across its files: bytes of text (uncompressed) and lines."""
+    """What one import may read, across its files: bytes of text (uncompressed) and lines; and what is left."""
 
-    bytes: int = MAX_BYTES
-    lines: int = MAX_LINES
+    max_bytes: int = MAX_BYTES
+    max_lines: int = MAX_LINES
+    bytes: int = field(init=False)
+    lines: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.bytes, self.lines = self.max_bytes, self.max_lines
 
 
 def _size(n: int) -> str:
@@ -170,15 +175,15 @@ def _size(n: int) -> str:
     return f"{n} bytes"
 
 
-def read_exports(paths: list[Path]) -> list[ExportFile]:
+def read_exports(paths: list[Path], budget: Budget | None = None) -> list[ExportFile]:
     """Find and scan every export file (pass one): files as given, the CSVs in a zip or a folder. Raises
     SubscriberError for a file over a limit, not a readable CSV, without an email column, or with status
     values this import does not understand: nothing of any file is used then."""
-    budget = Budget()
-    return [_scan(source, budget) for source in find_sources(paths)]
+    budget = budget or Budget()
+    return [_scan(source, budget) for source in find_sources(paths, budget.max_bytes)]
 
 
-def find_sources(paths: list[Path]) -> list[Source]:
+def find_sources(paths: list[Path], max_bytes: int = MAX_BYTES) -> list[Source]:
     """Every export file to read: files as given, the CSVs inside a zip, the CSVs and zips in a folder. A
     zip's directory is checked before anything is inflated."""
     sources: list[Source] = []
@@ -188,15 +193,15 @@ def find_sources(paths: list[Path]) -> list[Source]:
                            and p.is_file())
             if not found:
                 raise SubscriberError("no .csv, .tsv or .zip files in this folder", path=path)
-            sources.extend(find_sources(found))
+            sources.extend(find_sources(found, max_bytes))
         else:
             sources.extend(_file_sources(path))
         if len(sources) > MAX_FILES:
             raise SubscriberError(f"more than {MAX_FILES:,} files to import at once (the limit)", path=path,
                                   hint="import them in smaller groups")
     total = sum(s.size for s in sources)
-    if total > MAX_BYTES:
-        raise SubscriberError(f"{_size(total)} of text to import, more than the limit of {_size(MAX_BYTES)}; "
+    if total > max_bytes:
+        raise SubscriberError(f"{_size(total)} of text to import, more than the limit of {_size(max_bytes)}; "
                               "nothing was imported", path=", ".join(str(p) for p in paths),
                               hint="split the export, or import its files one at a time")
     return sources
@@ -258,11 +263,12 @@ def _check_directory(path: Path, fh: IO[bytes], size: int) -> None:
 def _check_member(name: str, m: zipfile.ZipInfo) -> None:
     """What the directory says of one member, before any of it is inflated."""
     if m.flag_bits & 0x1:
-        raise SubscriberError("the file is password-protected", path=name, hint="unzip it and import the CSV")
+        raise SubscriberError("the file is password-protected; nothing was imported", path=name,
+                              hint="unzip it and import the CSV")
     if m.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
         # bzip2 and lzma inflate a whole block at once: only deflate can be read in bounded steps
-        raise SubscriberError(f"compressed with a method this import does not read (zip method {m.compress_type})",
-                              path=name, hint="unzip it and import the CSV")
+        raise SubscriberError(f"compressed with a method this import does not read (zip method {m.compress_type}); "
+                              "nothing was imported", path=name, hint="unzip it and import the CSV")
     if m.file_size > RATIO_GRACE and m.file_size > MAX_RATIO * max(m.compress_size, 1):
         raise SubscriberError(
             f"expands {m.file_size // max(m.compress_size, 1):,} times ({_size(m.compress_size)} to "
@@ -286,8 +292,9 @@ class _Counted(io.RawIOBase):
         data = self.inner.read(len(buffer))
         self.budget.bytes -= len(data)
         if self.budget.bytes < 0:
-            raise SubscriberError(f"more than {_size(MAX_BYTES)} of text to import (the limit); nothing was "
-                                  "imported", path=self.source, hint="split the export and import it in parts")
+            limit = _size(self.budget.max_bytes)
+            raise SubscriberError(f"more than {limit} of text to import (the limit); nothing was imported",
+                                  path=self.source, hint="split the export and import it in parts")
         buffer[:len(data)] = data
         return len(data)
 
@@ -338,8 +345,9 @@ class _Lines:
                     return
                 number += 1
                 if number > last:
-                    raise SubscriberError(f"more than {MAX_LINES:,} lines to import (the limit); nothing was "
-                                          "imported", path=source, hint="split the export and import it in parts")
+                    raise SubscriberError(f"more than {self.budget.max_lines:,} lines to import (the limit); "
+                                          "nothing was imported", path=source,
+                                          hint="split the export and import it in parts")
                 if self.chars == 0 and line in _BLANK:
                     continue  # between rows, a blank line is nothing: it never reaches the parser
                 self.number = number
