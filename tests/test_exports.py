@@ -1,4 +1,4 @@
-"""exports.py and platforms.py, called directly: the limits on real zips and CSVs, decoding, vocabularies, dates."""
+"""exportfiles.py, exports.py, platforms.py called directly: limits on real zips and CSVs, decoding, statuses."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 from hostile_files import MB, bomb_zip, columns_csv, newlines_zip
 
 from newsletter.errors import SubscriberError, printable
-from newsletter.exports import MAX_LINES, Budget, ExportRow, iter_rows, read_exports
+from newsletter.exportfiles import MAX_LINES, Budget
+from newsletter.exports import ExportRow, iter_rows, read_exports
 from newsletter.platforms import VOCABULARY, Kind, Platform
 
 
