@@ -54,7 +54,8 @@ HOSTILE = [
     ("newlines.zip", newlines_zip, "newlines.zip!list.csv: expands 1,028 times (19.9 KB to 20 MB), more than the "
                                    "limit of 100"),
     ("bomb.zip", bomb_zip, "bomb.zip!list.csv: expands 1,010 times (405.5 KB to 400 MB), more than the limit of 100"),
-    ("liar.zip", lambda p: bomb_zip(p, 3, declared=1000), "liar.zip!list.csv: a damaged zip file (Bad CRC-32"),
+    ("liar.zip", lambda p: bomb_zip(p, 3, declared=1000),
+     "liar.zip!list.csv: a damaged zip file: its data does not match its directory"),
     ("members.zip", _many_members, "members.zip: the zip lists 1,001 files"),
     ("bzip2.zip", _bzip2, "bzip2.zip!list.csv: compressed with a method this import does not read (zip method 12)"),
     ("field.csv", _write(b'email,note\nada@example.net,"' + b"x\n" * 40_000 + b'"\n'),

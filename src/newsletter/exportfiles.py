@@ -296,6 +296,7 @@ def _too_long(source: str, line: int, text: str) -> SubscriberError:
 
 
 def columns_error(source: str, line: int) -> SubscriberError:
+    """The refusal of a row with more columns than the limit."""
     return SubscriberError(f"more than {MAX_COLUMNS:,} columns (the limit); nothing was imported", path=source,
                            line=line, hint="a list of readers has a few dozen: export the list alone")
 
@@ -306,8 +307,9 @@ def reading(source: Source, budget: Budget) -> Iterator[Lines]:
     try:
         with source.open() as stream:
             yield Lines(stream, source.name, budget)
-    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
-        raise SubscriberError(f"a damaged zip file ({exc})", path=source.name,
-                              hint="download the export again") from None
+    except (zipfile.BadZipFile, zlib.error, EOFError):
+        # zipfile stops at the size the directory declares and checks the CRC there: a lie ends here
+        raise SubscriberError("a damaged zip file: its data does not match its directory; nothing was imported",
+                              path=source.name, hint="download the export again") from None
     except OSError as exc:
         raise SubscriberError(f"cannot read: {exc.strerror or exc}", path=source.name) from None
