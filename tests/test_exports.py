@@ -11,14 +11,15 @@ from hostile_files import MB, bomb_zip, columns_csv, newlines_zip
 from newsletter.errors import SubscriberError, printable
 from newsletter.exportfiles import MAX_LINES, Budget
 from newsletter.exports import ExportRow, iter_rows, read_exports
-from newsletter.platforms import VOCABULARY, Kind, Platform
+from newsletter.ledger import Kind
+from newsletter.platforms import VOCABULARY, Platform, StatusKind
 
 
 def rows_of(*paths: Path) -> list[ExportRow]:
     return [row for f in read_exports(list(paths)) for row in iter_rows(f)]
 
 
-def statuses(path: Path) -> dict[str, tuple[Kind, str, str]]:
+def statuses(path: Path) -> dict[str, tuple[StatusKind, Kind | None, str]]:
     """address -> (kind, ledger event, time) of every row of one file."""
     return {r.address: (r.status.kind, r.status.event, r.at) for r in rows_of(path)}
 
@@ -181,9 +182,10 @@ def test_every_buttondown_type_has_a_meaning(tmp_path: Path) -> None:
     got = {r.address.split("@")[0]: r.status for r in iter_rows(f)}
     for word, meaning in BUTTONDOWN.items():
         status = got[word]
-        expected = Kind.ACTIVE if meaning is None else Kind.SKIP if meaning == "skip" else Kind.SUPPRESS
+        expected = (StatusKind.ACTIVE if meaning is None else StatusKind.SKIP if meaning == "skip"
+                    else StatusKind.SUPPRESS)
         assert status.kind is expected, word  # a churned reader still gets the free letters: churn_date is no opt-out
-        assert status.event == ("" if expected is not Kind.SUPPRESS else meaning), word
+        assert status.event is (Kind(meaning) if expected is StatusKind.SUPPRESS else None), word
 
 
 def test_buttondown_newer_exports_call_the_type_type(tmp_path: Path) -> None:
@@ -193,14 +195,14 @@ def test_buttondown_newer_exports_call_the_type_type(tmp_path: Path) -> None:
     (f,) = read_exports([path])
     assert (f.platform, f.status_column) == (Platform.BUTTONDOWN, "type")
     got = {r.address: (r.status.kind, r.status.event, r.at) for r in iter_rows(f)}
-    assert got == {"a@example.net": (Kind.ACTIVE, "", ""),
-                   "b@example.net": (Kind.SUPPRESS, "bounce", "2025-02-02T10:00:00Z")}
+    assert got == {"a@example.net": (StatusKind.ACTIVE, None, ""),
+                   "b@example.net": (StatusKind.SUPPRESS, Kind.BOUNCE, "2025-02-02T10:00:00Z")}
 
 
 def test_vocabularies_are_enums_not_strings() -> None:
-    assert all(isinstance(s.kind, Kind) for words in VOCABULARY.values() for s in words.values())
-    assert all(s.event in ("unsubscribe", "bounce", "spamreport", "invalid") for words in VOCABULARY.values()
-               for s in words.values() if s.kind is Kind.SUPPRESS)
+    assert all(isinstance(s.kind, StatusKind) for words in VOCABULARY.values() for s in words.values())
+    assert all(isinstance(s.event, Kind) and s.event.suppresses for words in VOCABULARY.values()
+               for s in words.values() if s.kind is StatusKind.SUPPRESS)
 
 
 def test_an_unknown_status_value_refuses(tmp_path: Path) -> None:
@@ -232,17 +234,17 @@ def test_a_date_in_an_opt_out_column_means_opted_out(tmp_path: Path, header, cel
     path.write_text(f"email,created_at,{header}\nleft@example.net,2023-01-01,{cell}\nstays@example.net,2023-01-01,\n"
                     f"also@example.net,2023-01-01,0000-00-00 00:00:00\nno@example.net,2023-01-01,false\n")
     got = statuses(path)
-    assert got.pop("left@example.net") == (Kind.SUPPRESS, event, at)
-    assert set(got.values()) == {(Kind.ACTIVE, "", "")}
+    assert got.pop("left@example.net") == (StatusKind.SUPPRESS, event, at)
+    assert set(got.values()) == {(StatusKind.ACTIVE, None, "")}
 
 
 def test_a_date_beats_an_active_or_pending_status(tmp_path: Path) -> None:
     path = tmp_path / "list.csv"
     path.write_text("email,status,unsubscribed_at\na@example.net,active,2024-01-01\nb@example.net,pending,2024-01-02\n"
                     "c@example.net,bounced,2024-01-03\n")
-    assert statuses(path) == {"a@example.net": (Kind.SUPPRESS, "unsubscribe", "2024-01-01T00:00:00Z"),
-                              "b@example.net": (Kind.SUPPRESS, "unsubscribe", "2024-01-02T00:00:00Z"),
-                              "c@example.net": (Kind.SUPPRESS, "bounce", "2024-01-03T00:00:00Z")}
+    assert statuses(path) == {"a@example.net": (StatusKind.SUPPRESS, "unsubscribe", "2024-01-01T00:00:00Z"),
+                              "b@example.net": (StatusKind.SUPPRESS, "unsubscribe", "2024-01-02T00:00:00Z"),
+                              "c@example.net": (StatusKind.SUPPRESS, "bounce", "2024-01-03T00:00:00Z")}
 
 
 def test_a_renamed_mailchimp_file_keeps_its_unsub_and_clean_times(tmp_path: Path) -> None:
@@ -254,9 +256,9 @@ def test_a_renamed_mailchimp_file_keeps_its_unsub_and_clean_times(tmp_path: Path
     (f,) = read_exports([path])
     assert f.platform is Platform.MAILCHIMP and f.date_columns == ["UNSUB_TIME", "CLEAN_TIME"]
     assert {r.address: (r.status.kind, r.status.event, r.at) for r in iter_rows(f)} == {
-        "left@example.net": (Kind.SUPPRESS, "unsubscribe", "2023-06-06T12:56:15Z"),
-        "gone@example.net": (Kind.SUPPRESS, "bounce", "2020-03-23T17:30:05Z"),
-        "here@example.net": (Kind.ACTIVE, "", "")}
+        "left@example.net": (StatusKind.SUPPRESS, "unsubscribe", "2023-06-06T12:56:15Z"),
+        "gone@example.net": (StatusKind.SUPPRESS, "bounce", "2020-03-23T17:30:05Z"),
+        "here@example.net": (StatusKind.ACTIVE, None, "")}
 
 
 def test_printable_shows_control_characters_instead_of_sending_them() -> None:

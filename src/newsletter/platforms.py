@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from enum import Enum, StrEnum
 
 from .errors import SubscriberError
+from .ledger import Kind
 
 
 class StatusKind(Enum):
@@ -31,7 +32,7 @@ class Status:
     """A row's status: its kind, the ledger event of an opt-out, and how the summary names it."""
 
     kind: StatusKind
-    event: str = ""  # the ledger event of a SUPPRESS: unsubscribe, bounce, spamreport or invalid
+    event: Kind | None = None  # the ledger event of a SUPPRESS: unsubscribe, bounce, spamreport or invalid
     label: str = ""
 
 
@@ -51,17 +52,18 @@ class Platform(StrEnum):
 
 
 ACTIVE = Status(StatusKind.ACTIVE)
-_SAID = {"unsubscribe": "unsub", "bounce": "bounce", "spamreport": "spam", "invalid": "invalid"}
-_PLAIN = {"unsubscribe": "unsubscribed", "bounce": "bounced", "spamreport": "spam report", "invalid": "invalid"}
+_SAID = {Kind.UNSUBSCRIBE: "unsub", Kind.BOUNCE: "bounce", Kind.SPAMREPORT: "spam", Kind.INVALID: "invalid"}
+_PLAIN = {Kind.UNSUBSCRIBE: "unsubscribed", Kind.BOUNCE: "bounced", Kind.SPAMREPORT: "spam report",
+          Kind.INVALID: "invalid"}
 
 
-def _out(event: str, word: str) -> Status:
+def _out(event: Kind, word: str) -> Status:
     # The summary names a status in the platform's word, and the ledger event when the word does not say it.
     return Status(StatusKind.SUPPRESS, event, word if _SAID[event] in word else f"{word} ({_PLAIN[event]})")
 
 
 def _skip(word: str) -> Status:
-    return Status(StatusKind.SKIP, "", word)
+    return Status(StatusKind.SKIP, None, word)
 
 
 def _active(*words: str) -> dict[str, Status]:
@@ -70,37 +72,37 @@ def _active(*words: str) -> dict[str, Status]:
 
 # Each platform's status column and what its values mean (keys lower-cased, `_`/`-` as spaces).
 VOCABULARY: dict[Platform, dict[str, Status]] = {
-    Platform.KIT: {"active": ACTIVE, "cancelled": _out("unsubscribe", "cancelled"),
-                   "canceled": _out("unsubscribe", "cancelled"), "bounced": _out("bounce", "bounced"),
-                   "complained": _out("spamreport", "complained"),
+    Platform.KIT: {"active": ACTIVE, "cancelled": _out(Kind.UNSUBSCRIBE, "cancelled"),
+                   "canceled": _out(Kind.UNSUBSCRIBE, "cancelled"), "bounced": _out(Kind.BOUNCE, "bounced"),
+                   "complained": _out(Kind.SPAMREPORT, "complained"),
                    "inactive": _skip("inactive (unconfirmed)"), "unconfirmed": _skip("unconfirmed")},
     # Buttondown: churning/churned/past due/paused are (former) paying readers who still get the free letters.
     Platform.BUTTONDOWN: {**_active("regular", "premium", "churning", "churned", "past due", "gifted", "trialed",
                                     "unpaid", "paused", "active"),
                           "unactivated": _skip("unactivated (unconfirmed)"),
-                          "unsubscribed": _out("unsubscribe", "unsubscribed"),
-                          "removed": _out("unsubscribe", "removed"), "disabled": _out("unsubscribe", "disabled"),
-                          "undeliverable": _out("bounce", "undeliverable"),
-                          "complained": _out("spamreport", "complained"), "blocked": _out("invalid", "blocked"),
-                          "spammy": _out("invalid", "spammy"), "malformed": _out("invalid", "malformed")},
-    Platform.BEEHIIV: {"active": ACTIVE, "inactive": _out("unsubscribe", "inactive"), "pending": _skip("pending"),
+                          "unsubscribed": _out(Kind.UNSUBSCRIBE, "unsubscribed"),
+                          "removed": _out(Kind.UNSUBSCRIBE, "removed"), "disabled": _out(Kind.UNSUBSCRIBE, "disabled"),
+                          "undeliverable": _out(Kind.BOUNCE, "undeliverable"),
+                          "complained": _out(Kind.SPAMREPORT, "complained"), "blocked": _out(Kind.INVALID, "blocked"),
+                          "spammy": _out(Kind.INVALID, "spammy"), "malformed": _out(Kind.INVALID, "malformed")},
+    Platform.BEEHIIV: {"active": ACTIVE, "inactive": _out(Kind.UNSUBSCRIBE, "inactive"), "pending": _skip("pending"),
                        "needs approval": _skip("needs approval"), "needs attention": _skip("needs approval"),
-                       "validating": _skip("validating"), "invalid": _out("invalid", "invalid")},
-    Platform.LISTMONK: {"enabled": ACTIVE, "blocklisted": _out("unsubscribe", "blocklisted"),
-                        "blacklisted": _out("unsubscribe", "blocklisted"), "disabled": _skip("disabled")},
-    Platform.MAILERLITE: {"active": ACTIVE, "unsubscribed": _out("unsubscribe", "unsubscribed"),
-                          "unconfirmed": _skip("unconfirmed"), "bounced": _out("bounce", "bounced"),
-                          "junk": _out("spamreport", "junk")},
+                       "validating": _skip("validating"), "invalid": _out(Kind.INVALID, "invalid")},
+    Platform.LISTMONK: {"enabled": ACTIVE, "blocklisted": _out(Kind.UNSUBSCRIBE, "blocklisted"),
+                        "blacklisted": _out(Kind.UNSUBSCRIBE, "blocklisted"), "disabled": _skip("disabled")},
+    Platform.MAILERLITE: {"active": ACTIVE, "unsubscribed": _out(Kind.UNSUBSCRIBE, "unsubscribed"),
+                          "unconfirmed": _skip("unconfirmed"), "bounced": _out(Kind.BOUNCE, "bounced"),
+                          "junk": _out(Kind.SPAMREPORT, "junk")},
     Platform.SENDY: {**_active("subscribed", "active", "soft bounced"),
-                     "unsubscribed": _out("unsubscribe", "unsubscribed"), "bounced": _out("bounce", "bounced"),
-                     "marked as spam": _out("spamreport", "marked as spam"), "unconfirmed": _skip("unconfirmed")},
+                     "unsubscribed": _out(Kind.UNSUBSCRIBE, "unsubscribed"), "bounced": _out(Kind.BOUNCE, "bounced"),
+                     "marked as spam": _out(Kind.SPAMREPORT, "marked as spam"), "unconfirmed": _skip("unconfirmed")},
     Platform.CSV: {**_active("active", "subscribed", "confirmed", "enabled"),
-                   **{w: _out("unsubscribe", w) for w in ("unsubscribed", "cancelled", "opted out", "inactive",
+                   **{w: _out(Kind.UNSUBSCRIBE, w) for w in ("unsubscribed", "cancelled", "opted out", "inactive",
                                                           "removed", "blocklisted")},
-                   **{w: _out("bounce", w) for w in ("bounced", "cleaned", "undeliverable", "hard bounce")},
-                   **{w: _out("spamreport", w) for w in ("complained", "spam", "junk", "marked as spam",
+                   **{w: _out(Kind.BOUNCE, w) for w in ("bounced", "cleaned", "undeliverable", "hard bounce")},
+                   **{w: _out(Kind.SPAMREPORT, w) for w in ("complained", "spam", "junk", "marked as spam",
                                                          "spamreport")},
-                   **{w: _out("invalid", w) for w in ("invalid", "blocked")},
+                   **{w: _out(Kind.INVALID, w) for w in ("invalid", "blocked")},
                    **{w: _skip(w) for w in ("unconfirmed", "pending", "unactivated")}},
 }
 TRUE, FALSE = frozenset({"true", "yes", "1", "t", "y"}), frozenset({"false", "no", "0", "f", "n", ""})
@@ -111,8 +113,8 @@ SUBSTACK_PLACEHOLDER = "@deletion-request.substack.com"
 # Mailchimp writes one CSV per status, in two naming eras.
 MAILCHIMP_FILE = re.compile(r"^(subscribed|unsubscribed|cleaned|nonsubscribed)_(members|email_audience)_export",
                             re.IGNORECASE)
-MAILCHIMP_STATUS = {"subscribed": ACTIVE, "unsubscribed": _out("unsubscribe", "unsubscribed"),
-                    "cleaned": _out("bounce", "cleaned"), "nonsubscribed": _out("unsubscribe", "nonsubscribed")}
+MAILCHIMP_STATUS = {"subscribed": ACTIVE, "unsubscribed": _out(Kind.UNSUBSCRIBE, "unsubscribed"),
+                    "cleaned": _out(Kind.BOUNCE, "cleaned"), "nonsubscribed": _out(Kind.UNSUBSCRIBE, "nonsubscribed")}
 MAILCHIMP_COLUMNS = frozenset({"member_rating", "leid", "euid", "optin_time", "unsub_time", "clean_time"})
 # Older Sendy exports have no header: the status is only in the file name.
 SENDY_FILE = re.compile(r"-(unsubscribed|bounced|marked-as-spam|unconfirmed|subscribed|active)\.csv$", re.IGNORECASE)
@@ -126,14 +128,14 @@ BUTTONDOWN_STATUS_COLUMNS = ("subscriber_type", "type", *STATUS_COLUMNS)
 # Columns whose date (or yes) means the reader opted out, by ledger event; unsubscribe first when a row has two.
 # Not `churn_date`: a Buttondown reader who stopped paying still gets the free letters.
 OPT_OUT_DATES = (
-    ("unsubscribe", ("unsubscribed at", "unsubscribed on", "unsubscribe date", "unsubscribed date",
+    (Kind.UNSUBSCRIBE, ("unsubscribed at", "unsubscribed on", "unsubscribe date", "unsubscribed date",
                      "unsubscription date", "unsubscribed", "unsub time", "unsubscribe time", "opted out at",
                      "optout time", "opt out date")),
-    ("spamreport", ("complained at", "spam reported at", "marked as spam at")),
-    ("bounce", ("clean time", "cleaned at", "bounced at", "bounced on", "undeliverability date")),
+    (Kind.SPAMREPORT, ("complained at", "spam reported at", "marked as spam at")),
+    (Kind.BOUNCE, ("clean time", "cleaned at", "bounced at", "bounced on", "undeliverability date")),
 )
-DATED = {"unsubscribe": _out("unsubscribe", "unsubscribed"), "spamreport": _out("spamreport", "complained"),
-         "bounce": _out("bounce", "bounced")}
+DATED = {Kind.UNSUBSCRIBE: _out(Kind.UNSUBSCRIBE, "unsubscribed"),
+         Kind.SPAMREPORT: _out(Kind.SPAMREPORT, "complained"), Kind.BOUNCE: _out(Kind.BOUNCE, "bounced")}
 # An opt-out column holding one of these says "not opted out" (MySQL writes a missing date as zeros).
 NOT_SET = FALSE | {"null", "none", "never", "n/a", "na", "-", "nat", "0000-00-00", "0000-00-00 00:00:00"}
 # When a status says opted out but no opt-out column dates it, these tell when the row last changed.
@@ -202,7 +204,7 @@ def detect_platform(name: str, header: list[str]) -> Platform:
     return Platform.CSV
 
 
-def date_columns(header: list[str]) -> list[tuple[int, str]]:
+def date_columns(header: list[str]) -> list[tuple[int, Kind]]:
     """(index, ledger event) of the header's opt-out date columns, unsubscribe ones first."""
     words = [word(h) for h in header]
     return [(i, event) for event, names in OPT_OUT_DATES for i, w in enumerate(words) if w in names]
@@ -223,7 +225,7 @@ class StatusReader:
         self.time_at = None if headerless else column_index(header, TIME_COLUMNS)
         self._words: dict[str, str] = {}
         self._vocabulary: dict[str, Status] = {}
-        self._flag_off = _out("unsubscribe", FLAGS[self.platform][2]) if self.platform in FLAGS else ACTIVE
+        self._flag_off = _out(Kind.UNSUBSCRIBE, FLAGS[self.platform][2]) if self.platform in FLAGS else ACTIVE
         if self.platform is Platform.MAILCHIMP:
             m = MAILCHIMP_FILE.match(name)
             self.named = MAILCHIMP_STATUS[m.group(1).lower()] if m else None

@@ -173,7 +173,7 @@ class ImportReport:
 
 @dataclass(slots=True)
 class _OptOut:
-    event: str
+    event: Kind
     at: str
     platform: str
     label: str
@@ -230,6 +230,7 @@ def _sort_rows(report: ImportReport) -> tuple[Active, dict[str, _OptOut]]:
             key = normalize(address)
             kind = row.status.kind
             if kind is StatusKind.SUPPRESS:
+                assert row.status.event is not None  # an opt-out always names its ledger event
                 report.suppressed[row.status.label] += 1
                 opt_outs.setdefault(key, _OptOut(row.status.event, row.at, f.platform, row.status.label, f.source))
             elif key in (skipped if kind is StatusKind.SKIP else active):
