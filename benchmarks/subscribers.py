@@ -39,10 +39,10 @@ def make_ledger(path: Path, events: int) -> None:
 
 def phase(name: str, root: Path, n: int) -> None:
     if name == "import":
-        from newsletter.subscribers import import_file
+        from newsletter.subscribers import import_exports
 
         start = time.perf_counter()
-        report = import_file(root, root / "export.csv")
+        report = import_exports(root, [root / "export.csv"])
         took = time.perf_counter() - start
         assert report.added == n, report
         print(f"import {n:,} rows: {took:.2f} s ({took / n * 1e6:.1f} us/row)", end="")

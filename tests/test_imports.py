@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import csv
+import os
+import resource
 import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
 from pathlib import Path
 
 import pytest
 from conftest import DATA, Cli
+from hostile_files import MB, bomb_zip, columns_csv, newlines_zip
 
 from newsletter.ledger import Ledger, ledger_path
 
@@ -50,7 +57,8 @@ CASES = [
      "added 1; suppressed 1 cancelled (unsubscribed), 1 bounced, 1 complained (spam report); "
      "skipped 1 inactive (unconfirmed)"),
     ("buttondown", ["buttondown-subscribers.csv", "buttondown-2021.csv"],
-     {"barbara@example.net", "edsger@example.net", "old@example.net"},
+     {"barbara@example.net", "edsger@example.net", "old@example.net", "chu@example.net", "ning@example.net",
+      "pau@example.net", "gift@example.net", "trial@example.net", "unp@example.net", "due@example.net"},
      {"ursula@example.net": ("unsubscribe", "2024-09-01T08:30:00Z"), "ulf@example.net": ("bounce", None),
       "carl@example.net": ("spamreport", None), "rem@example.net": ("unsubscribe", None),
       "blok@example.net": ("invalid", None), "spam1@example.net": ("invalid", None),
@@ -188,3 +196,108 @@ def test_first_names_are_kept(cli: Cli, project: Path) -> None:
         rows = {r["email"]: r for r in csv.DictReader(fh)}
     assert rows["mary@example.net"]["first_name"] == "Mary-Kate"
     assert rows["mary@example.net"]["name"] == "Mary-Kate Olsen"
+
+
+def test_a_renamed_mailchimp_export_keeps_its_opt_outs(cli: Cli, project: Path, tmp_path: Path) -> None:
+    # README: UNSUB_TIME / CLEAN_TIME also count in a renamed file (the name no longer says the status).
+    for i, name in enumerate(("unsubscribed", "cleaned", "subscribed")):
+        shutil.copy(EXPORTS / "mailchimp-2019" / f"{name}_members_export_4f1e2a.csv", tmp_path / f"audience-{i}.csv")
+    result = cli("subscribers", "import", *(str(tmp_path / f"audience-{i}.csv") for i in range(3)))
+    assert result.exit_code == 0, result.output
+    assert "opted out when 'UNSUB_TIME' has a date" in result.output
+    rows = ledger_rows(project)
+    assert rows["leaver@example.net"][1:4] == ["unsubscribe", "2023-06-06T12:56:15Z", "import:mailchimp"]
+    assert rows["gone@example.net"][1:4] == ["bounce", "2020-03-23T17:30:05Z", "import:mailchimp"]
+    assert list_emails(project) == {"mary@example.net", "jane@example.net"}
+
+
+def test_a_date_in_unsubscribed_at_is_an_opt_out_without_a_status_column(cli: Cli, project: Path,
+                                                                          tmp_path: Path) -> None:
+    export = tmp_path / "readers.csv"
+    export.write_text("email,created_at,unsubscribed_at\nstay@example.net,2023-01-01,\n"
+                      "left@example.net,2023-01-01,2024-02-03 04:05:06\n")
+    result = cli("subscribers", "import", str(export))
+    assert result.exit_code == 0, result.output
+    assert "(csv, utf-8, comma-separated)" in result.output and "added 1; suppressed 1 unsubscribed" in result.output
+    assert list_emails(project) == {"stay@example.net"}
+    assert ledger_rows(project)["left@example.net"][1:4] == ["unsubscribe", "2024-02-03T04:05:06Z", "import:csv"]
+
+
+def test_an_opt_out_is_recorded_under_its_real_address_whatever_the_next_rows_encoding(
+        cli: Cli, project: Path, tmp_path: Path) -> None:
+    mixed = tmp_path / "mixed.csv"
+    mixed.write_bytes(b"email,name,status\n" + "josé@example.net,José,unsubscribed\n".encode()
+                      + "mueller@example.net,Müller,active\n".encode("cp1252"))
+    other = tmp_path / "other.csv"
+    other.write_text("email\njosé@example.net\n", encoding="utf-8")
+    result = cli("subscribers", "import", str(mixed), str(other))
+    assert result.exit_code == 0, result.output
+    assert "(csv, utf-8, windows-1252 on 1 line(s), comma-separated)" in result.output
+    assert ledger_rows(project)["josé@example.net"][1] == "unsubscribe"  # not `josã©@`: José stays out
+    assert list_emails(project) == {"mueller@example.net"}
+    with open(project / "subscribers" / "subscribers.csv", encoding="utf-8") as fh:
+        assert "Müller" in fh.read()
+
+
+def test_text_from_a_file_is_shown_escaped_never_sent_to_the_terminal(cli: Cli, project: Path,
+                                                                        tmp_path: Path) -> None:
+    osc = "\x1b]8;;https://evil.example\x07"  # a terminal hyperlink; \x1b]0;...\x07 would retitle the window
+    archive = tmp_path / "export.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr(f"{osc}list.csv", f"email,name,{osc}city\nada@example.net,Ada{osc},Bristol\nnot{osc},Bo,x\n")
+    result = cli("subscribers", "import", str(archive))
+    assert result.exit_code == 0, result.output
+    assert "export.zip!\\x1b]8;;https://evil.example\\x07list.csv (csv" in result.output
+    assert "line 3: 'not\\x1b]8;;https://evil.example\\x07'" in result.output
+    listing = cli("subscribers", "list")
+    assert "ada@example.net\tAda\\x1b]8;;https://evil.example\\x07" in listing.output
+    bad = tmp_path / "bad.zip"
+    with zipfile.ZipFile(bad, "w") as z:
+        z.writestr("\x1b]0;pwned\x07.csv", b"\x00\x01binary")
+    refused = cli("subscribers", "import", str(bad))
+    assert refused.exit_code == 1
+    assert "bad.zip!\\x1b]0;pwned\\x07.csv: this is a binary file" in refused.output
+    for output in (result.output, listing.output, refused.output):
+        assert "\x1b" not in output and "\x07" not in output
+
+
+# -- hostile files, in a real process: a refusal in seconds and under 200 MB ------------------------------------
+def run_measured(argv: list[str]) -> tuple[int, str, float, float]:
+    """Run a command; its exit code, output, CPU seconds and peak RSS in MB."""
+    def limits() -> None:  # a regression fails fast instead of taking the machine's memory or time
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+        resource.setrlimit(resource.RLIMIT_CPU, (30, 30))
+
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, preexec_fn=limits)
+        # wait4 gives this child's own peak RSS; getrusage(RUSAGE_CHILDREN) is the largest of every child the test
+        # process ever waited for (another test's server or browser would hide ours)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        return proc.returncode, out.read().decode(), usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+
+
+HOSTILE = [
+    ("columns.csv", columns_csv, "columns.csv:1: more than 1,000 columns (the limit); nothing was imported"),
+    ("newlines.zip", newlines_zip, "newlines.zip!list.csv: expands 1,028 times (19.9 KB to 20 MB), more than the "
+                                   "limit of 100 for an export"),
+    ("bomb.zip", bomb_zip, "bomb.zip!list.csv: expands 1,010 times (405.5 KB to 400 MB), more than the limit of 100"),
+    ("newlines.csv", lambda p: (p.write_bytes(b"\n" * 20 * MB), p)[1],
+     "newlines.csv: more than 5,000,000 lines to import (the limit)"),
+]
+
+
+@pytest.mark.parametrize(("name", "make", "message"), HOSTILE, ids=[h[0] for h in HOSTILE])
+def test_hostile_files_are_refused_in_seconds_and_under_200_mb(project: Path, tmp_path: Path, name, make,
+                                                                message) -> None:
+    path = make(tmp_path / name)
+    exe = str(Path(sys.executable).parent / "newsletter")
+    code, output, cpu, rss_mb = run_measured([exe, "subscribers", "import", "--root", str(project), str(path)])
+    assert code == 1, output
+    lines = output.splitlines()
+    assert len(lines) == 2 and lines[0].startswith(f"error: {path}") and lines[1].startswith("  hint: "), output
+    assert message in lines[0]
+    assert cpu < 5, f"{cpu:.1f} s of CPU"
+    assert rss_mb < 200, f"{rss_mb:.0f} MB"
+    assert list(project.joinpath("subscribers").iterdir()) == []

@@ -7,11 +7,14 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from .errors import NewsletterError
+from .errors import NewsletterError, printable
+
+if TYPE_CHECKING:
+    from .subscribers import ImportReport
 
 
 def _debug_wanted(ctx: click.Context | None) -> bool:
@@ -224,45 +227,55 @@ def subscribers_import(root: Path, files: tuple[Path, ...], dry_run: bool) -> No
       newsletter subscribers import ~/Downloads/mailchimp-audience-export.zip
       newsletter subscribers import email_list.micro-moments.csv --dry-run
     """
-    from .subscribers import SHOW_FIRST, import_exports
+    from .subscribers import import_exports
 
     r = import_exports(root, list(files), dry_run=dry_run)
+    for line in _import_lines(r):
+        click.echo(printable(line))  # names, columns and values come from the files: shown, never obeyed
+    if (failure := r.failure()) is not None:
+        raise failure
+    if r.ledger_new and not dry_run:
+        _told_sendgrid(r.pushed, r.waiting)
+
+
+def _import_lines(r: ImportReport) -> list[str]:
+    """The import report, line by line."""
+    lines = []
     for f in r.files:
         delim = {",": "comma", ";": "semicolon", "\t": "tab"}[f.delimiter]
         guessed = " (guessed from its values)" if f.email_column_guessed else ""
         if f.headerless:
             guessed += "; the file has no header row, so its first line was imported too"
         names = f"; names from {', '.join(repr(n) for n in f.name_columns)}" if f.name_columns else ""
-        status = f"; status from {f.status_column if f.status_column == 'the file name' else repr(f.status_column)}" \
-            if f.status_column else ""
-        click.echo(f"read {len(f.rows)} row(s) from {f.source} ({f.platform}, {f.encoding}, {delim}-separated); "
-                   f"addresses from column {f.email_column!r}{guessed}{names}{status}")
-    click.echo(("dry run, nothing written: " if dry_run else "") + r.summary)
+        status = "; status from the file name" if f.status_from_name else \
+            f"; status from {f.status_column!r}" if f.status_column else ""
+        if f.date_columns:
+            status += f"; opted out when {' or '.join(repr(c) for c in f.date_columns)} has a date"
+        lines.append(f"read {f.rows} row(s) from {f.source} ({f.platform}, {f.encoding}, {delim}-separated); "
+                     f"addresses from column {f.email_column!r}{guessed}{names}{status}")
+    lines.append(("dry run, nothing written: " if r.dry_run else "") + r.summary)
     if r.suppressed:
-        verb = "would be recorded" if dry_run else "recorded"
-        click.echo(f"  ledger:          {r.ledger_new} opt-out(s) {verb}"
-                   + (f", {r.ledger_known} already there" if r.ledger_known else ""))
-    click.echo(f"  already present: {r.already_present}")
-    click.echo(f"  duplicates:      {r.duplicates} (same address twice in the files)")
+        verb = "would be recorded" if r.dry_run else "recorded"
+        lines.append(f"  ledger:          {r.ledger_new} opt-out(s) {verb}"
+                     + (f", {r.ledger_known} already there" if r.ledger_known else ""))
+    lines.append(f"  already present: {r.already_present}")
+    lines.append(f"  duplicates:      {r.duplicates} (same address twice in the files)")
     if r.kept_out:
         by = ", ".join(f"{k} {v}" for k, v in sorted(r.kept_out.items()))
-        click.echo(f"  kept out:        {sum(r.kept_out.values())} already suppressed in the ledger ({by}); only "
-                   "`newsletter resubscribe` lifts a suppression")
-    click.echo(f"  invalid:         {len(r.invalid)}")
-    for source, line, value, reason in r.invalid[:SHOW_FIRST]:
-        click.echo(f"    {_where(source, len(r.files))}line {line}: {value!r}: {reason}")
-    if len(r.invalid) > SHOW_FIRST:
-        click.echo(f"    ... and {len(r.invalid) - SHOW_FIRST} more")
-    if r.malformed:
-        click.echo(f"  malformed rows:  {len(r.malformed)} (skipped)")
-        for source, line, what in r.malformed[:SHOW_FIRST]:
-            click.echo(f"    {_where(source, len(r.files))}line {line}: {what}")
+        lines.append(f"  kept out:        {sum(r.kept_out.values())} already suppressed in the ledger ({by}); only "
+                     "`newsletter resubscribe` lifts a suppression")
+    lines.append(f"  invalid:         {r.invalid.count}")
+    lines.extend(f"    {_where(source, len(r.files))}line {line}: {value!r}: {reason}"
+                 for source, line, value, reason in r.invalid.first)
+    if r.invalid.count > len(r.invalid.first):
+        lines.append(f"    ... and {r.invalid.count - len(r.invalid.first)} more")
+    if r.malformed.count:
+        lines.append(f"  malformed rows:  {r.malformed.count} (skipped)")
+        lines.extend(f"    {_where(source, len(r.files))}line {line}: {what}"
+                     for source, line, what in r.malformed.first)
     if r.empty:
-        click.echo(f"  rows without an address: {r.empty}")
-    if (failure := r.failure()) is not None:
-        raise failure
-    if r.ledger_new and not dry_run:
-        _told_sendgrid(r.pushed, r.waiting)
+        lines.append(f"  rows without an address: {r.empty}")
+    return lines
 
 
 def _where(source: str, files: int) -> str:
@@ -319,7 +332,8 @@ def subscribers_list(root: Path, suppressed: bool) -> None:
     from .subscribers import iter_listing
 
     for email, name, event in iter_listing(root, suppressed=suppressed):
-        click.echo("\t".join(x for x in (email, name, event if suppressed else "") if x))
+        # names came from imported files: shown, never obeyed
+        click.echo("\t".join(printable(x) for x in (email, name, event if suppressed else "") if x))
 
 
 @subscribers.command("count")

@@ -2,15 +2,38 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from pathlib import Path
 
+# What a terminal would act on instead of showing: C0 controls (ESC starts an escape sequence, BEL ends an OSC
+# one), DEL, C1 controls (0x9b is a one-byte CSI), and the bidirectional overrides that reorder what is shown.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_UNSAFE_KEEP_LINES = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029"
+                                "\u202a-\u202e\u2066-\u2069]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(text: str, *, lines: bool = False) -> str:
+    """`text` safe to print on a terminal: control characters, escape sequences and bidirectional overrides
+    shown as `\\x1b`-style escapes. For every text that came from a file (names, columns, values, zip members);
+    `lines=True` keeps line breaks (a message we wrote over several lines)."""
+    if text.isprintable():  # the common case, one pass in C
+        return text
+    return (_UNSAFE_KEEP_LINES if lines else _UNSAFE).sub(_escape, text)
+
 
 def where(path: Path | str | None, line: int | None = None) -> str:
-    """`path:line: `, `path: ` or nothing: how every message says where."""
+    """`path:line: `, `path: ` or nothing: how every message says where (a path is escaped: it may be a zip
+    member's name, chosen by whoever made the zip)."""
     if path is None:
         return ""
-    return f"{path}:{line}: " if line else f"{path}: "
+    shown = printable(str(path))
+    return f"{shown}:{line}: " if line else f"{shown}: "
 
 
 class NewsletterError(Exception):
@@ -28,9 +51,10 @@ class NewsletterError(Exception):
         self.hint = hint
 
     def __str__(self) -> str:
-        text = f"{where(self.path, self.line)}{self.message}"
+        # Messages quote files (column names, values): whatever they hold is shown, never obeyed.
+        text = f"{where(self.path, self.line)}{printable(self.message, lines=True)}"
         if self.hint:
-            text += f"\n  hint: {self.hint}"
+            text += f"\n  hint: {printable(self.hint, lines=True)}"
         return text
 
 
@@ -88,8 +112,9 @@ class StorageError(NewsletterError):
 
     def __str__(self) -> str:
         # The file goes last here: "disk full: could not record ... in subscribers/unsubscribes.csv"
-        text = f"{self.message} in {self.path}" if self.path is not None else self.message
-        return text + (f"\n  hint: {self.hint}" if self.hint else "")
+        message = printable(self.message, lines=True)
+        text = f"{message} in {printable(str(self.path))}" if self.path is not None else message
+        return text + (f"\n  hint: {printable(self.hint, lines=True)}" if self.hint else "")
 
 
 class SendError(NewsletterError):
@@ -137,7 +162,7 @@ class Problem:
         self.line = line
 
     def __str__(self) -> str:
-        return f"{self.level}: {where(self.path, self.line)}{self.message}"
+        return f"{self.level}: {where(self.path, self.line)}{printable(self.message, lines=True)}"
 
     def __repr__(self) -> str:
         return f"Problem({str(self)!r})"

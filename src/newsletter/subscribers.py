@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import SubscriberError, UsageError
-from .exports import ExportFile, ExportRow, column_index, iter_sources, read_export
+from .exports import MAX_INVALID, SHOW_FIRST, Examples, ExportFile, ExportRow, iter_rows, read_exports
 from .files import atomic_writer, file_lock
 from .ledger import (
     Event,
@@ -25,13 +25,13 @@ from .ledger import (
     load_ledger,
     now_iso,
 )
+from .platforms import StatusKind, column_index
 from .recipients import Eligibility, bare, is_plausible, normalize, unique, validate
 
 if TYPE_CHECKING:
     from filelock import BaseFileLock
 
 LIST_NAME = "subscribers.csv"
-SHOW_FIRST = 5
 
 
 def list_path(root: Path) -> Path:
@@ -137,8 +137,8 @@ class ImportReport:
     ledger_known: int = 0  # opt-outs the ledger already held (or older than the reader's return)
     pushed: int = 0  # addresses SendGrid was told about
     waiting: str = ""  # why SendGrid has not been told yet
-    invalid: list[tuple[str, int, str, str]] = field(default_factory=list)  # (file, line, value, reason)
-    malformed: list[tuple[str, int, str]] = field(default_factory=list)  # (file, line, what is wrong)
+    invalid: Examples[tuple[str, int, str, str]] = field(default_factory=Examples)  # (file, line, value, reason)
+    malformed: Examples[tuple[str, int, str]] = field(default_factory=Examples)  # (file, line, what is wrong)
     empty: int = 0
 
     @property
@@ -162,7 +162,7 @@ class ImportReport:
 
 @dataclass(slots=True)
 class _OptOut:
-    event: str
+    event: Kind
     at: str
     platform: str
     label: str
@@ -176,41 +176,63 @@ def import_exports(root: Path, paths: list[Path], *, dry_run: bool = False) -> I
     `import:<platform>`, the export's date where it has one), so none of those readers can be mailed by the
     time the list grows; an opt-out in any file beats an active row in another, whatever the order. The list
     is then rewritten atomically with the new active readers. `dry_run` writes nothing."""
-    report = ImportReport(dry_run=dry_run)
-    for name, data in iter_sources(paths):
-        report.files.append(read_export(name, data))
+    report = ImportReport(dry_run=dry_run, files=read_exports(paths))
     active, opt_outs = _sort_rows(report)
     ledger = _record_opt_outs(root, report, opt_outs)
     _add_readers(root, report, active, opt_outs, ledger)
     return report
 
 
-def _sort_rows(report: ImportReport) -> tuple[dict[str, tuple[str, ExportRow]], dict[str, _OptOut]]:
-    """Every row of every file into readers to add and opt-outs, counting the rest (skipped, invalid, ...)."""
-    active: dict[str, tuple[str, ExportRow]] = {}
+def _address(row: ExportRow, source: str, invalid: Examples[tuple[str, int, str, str]]) -> str | None:
+    """The row's address as the list keeps it, or None (counted as invalid). A value that is not even
+    plausible costs a regex, not email-validator: a file of a million junk lines stays cheap; only the few
+    examples the report shows are asked why."""
+    if len(invalid.first) >= SHOW_FIRST and not is_plausible(normalize(bare(row.address))):
+        invalid.count += 1
+        return None
+    try:
+        return validate(row.address)
+    except ValueError as exc:
+        invalid.add((source, row.line, row.address, str(exc)))
+        return None
+
+
+Active = dict[str, tuple[str, ExportRow, ExportFile]]
+
+
+def _sort_rows(report: ImportReport) -> tuple[Active, dict[str, _OptOut]]:
+    """Every row of every file, streamed, into readers to add and opt-outs; the rest is counted (skipped,
+    invalid, ...). Only the rows kept stay in memory."""
+    active: Active = {}
     opt_outs: dict[str, _OptOut] = {}
     skipped: set[str] = set()  # an active row elsewhere wins over an unconfirmed one
     for f in report.files:
-        report.malformed.extend((f.source, line, what) for line, what in f.malformed)
-        report.empty += f.empty
-        for row in f.rows:
+        for row in iter_rows(f):
             report.rows += 1
-            try:
-                address = validate(row.address)
-            except ValueError as exc:
-                report.invalid.append((f.source, row.line, row.address, str(exc)))
+            address = _address(row, f.source, report.invalid)
+            if address is None:
+                if report.invalid.count > MAX_INVALID and report.invalid.count * 2 > report.rows:
+                    raise SubscriberError(f"{report.invalid.count:,} of the {report.rows:,} rows read so far have no "
+                                          "valid address: this is not a list of readers; nothing was imported",
+                                          path=f.source, hint="check that the file is the list the tool exported")
                 continue
             key = normalize(address)
-            if row.status.kind == "suppress":
+            kind = row.status.kind
+            if kind is StatusKind.SUPPRESS:
+                assert row.status.event is not None  # an opt-out always names its ledger event
                 report.suppressed[row.status.label] += 1
                 opt_outs.setdefault(key, _OptOut(row.status.event, row.at, f.platform, row.status.label, f.source))
-            elif key in (skipped if row.status.kind == "skip" else active):
+            elif key in (skipped if kind is StatusKind.SKIP else active):
                 report.duplicates += 1
-            elif row.status.kind == "skip":
+            elif kind is StatusKind.SKIP:
                 report.skipped[row.status.label] += 1
                 skipped.add(key)
             else:
-                active[key] = (address, row)
+                active[key] = (address, row, f)
+        for line, what in f.malformed.first:
+            report.malformed.add((f.source, line, what))
+        report.malformed.count += f.malformed.count - len(f.malformed.first)
+        report.empty += f.empty
     return active, opt_outs
 
 
@@ -232,8 +254,8 @@ def _record_opt_outs(root: Path, report: ImportReport, opt_outs: dict[str, _OptO
     return ledger
 
 
-def _add_readers(root: Path, report: ImportReport, active: dict[str, tuple[str, ExportRow]],
-                 opt_outs: dict[str, _OptOut], ledger: Ledger) -> None:
+def _add_readers(root: Path, report: ImportReport, active: Active, opt_outs: dict[str, _OptOut],
+                 ledger: Ledger) -> None:
     """Add the active readers who are new and not suppressed; the list is rewritten atomically once."""
     with nullcontext() if report.dry_run else _lock(root):  # a dry run leaves not even a lock file behind
         header, rows = read_list(root)
@@ -248,7 +270,8 @@ def _add_readers(root: Path, report: ImportReport, active: dict[str, tuple[str, 
             return columns[name.lower()]
 
         new_rows: list[dict[int, str]] = []
-        for key, (address, row) in active.items():
+        plans: dict[int, list[tuple[int, int]]] = {}  # per file: (list column, file column) of its other columns
+        for key, (address, row, f) in active.items():
             if key in present:
                 report.already_present += 1
             elif key in opt_outs:
@@ -259,18 +282,17 @@ def _add_readers(root: Path, report: ImportReport, active: dict[str, tuple[str, 
                 cells = {column("email"): address, column("name"): row.name}
                 if row.first_name:
                     cells[column("first_name")] = row.first_name
-                cells.update((column(h), value) for h, value in row.extra)
+                plan = plans.get(id(f))
+                if plan is None:
+                    plan = plans[id(f)] = [(column(h), i) for i, h in f.extra_columns()]
+                width = len(row.cells)
+                cells.update((j, row.cells[i].strip()) for j, i in plan if i < width)
                 new_rows.append(cells)
         report.added = len(new_rows)
         if new_rows and not report.dry_run:
             width = len(header)
             out = [r + [""] * (width - len(r)) for r in rows] + [[c.get(i, "") for i in range(width)] for c in new_rows]
             write_list(list_path(root), header, out)
-
-
-def import_file(root: Path, source: Path) -> ImportReport:
-    """Import one file (see import_exports)."""
-    return import_exports(root, [source])
 
 
 def add_subscriber(root: Path, email: str, name: str = "") -> str:
