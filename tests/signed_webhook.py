@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Cli, write_list
+from conftest import Cli, configure, write_list
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from starlette.testclient import TestClient
@@ -71,3 +71,15 @@ def send_issue(cli: Cli, slug: str, emails: list[str]) -> float:
     started = load_state(journal_path(cli.root, slug)).first_sent_at()
     assert started is not None
     return started.timestamp()
+
+
+NEXT_WORKSHOP_URL = "https://micromoments.net/workshops/betrayal"
+
+
+def with_tracking(root: Path, extra: str = "") -> None:
+    """Open and click tracking on, and a register URL for the next workshop (so the workshop block links it)."""
+    path = root / "newsletter.yaml"
+    path.write_text(path.read_text().replace(
+        "  betrayal-forgiveness-redemption:\n",
+        f"  betrayal-forgiveness-redemption:\n    register_url: {NEXT_WORKSHOP_URL}\n") + extra)
+    configure(root, open_tracking=True, click_tracking=True)

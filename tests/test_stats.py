@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 from conftest import SECRET, SEED_SLUG, Cli, configure
 from fake_sendgrid import FakeSendGrid
-from signed_webhook import SignedWebhook, event, send_issue
+from signed_webhook import NEXT_WORKSHOP_URL as NEXT
+from signed_webhook import SignedWebhook, event, send_issue, with_tracking
 
 from newsletter.ledger import ledger_path
 from newsletter.stats import link_key, percent, same_page
 from newsletter.tokens import make_token
 
 CTA = "https://micromoments.net/workshops/from-trauma-to-triumph"
-NEXT = "https://micromoments.net/workshops/betrayal"
 SECOND = "the-quiet-courage-of-rest"
 
 
@@ -28,12 +28,8 @@ def emails(n: int, start: int = 0) -> list[str]:
 
 @pytest.fixture
 def tracked(ready_project: Path, env: dict[str, str]) -> Cli:
-    """The filled-in newsletter with open and click tracking on, and a register URL for the next workshop (so
-    the workshop block links it too)."""
-    path = ready_project / "newsletter.yaml"
-    path.write_text(path.read_text().replace(
-        '  betrayal-forgiveness-redemption:\n', f"  betrayal-forgiveness-redemption:\n    register_url: {NEXT}\n"))
-    configure(ready_project, open_tracking=True, click_tracking=True)
+    """The filled-in newsletter with open and click tracking on, and the next workshop's register URL."""
+    with_tracking(ready_project)
     return Cli(ready_project)
 
 

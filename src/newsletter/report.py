@@ -34,7 +34,7 @@ def issue_lines(s: IssueStats) -> list[str]:
              f"{'sent':<14}{s.sent:>8}  (accepted by SendGrid, from the send journal{when})"]
     if s.joined_since is not None:
         lines.append(f"{'joined since':<14}{s.joined_since:>8}  (confirmed sign-ups since this issue went out)")
-    if s.sent and s.events:
+    if s.sent and s.heard:
         lines += [
             _figure("delivered", s.delivered, "of sent"),
             _figure("human opens", s.opens, "of delivered"),
@@ -144,7 +144,7 @@ def _issue_bars(issues: list[IssueStats], colors: dict[str, str]) -> str:
     shown = list(enumerate(issues))[:CHART_ISSUES][::-1]
     if not shown:
         return "<p>No issue has been sent yet.</p>"
-    width, height, top, bottom = 680, 260, 24, 40
+    width, height, top, bottom = 680, 270, 24, 44
     group = (width - 20) / len(shown)
     bar = min(28.0, group / 4)
     scale = max(max(s.sent for _, s in shown), 1)
@@ -168,9 +168,10 @@ def _issue_bars(issues: list[IssueStats], colors: dict[str, str]) -> str:
             if kind != "cta" or s.cta is not None:
                 parts.append(f'<text x="{x + (bar - 2) / 2:.1f}" y="{y - 4:.1f}" text-anchor="middle" font-size="10" '
                              f'fill="{colors["text"]}" data-stat="{path}">{html.escape(_count_text(value))}</text>')
-        day = f"{s.sent_at:%d %b}" if s.sent_at else s.slug[:8]
-        parts.append(f'<text x="{x0 + 1.5 * bar:.1f}" y="{height - bottom + 16}" text-anchor="middle" '
-                     f'font-size="11" fill="{colors["text"]}">{html.escape(day)}</text>')
+        day = f"{s.sent_at:%d %b}" if s.sent_at else "not sent"
+        for line, (text, dy) in enumerate(((day, 16), (_short(s.title, max(8, int(group / 7))), 30))):
+            parts.append(f'<text x="{x0 + 1.5 * bar:.1f}" y="{height - bottom + dy}" text-anchor="middle" '
+                         f'font-size="{11 - line}" fill="{colors["text"]}">{html.escape(text)}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
@@ -222,15 +223,16 @@ def _growth_chart(weeks: list[Week], colors: dict[str, str]) -> str:
              'aria-labelledby="growth-chart-title" shape-rendering="crispEdges">',
              '<title id="growth-chart-title">The list week by week: joined (up) and left (down)</title>',
              f'<line x1="10" y1="{mid}" x2="{width - 10}" y2="{mid}" stroke="{colors["axis"]}"/>']
+    wide = min(slot * 0.7, 36)
     for i, w in enumerate(weeks):
-        x = 10 + i * slot + slot * 0.15
+        x = 10 + i * slot + (slot - wide) / 2
         up, down = w.joined / scale * (mid - 20), w.left / scale * (mid - 20)
         tip = f"week of {w.start:%d %b %Y}: {w.joined} joined, {w.left} left"
         parts.append(f'<g data-week="{w.start.isoformat()}" data-joined="{w.joined}" data-left="{w.left}">'
                      f'<title>{html.escape(tip)}</title>'
-                     f'<rect x="{x:.1f}" y="{mid - up:.1f}" width="{slot * 0.7:.1f}" height="{up:.1f}" '
+                     f'<rect x="{x:.1f}" y="{mid - up:.1f}" width="{wide:.1f}" height="{up:.1f}" '
                      f'fill="{colors["joined"]}"/>'
-                     f'<rect x="{x:.1f}" y="{mid}" width="{slot * 0.7:.1f}" height="{down:.1f}" '
+                     f'<rect x="{x:.1f}" y="{mid}" width="{wide:.1f}" height="{down:.1f}" '
                      f'fill="{colors["left"]}"/></g>')
     first, last = weeks[0].start, weeks[-1].start
     parts.append(f'<text x="10" y="{height - 4}" font-size="11" fill="{colors["text"]}">{first:%d %b %Y}</text>'
@@ -282,14 +284,14 @@ def _links(issues: list[IssueStats]) -> str:
 def _warnings(issues: list[IssueStats]) -> str:
     items = "".join(f"<li><strong>{html.escape(s.title)}</strong>: {html.escape(w)}</li>"
                     for s in issues for w in s.warnings)
-    return f'<ul class="warnings">{items}</ul>' if items else ""
+    return f'<h2>Needs your attention</h2><ul class="warnings">{items}</ul>' if items else ""
 
 
 def _style(config: Config) -> str:
     c, f = config.colors, config.fonts
     return (f"body{{margin:0;background:{c['background']};color:{c['text']};font-family:{f['body']};"
             "line-height:1.5}"
-            f"main{{max-width:760px;margin:0 auto;padding:24px;background:{c['content']}}}"
+            f"main{{max-width:960px;margin:0 auto;padding:24px;background:{c['content']}}}"
             f"h1,h2{{font-family:{f['heading']};color:{c['heading']};line-height:1.25}}"
             f"a{{color:{c['accent']}}} .chart{{width:100%;height:auto;display:block}}"
             f".private{{border-left:4px solid {c['accent']};padding:8px 12px;background:{c['cta_background']}}}"
@@ -297,8 +299,8 @@ def _style(config: Config) -> str:
             ".legend i{display:inline-block;width:12px;height:12px;margin-right:6px;vertical-align:-1px}"
             ".wide{overflow-x:auto} table{border-collapse:collapse;font-size:14px}"
             f"th,td{{padding:6px 8px;border-bottom:1px solid {mix(c['muted'], c['content'], 0.7)};"
-            "text-align:right;vertical-align:top}"
-            "th:nth-child(2),td:nth-child(2){text-align:left} small{color:inherit}"
+            "text-align:right;vertical-align:top;min-width:3em}"
+            "th:nth-child(2),td:nth-child(2){text-align:left;min-width:12em} td:first-child{white-space:nowrap}"
             f".note{{color:{c['muted']};font-size:14px}} .warnings li{{margin-bottom:6px}}")
 
 

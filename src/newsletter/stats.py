@@ -112,7 +112,7 @@ class IssueStats:
     spamreports: Count
     warnings: list[str]
     joined_since: int | None
-    events: int = 0  # SendGrid events logged for this issue
+    heard: bool = False  # SendGrid has reported at least one event about this issue
 
     def as_dict(self) -> dict[str, Any]:
         """For --json: exactly the documented keys."""
@@ -182,18 +182,22 @@ class _Fields(msgspec.Struct, gc=False):
     email: str = ""
     event: str = ""
     newsletter_issue: str | None = None
-    timestamp: float | None = None
     url: str | None = None
     sg_machine_open: bool = False
     type: str | None = None
     reason: str | None = None
 
 
+class _Timed(_Fields, gc=False):
+    """... and when it happened, for the report's hour-by-hour chart (a million floats are not free)."""
+
+    timestamp: float | None = None
+
+
 class _Tally:
     """One issue's events as logged: raw addresses per kind, before they are checked against the journal."""
 
     def __init__(self, timeline: bool) -> None:
-        self.events = 0
         self.delivered: set[str] = set()
         self.opens: set[str] = set()
         self.machine: set[str] = set()
@@ -209,15 +213,15 @@ class _Tally:
         self.click_times: list[tuple[str, str, float]] = []
 
     def add(self, e: _Fields) -> None:
-        """Everything but deliveries (counted inline, they are most of the log)."""
+        """One event of this issue (deliveries and most opens are counted inline by the caller)."""
         kind = e.event
         if kind == "open":
             (self.machine if e.sg_machine_open else self.opens).add(e.email)
-            if self.timeline and not e.sg_machine_open and e.timestamp is not None:
+            if self.timeline and not e.sg_machine_open and isinstance(e, _Timed) and e.timestamp is not None:
                 self.first_open[e.email] = min(e.timestamp, self.first_open.get(e.email, e.timestamp))
         elif kind == "click":
             self.clicks.setdefault(e.url or "", set()).add(e.email)
-            if self.timeline and e.timestamp is not None:
+            if self.timeline and isinstance(e, _Timed) and e.timestamp is not None:
                 self.click_times.append((e.email, e.url or "", e.timestamp))
         elif kind == "bounce":
             (self.soft if e.type in SOFT_BOUNCE_TYPES else self.hard).add(e.email)
@@ -244,19 +248,21 @@ def _gc_paused() -> Iterator[None]:
 
 
 def _tally_events(path: Path, slugs: set[str], timeline_for: str | None) -> dict[str, _Tally]:
-    """Read the events log once, counting the events of the issues in `slugs`."""
+    """Read the events log once, counting the events of the issues in `slugs` (the hot loop of `stats`)."""
     tallies: dict[str, _Tally] = {}
     with _gc_paused():
-        for e in scan_events(path, _Fields):
-            slug = e.newsletter_issue
-            tally = tallies.get(slug) if slug is not None else None
+        for e in scan_events(path, _Timed if timeline_for else _Fields):
+            tally = tallies.get(e.newsletter_issue)  # type: ignore[arg-type]
             if tally is None:
+                slug = e.newsletter_issue
                 if slug is None or slug not in slugs:
                     continue
                 tally = tallies[slug] = _Tally(slug == timeline_for)
-            tally.events += 1
-            if e.event == "delivered":
+            kind = e.event
+            if kind == "delivered":  # deliveries and opens are most of the log: counted inline
                 tally.delivered.add(e.email)
+            elif kind == "open" and not tally.timeline:
+                (tally.machine if e.sg_machine_open else tally.opens).add(e.email)
             else:
                 tally.add(e)
     return tallies
@@ -335,13 +341,28 @@ def _count(n: int, base: int) -> Count:
     return Count(n, round(n / base, 4) if base else None)
 
 
-def _readers(raw: set[str], state: JournalState) -> set[str]:
-    """Logged addresses -> the readers the journal says were sent the issue (a test copy's reader is not)."""
-    sent = state.is_sent_key
-    return {key for key in map(normalize, raw) if sent(key)}
+class _SentReaders:
+    """Logged addresses -> the readers the journal says were sent the issue (a test copy's reader is not). Each
+    distinct logged spelling is normalised and looked up once; sets are then intersected in C."""
+
+    def __init__(self, state: JournalState, tally: _Tally) -> None:
+        logged = set().union(tally.delivered, tally.opens, tally.machine, tally.hard, tally.soft, tally.deferred,
+                             tally.unsubscribes, tally.spamreports, *tally.clicks.values(), *tally.dropped.values(),
+                             tally.first_open, (email for email, _, _ in tally.click_times))
+        self.key: dict[str, str] = {}
+        for raw in logged:
+            key = normalize(raw)
+            if state.is_sent_key(key):
+                self.key[raw] = key
+        self.logged = set(self.key)
+        self.as_sent = all(raw == key for raw, key in self.key.items())  # SendGrid echoes what we sent
+
+    def __call__(self, raw: set[str]) -> set[str]:
+        hits = raw & self.logged
+        return hits if self.as_sent else {self.key[a] for a in hits}
 
 
-def _links(tally: _Tally, state: JournalState, config: Config, workshop_id: str,
+def _links(tally: _Tally, readers_of: _SentReaders, config: Config, workshop_id: str,
            ) -> tuple[list[Link], set[str], set[str]]:
     """Every link with its unique clicks, the readers who clicked any but the unsubscribe link, and those who
     clicked the workshop's."""
@@ -352,7 +373,7 @@ def _links(tally: _Tally, state: JournalState, config: Config, workshop_id: str,
     for url, raw in tally.clicks.items():
         key = link_key(url)
         key = f"{config.base_url}/unsubscribe/…" if key.startswith(unsubscribe) else key
-        grouped.setdefault(key, set()).update(_readers(raw, state))
+        grouped.setdefault(key, set()).update(readers_of(raw))
     links, clickers, cta = [], set(), set()
     for url, readers in grouped.items():
         role = None
@@ -371,36 +392,38 @@ def _links(tally: _Tally, state: JournalState, config: Config, workshop_id: str,
     return links, clickers, cta
 
 
-def _finish(item: _Sent, tally: _Tally, root: Path, config: Config, facts: _LedgerFacts) -> IssueStats:
-    """One issue's figures from its tally, its journal and the ledger."""
+def _finish(item: _Sent, logged: _Tally | None, root: Path, config: Config, facts: _LedgerFacts) -> IssueStats:
+    """One issue's figures from its tally (None: no event yet), its journal and the ledger."""
+    heard, tally = logged is not None, logged or _Tally(False)
     state = item.state
+    readers = _SentReaders(state, tally)
     title, workshop_id = _title(root, config, item.slug)
-    delivered = _readers(tally.delivered, state)
-    hard = _readers(tally.hard, state)
-    soft = _readers(tally.soft, state) | (_readers(tally.deferred, state) - delivered - hard)
+    delivered = readers(tally.delivered)
+    hard = readers(tally.hard)
+    soft = readers(tally.soft) | (readers(tally.deferred) - delivered - hard)
     own = {email for at, email in facts.unsubscribes if item.start is not None and at >= item.start
            and (item.end is None or at < item.end) and state.is_sent_key(email)}
     sent, base = state.sent_readers, len(delivered)
     # Tracking off when this issue went out shows as no event of the kind at all; `None` then, not 0 %.
     opens_off = not config.sendgrid.open_tracking and not (tally.opens or tally.machine)
     clicks_off = not config.sendgrid.click_tracking and not tally.clicks
-    links, clickers, cta_readers = _links(tally, state, config, workshop_id)
+    links, clickers, cta_readers = _links(tally, readers, config, workshop_id)
     workshop = config.workshops.get(workshop_id)
     cta = None
     if workshop is not None:
         cta_count = _UNKNOWN if clicks_off else _count(len(cta_readers), base)
         cta = Cta(workshop.title, workshop.register_url, cta_count.count, cta_count.rate)
-    dropped = {reason: n for reason, raw in sorted(tally.dropped.items()) if (n := len(_readers(raw, state)))}
+    dropped = {reason: n for reason, raw in sorted(tally.dropped.items()) if (n := len(readers(raw)))}
     stats = IssueStats(
         item.slug, title, item.start, sent, delivered=_count(base, sent),
-        opens=_UNKNOWN if opens_off else _count(len(_readers(tally.opens, state)), base),
-        machine_opens=_UNKNOWN if opens_off else _count(len(_readers(tally.machine, state)), base),
+        opens=_UNKNOWN if opens_off else _count(len(readers(tally.opens)), base),
+        machine_opens=_UNKNOWN if opens_off else _count(len(readers(tally.machine)), base),
         clicks=_UNKNOWN if clicks_off else _count(len(clickers), base), cta=cta, links=[] if clicks_off else links,
         bounces=Bounces(_count(len(hard), sent), _count(len(soft), sent), dropped),
-        unsubscribes=_count(len(_readers(tally.unsubscribes, state) | own), base),
-        spamreports=_count(len(_readers(tally.spamreports, state)), base), warnings=[],
+        unsubscribes=_count(len(readers(tally.unsubscribes) | own), base),
+        spamreports=_count(len(readers(tally.spamreports)), base), warnings=[],
         joined_since=None if item.start is None else sum(1 for at in facts.joined if at >= item.start),
-        events=tally.events)
+        heard=heard)
     stats.warnings = _warnings(stats, config, opens_off=opens_off, clicks_off=clicks_off)
     return stats
 
@@ -409,7 +432,7 @@ def _warnings(s: IssueStats, config: Config, *, opens_off: bool, clicks_off: boo
     """Plain sentences about what needs the writer's attention."""
     out = []
     delivered = s.delivered.count or 0
-    if s.sent and not s.events:
+    if s.sent and not s.heard:
         out.append(f"no delivery events yet: is `newsletter serve` reachable at {config.base_url}/webhooks/sendgrid"
                    " and the Event Webhook on? (see README)")
     elif s.sent and not delivered:
@@ -436,12 +459,12 @@ def _warnings(s: IssueStats, config: Config, *, opens_off: bool, clicks_off: boo
     return out
 
 
-def _firsts(pairs: Iterator[tuple[str, float]], state: JournalState) -> dict[str, float]:
-    """Each sent reader's earliest time among (address, time) pairs."""
+def _firsts(pairs: Iterator[tuple[str, float]], readers: _SentReaders) -> dict[str, float]:
+    """Each sent reader's earliest time among (logged address, time) pairs."""
     out: dict[str, float] = {}
     for raw, ts in pairs:
-        key = normalize(raw)
-        if state.is_sent_key(key):
+        key = readers.key.get(raw)
+        if key is not None:
             out[key] = min(ts, out.get(key, ts))
     return out
 
@@ -465,8 +488,9 @@ def _timeline(item: _Sent, tally: _Tally, config: Config) -> Timeline:
             out.append(total)
         return out
 
-    return Timeline(item.slug, cumulative(_firsts(iter(tally.first_open.items()), item.state)),
-                    cumulative(_firsts(clicks, item.state)))
+    readers = _SentReaders(item.state, tally)
+    return Timeline(item.slug, cumulative(_firsts(iter(tally.first_open.items()), readers)),
+                    cumulative(_firsts(clicks, readers)))
 
 
 def _growth(facts: _LedgerFacts, today: dt.date) -> list[Week]:
@@ -500,7 +524,7 @@ def landed(root: Path, *, only: str | None = None, charts: bool = False) -> Land
     facts = _ledger_facts(root)
     newest = sent[0] if charts and sent and sent[0].start is not None else None
     tallies = _tally_events(events_path(root), {s.slug for s in sent}, newest.slug if newest else None)
-    issues = [_finish(s, tallies.get(s.slug) or _Tally(False), root, config, facts) for s in sent]
+    issues = [_finish(s, tallies.get(s.slug), root, config, facts) for s in sent]
     timeline = _timeline(newest, tallies.get(newest.slug) or _Tally(True), config) if newest else None
     return Landed(issues, timeline, _growth(facts, dt.datetime.now(dt.UTC).date()) if charts else [])
 
