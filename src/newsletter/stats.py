@@ -430,12 +430,14 @@ def _finish(item: _Sent, logged: _Tally | None, root: Path, config: Config, fact
 
 def _warnings(s: IssueStats, config: Config, *, opens_off: bool, clicks_off: bool) -> list[str]:
     """Plain sentences about what needs the writer's attention."""
+    if not s.sent:
+        return [f"not sent yet: `newsletter send --issue {s.slug}` sends it"]
     out = []
     delivered = s.delivered.count or 0
-    if s.sent and not s.heard:
+    if not s.heard:
         out.append(f"no delivery events yet: is `newsletter serve` reachable at {config.base_url}/webhooks/sendgrid"
                    " and the Event Webhook on? (see README)")
-    elif s.sent and not delivered:
+    elif not delivered:
         out.append("no `delivered` events: the rates of opens, clicks and spam reports cannot be known; tick "
                    "Delivered in SendGrid's Event Webhook (see README)")
     spam = (s.spamreports.count or 0) / delivered if delivered else 0.0
