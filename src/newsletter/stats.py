@@ -274,8 +274,8 @@ class _LedgerFacts:
     """What the ledger adds, read once: our own unsubscribes and confirmed sign-ups, with their times."""
 
     unsubscribes: list[tuple[dt.datetime, str]] = field(default_factory=list)  # page and one-click
-    joined: list[dt.datetime] = field(default_factory=list)
-    left: list[dt.datetime] = field(default_factory=list)  # suppressions of readers, imports left out
+    joined: list[tuple[dt.datetime, str]] = field(default_factory=list)
+    left: list[tuple[dt.datetime, str]] = field(default_factory=list)  # suppressions of readers, not imports
 
 
 def _ledger_facts(root: Path) -> _LedgerFacts:
@@ -285,9 +285,9 @@ def _ledger_facts(root: Path) -> _LedgerFacts:
             continue
         at = at if at.tzinfo else at.replace(tzinfo=dt.UTC)
         if e.event == "subscribe":
-            facts.joined.append(at)
+            facts.joined.append((at, e.email))
         elif e.event in SUPPRESSING and not e.source.startswith("import:"):
-            facts.left.append(at)
+            facts.left.append((at, e.email))
             if e.event == "unsubscribe" and e.source in OWN_UNSUBSCRIBE_SOURCES:
                 facts.unsubscribes.append((at, e.email))
     return facts
@@ -309,7 +309,8 @@ def _sent_issues(root: Path, only: str | None) -> list[_Sent]:
     from .journal import first_run_at, journal_path
 
     paths = sorted(sends_dir(root).glob("*.jsonl")) if sends_dir(root).is_dir() else []
-    starts = sorted((t, p.stem) for p in paths if (t := first_run_at(p)) is not None)
+    starts = sorted((t if t.tzinfo else t.replace(tzinfo=dt.UTC), p.stem)
+                    for p in paths if (t := first_run_at(p)) is not None)
     out = []
     for i, (start, slug) in enumerate(starts):
         if only is not None and slug != only:
@@ -422,7 +423,7 @@ def _finish(item: _Sent, logged: _Tally | None, root: Path, config: Config, fact
         bounces=Bounces(_count(len(hard), sent), _count(len(soft), sent), dropped),
         unsubscribes=_count(len(readers(tally.unsubscribes) | own), base),
         spamreports=_count(len(readers(tally.spamreports)), base), warnings=[],
-        joined_since=None if item.start is None else sum(1 for at in facts.joined if at >= item.start),
+        joined_since=None if item.start is None else len({e for at, e in facts.joined if at >= item.start}),
         heard=heard)
     stats.warnings = _warnings(stats, config, opens_off=opens_off, clicks_off=clicks_off)
     return stats
@@ -496,20 +497,22 @@ def _timeline(item: _Sent, tally: _Tally, config: Config) -> Timeline:
 
 
 def _growth(facts: _LedgerFacts, today: dt.date) -> list[Week]:
-    """Joined and left per week, from the first week with either (at most GROWTH_WEEKS weeks) to this one."""
-    dates = [at.date() for at in facts.joined + facts.left]
+    """Readers who joined and who left per week (each counted once a week), from the first week with either (at
+    most GROWTH_WEEKS weeks back) to this one."""
+    dates = [at.date() for at, _ in facts.joined + facts.left]
     if not dates:
         return []
     this_week = today - dt.timedelta(days=today.weekday())
     first = max(min(dates) - dt.timedelta(days=min(dates).weekday()),
                 this_week - dt.timedelta(weeks=GROWTH_WEEKS - 1))
-    weeks = {first + dt.timedelta(weeks=i): [0, 0] for i in range((this_week - first).days // 7 + 1)}
-    for which, times in ((0, facts.joined), (1, facts.left)):
-        for at in times:
+    weeks: dict[dt.date, tuple[set[str], set[str]]] = {
+        first + dt.timedelta(weeks=i): (set(), set()) for i in range((this_week - first).days // 7 + 1)}
+    for which, events in ((0, facts.joined), (1, facts.left)):
+        for at, email in events:
             monday = at.date() - dt.timedelta(days=at.weekday())
             if monday in weeks:
-                weeks[monday][which] += 1
-    return [Week(start, joined, left) for start, (joined, left) in weeks.items()]
+                weeks[monday][which].add(email)
+    return [Week(start, len(joined), len(left)) for start, (joined, left) in weeks.items()]
 
 
 # -- what callers use ------------------------------------------------------------------------------------------
