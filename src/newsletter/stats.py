@@ -369,16 +369,16 @@ def _links(tally: _Tally, readers_of: _SentReaders, config: Config, workshop_id:
     clicked the workshop's."""
     workshop = config.workshops.get(workshop_id)
     upcoming = config.workshops.get(workshop.next) if workshop and workshop.next else None
-    unsubscribe = link_key(f"{config.base_url}/unsubscribe/")
+    unsubscribe, folded = link_key(f"{config.base_url}/unsubscribe/"), f"{config.base_url}/unsubscribe/…"
     grouped: dict[str, set[str]] = {}
     for url, raw in tally.clicks.items():
         key = link_key(url)
-        key = f"{config.base_url}/unsubscribe/…" if key.startswith(unsubscribe) else key
+        key = folded if key.startswith(unsubscribe) else key  # each reader's own link: one entry, no token shown
         grouped.setdefault(key, set()).update(readers_of(raw))
     links, clickers, cta = [], set(), set()
     for url, readers in grouped.items():
         role = None
-        if url.endswith("/unsubscribe/…"):
+        if url == folded:
             role = LinkRole.UNSUBSCRIBE
         elif workshop and workshop.register_url and same_page(url, workshop.register_url):
             role = LinkRole.WORKSHOP
