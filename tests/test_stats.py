@@ -179,7 +179,6 @@ def test_tracking_off_is_said_not_shown_as_zero(ready_project: Path, env: dict[s
 
 
 @pytest.mark.parametrize(("spam", "hard", "expected"), [
-    (0, 0, []),
     (1, 0, ["spam reports 0.10 % of delivered: Gmail asks senders to stay under 0.1 % (and blocks at 0.3 %)"]),
     (3, 0, ["spam reports 0.30 % of delivered: above Gmail's 0.3 % limit"]),
     (0, 21, ["hard bounces 2.1 % of sent: above 2 %"]),
