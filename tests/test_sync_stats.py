@@ -1,8 +1,7 @@
-"""`newsletter sync` against the fake's paginated suppression lists; `newsletter stats` from the events log."""
+"""`newsletter sync` against the fake's paginated suppression lists (`stats` is in test_stats.py)."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -75,40 +74,3 @@ def test_send_syncs_first_unless_told_not_to(ready_project: Path, fake: FakeSend
     result = Cli(ready_project)("send", "--issue", SEED_SLUG, "--yes")
     assert result.exit_code == 0, result.output
     assert set(fake.delivered) == {"a@readers.net"}
-
-
-def test_stats_table_and_json(ready_project: Path) -> None:
-    journal = ready_project / "subscribers" / "sends" / f"{SEED_SLUG}.jsonl"
-    journal.parent.mkdir(parents=True)
-    emails = [f"r{i}@readers.net" for i in range(10)]
-    journal.write_text(json.dumps({"t": "run", "at": "2026-11-26T07:00:00+00:00"}) + "\n"
-                       + json.dumps({"t": "batch", "b": 1, "emails": emails}) + "\n"
-                       + json.dumps({"t": "attempt", "b": 1, "n": 1}) + "\n"
-                       + json.dumps({"t": "ok", "b": 1, "status": 202, "id": "x"}) + "\n")
-    events = []
-    for i in range(9):
-        events.append({"email": emails[i], "event": "delivered", "newsletter_issue": SEED_SLUG})
-    events.append({"email": emails[9], "event": "bounce", "type": "bounce", "newsletter_issue": SEED_SLUG})
-    for i in range(5):
-        events += [{"email": emails[i], "event": "open", "newsletter_issue": SEED_SLUG}] * 2
-    events.append({"email": emails[0], "event": "click", "url": "https://a.net/x", "newsletter_issue": SEED_SLUG})
-    events.append({"email": emails[1], "event": "click", "url": "https://a.net/x", "newsletter_issue": SEED_SLUG})
-    events.append({"email": emails[1], "event": "click", "url": "https://a.net/y", "newsletter_issue": SEED_SLUG})
-    events.append({"email": emails[2], "event": "unsubscribe", "newsletter_issue": SEED_SLUG})
-    events.append({"email": emails[3], "event": "open", "newsletter_issue": "another-issue"})
-    (ready_project / "subscribers" / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
-    # an unsubscribe through our own page after the send counts too; one before it does not
-    (ready_project / "subscribers" / "unsubscribes.csv").write_text(
-        "email,event,at,source,detail\n"
-        f"{emails[6]},unsubscribe,2026-11-26T09:00:00Z,one-click,\n"
-        f"{emails[7]},unsubscribe,2026-11-20T09:00:00Z,page,\n")
-    cli = Cli(ready_project)
-    table = cli("stats", "--issue", SEED_SLUG)
-    assert table.exit_code == 0, table.output
-    assert "delivered            9   90.0%" in table.output
-    assert "unique opens         5   50.0%" in table.output
-    assert "2  https://a.net/x" in table.output
-    data = json.loads(cli("stats", "--issue", SEED_SLUG, "--json").output)
-    assert data["sent"] == 10 and data["bounced"] == {"count": 1, "rate": 0.1}
-    assert data["clicks"]["count"] == 2 and data["unsubscribes"]["count"] == 2
-    assert data["top_links"][0] == {"url": "https://a.net/x", "unique_clicks": 2}

@@ -734,42 +734,54 @@ def sync(root: Path, full: bool, show_pending: bool) -> None:
 
 
 @main.command()
-@click.option("--issue", "slug", required=True, metavar="SLUG", help="The issue.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.option("--issue", "slug", metavar="SLUG", help="One issue (default: every sent issue, newest first).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts (a list without --issue).")
 @command_options
-def stats(root: Path, slug: str, as_json: bool) -> None:
-    """Delivery and engagement of a sent issue, from the send journal and SendGrid's events.
+def stats(root: Path, slug: str | None, as_json: bool) -> None:
+    """What landed: delivery, human opens, clicks on the workshop, bounces, unsubscribes, spam reports and
+    sign-ups since, from the send journal and SendGrid's events; with warnings (spam reports near Gmail's
+    limit, hard bounces, tracking off).
 
     \b
-    Example:
-      newsletter stats --issue micro-moments-of-connection
+    Examples:
+      newsletter stats
+      newsletter stats --issue micro-moments-of-connection --json
     """
     import json
 
-    from .build import load
-    from .stats import issue_stats
+    from .report import issue_lines, table_lines
+    from .stats import all_stats, issue_stats
 
-    config, issue = load(root, slug)
-    s = issue_stats(root, issue.slug)
-    if as_json:
-        click.echo(json.dumps(s.as_dict(), indent=2))
-        return
-    click.echo(f"{'issue':<14}{issue.slug}")
-    click.echo(f"{'sent':<14}{s.sent:>8}  (accepted by SendGrid, from the send journal)")
-    if s.joined_since is not None:
-        click.echo(f"{'joined since':<14}{s.joined_since:>8}  (confirmed sign-ups since this issue went out)")
-    if s.waiting_for_events:
-        click.echo(f"no delivery events yet: is `newsletter serve` reachable at {config.base_url}"
-                   "/webhooks/sendgrid and the Event Webhook on? (see README)")
-        return
-    for label, value in (("delivered", s.delivered), ("bounced", s.bounced), ("unique opens", s.opens),
-                         ("unique clicks", s.clicks), ("unsubscribes", s.unsubscribes),
-                         ("spam reports", s.spamreports)):
-        click.echo(f"{label:<14}{value:>8}  {s.rate(value):6.1%}")
-    if s.top_links:
-        click.echo("top links (unique clicks):")
-        for url, n in s.top_links:
-            click.echo(f"  {n:>6}  {url}")
+    if slug is not None:
+        one = issue_stats(root, slug)
+        lines = [json.dumps(one.as_dict(), indent=2, ensure_ascii=False)] if as_json else issue_lines(one)
+    else:
+        issues = all_stats(root)
+        lines = ([json.dumps([s.as_dict() for s in issues], indent=2, ensure_ascii=False)] if as_json
+                 else table_lines(issues))
+    for line in lines:
+        click.echo(line)
+
+
+@main.command()
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where to write index.html (default: build/report).")
+@command_options
+def report(root: Path, out_dir: Path | None) -> None:
+    """Write what landed as a page with charts (build/report/index.html): every sent issue's delivered,
+    human opens and workshop clicks, the newest issue's first 72 hours, the list's growth week by week.
+
+    It holds readers' behaviour: keep it private (`serve` does not publish it).
+
+    \b
+    Example:
+      newsletter report --out build/report
+    """
+    from .report import write_report
+
+    written = write_report(root, out_dir.resolve() if out_dir else None)
+    click.echo(f"wrote {_show(written.path)} ({written.issues} issue(s)); it holds readers' behaviour: keep it "
+               "private")
 
 
 @main.command()

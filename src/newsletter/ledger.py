@@ -525,22 +525,32 @@ def _describe(events: list[Event]) -> str:
 
 
 def iter_events(path: Path, kind: Kind | None = None) -> Iterator[tuple[Event, dt.datetime | None]]:
-    """Readable events of the ledger in file order (of one kind, if given), each with its time parsed."""
+    """Readable events of the ledger in file order (of one kind, if given), each with its time parsed. Raises
+    LedgerError at a line whose address cannot be read (see `check_readable`): a count built on such a ledger
+    would be wrong."""
     try:
         fh = open(path, encoding="utf-8", errors="replace", newline="")  # noqa: SIM115 - closed below
     except FileNotFoundError:
         return
     with fh:
-        for row in csv.reader(fh):
+        reader = csv.reader(fh)
+        for row in reader:
             parsed = _BY_NAME.get(row[1]) if len(row) == 5 else None
-            if parsed is None or (kind and parsed != kind) or not is_plausible(normalize(row[0])):
+            email = normalize(row[0].lstrip("\ufeff")) if row else ""
+            if parsed is None or not is_plausible(email):
+                if row and not is_plausible(email) and not _torn_write(",".join(row)) and reader.line_num > 1:
+                    raise LedgerError(f"cannot read the address on this line: {','.join(row)[:60]!r}: the ledger is "
+                                      "not UTF-8 comma-separated CSV", path=path, line=reader.line_num,
+                                      hint="re-save it as CSV UTF-8 with commas (or restore it from a backup)")
+                continue
+            if kind and parsed != kind:
                 continue
             secs = _seconds(row[2])
             at = dt.datetime.fromtimestamp(secs, dt.UTC) if secs is not None else None
             signed = ""
             if parsed is Kind.SUBSCRIBE and (m := _SIGNED_UP.match(row[4])):
                 signed = m.group(1)
-            yield Event(normalize(row[0]), parsed, row[2], row[3], row[4], signed), at
+            yield Event(email, parsed, row[2], row[3], row[4], signed), at
 
 
 _TORN = re.compile(r'^[^\s,;"\x00\ufffd]*(,[a-z]*(,[0-9T:Z-]*)?)?$')
