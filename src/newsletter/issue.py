@@ -85,6 +85,15 @@ def issue_files(folder: Path) -> list[Path]:
     return [p for p in entries if safe_file(folder, p.name) is not None]
 
 
+def _refuse_links(folder: Path) -> None:
+    """issue.yaml and body.md are read only when they are plain files inside the folder."""
+    for name in ("issue.yaml", "body.md"):
+        if ((folder / name).exists() or (folder / name).is_symlink()) and safe_file(folder, name) is None:
+            raise IssueError("a link or not a regular file: an issue's files are read only when they are "
+                             "plain files inside its folder", path=folder / name,
+                             hint="replace the link with the file itself")
+
+
 def issues_dir(root: Path) -> Path:
     """The folder that holds one sub-folder per issue."""
     return root / ISSUES_DIR
@@ -128,11 +137,7 @@ def load_issue(root: Path, slug: str, config: Config | None = None) -> Issue:
         hint = f"did you mean `{close[0]}`? " if close else ""
         hint += f"issues here: {', '.join(slugs)}" if slugs else "create one with `newsletter new \"Title\"`"
         raise IssueError(f"unknown issue `{slug}`", path=issues_dir(root), hint=hint)
-    for name in ("issue.yaml", "body.md"):
-        if ((folder / name).exists() or (folder / name).is_symlink()) and safe_file(folder, name) is None:
-            raise IssueError("a link or not a regular file: an issue's files are read only when they are "
-                             "plain files inside its folder", path=folder / name,
-                             hint="replace the link with the file itself")
+    _refuse_links(folder)
     doc = load_yaml(folder / "issue.yaml", IssueError)
     data = doc.data
     for key in data:
