@@ -86,7 +86,11 @@ def issue_files(folder: Path) -> list[Path]:
 
 
 def _refuse_links(folder: Path) -> None:
-    """issue.yaml and body.md are read only when they are plain files inside the folder."""
+    """An issue is read only from a plain folder, and its issue.yaml and body.md only when they are plain files
+    inside it."""
+    if folder.is_symlink():
+        raise IssueError("the issue folder is a link: an issue is read only from a plain folder", path=folder,
+                         hint="replace the link with the folder itself")
     for name in ("issue.yaml", "body.md"):
         if ((folder / name).exists() or (folder / name).is_symlink()) and safe_file(folder, name) is None:
             raise IssueError("a link or not a regular file: an issue's files are read only when they are "
@@ -126,9 +130,7 @@ def load_issue(root: Path, slug: str, config: Config | None = None) -> Issue:
     """Read issues/<slug>/; raises IssueError naming the file and line of the first problem."""
     slugs = list_slugs(root)
     folder = issues_dir(root) / slug
-    if folder.is_symlink():
-        raise IssueError("the issue folder is a link: an issue is read only from a plain folder", path=folder,
-                         hint="replace the link with the folder itself")
+    _refuse_links(folder)
     if "/" in slug or "\\" in slug or slug.startswith(".") or not (folder / "issue.yaml").is_file():
         if folder.is_dir():
             raise IssueError("no issue.yaml in this issue folder", path=folder,
@@ -137,7 +139,6 @@ def load_issue(root: Path, slug: str, config: Config | None = None) -> Issue:
         hint = f"did you mean `{close[0]}`? " if close else ""
         hint += f"issues here: {', '.join(slugs)}" if slugs else "create one with `newsletter new \"Title\"`"
         raise IssueError(f"unknown issue `{slug}`", path=issues_dir(root), hint=hint)
-    _refuse_links(folder)
     doc = load_yaml(folder / "issue.yaml", IssueError)
     data = doc.data
     for key in data:
