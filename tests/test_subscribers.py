@@ -198,3 +198,15 @@ def test_every_reader_of_the_ledger_refuses_an_unreadable_line(cli: Cli, project
             assert result.exit_code == 1, (argv, result.output)
             assert "unsubscribes.csv:1: cannot read the address on this line" in result.output, argv
         assert not out.exists()  # no export with the opted-out reader in it
+
+
+def test_count_reconciles_with_the_old_tool(cli: Cli, project: Path, tmp_path: Path) -> None:
+    export = tmp_path / "unsubscribed_members_export_4f1e2a.csv"
+    export.write_text("Email Address,UNSUB_TIME\ngone1@readers.net,2024-01-01 10:00:00\n"
+                      "gone2@readers.net,2024-02-01 10:00:00\nada@readers.net,2024-03-01 10:00:00\n")
+    cli("subscribers", "add", "ada@readers.net")  # on the list before her opt-out arrives with the import
+    cli("subscribers", "add", "bob@readers.net")
+    assert cli("subscribers", "import", str(export)).exit_code == 0
+    out = cli("subscribers", "count").output
+    assert "active:     1" in out and "suppressed: 1 (unsubscribe 1)" in out
+    assert "opted out, not on the list: 2" in out

@@ -350,6 +350,7 @@ def subscribers_count(root: Path) -> None:
     detail = ", ".join(f"{k} {v}" for k, v in sorted(c.suppressed.items()))
     click.echo(f"suppressed: {total_suppressed}" + (f" ({detail})" if detail else ""))
     click.echo(f"total:      {c.total}" + (f" (and {c.duplicates} duplicate row(s) ignored)" if c.duplicates else ""))
+    click.echo(f"opted out, not on the list: {c.opted_out_elsewhere}")
     from .signup import pending_signups
 
     click.echo(f"pending:    {len(pending_signups(root))} sign-up(s) waiting for confirmation")

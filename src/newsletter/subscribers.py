@@ -346,6 +346,7 @@ class ListCounts:
     suppressed: Counter[str]
     duplicates: int
     ledger_problems: list[str] = field(default_factory=list)
+    opted_out_elsewhere: int = 0  # suppressed in the ledger, not on the list
 
 
 def count_subscribers(root: Path) -> ListCounts:
@@ -354,14 +355,18 @@ def count_subscribers(root: Path) -> ListCounts:
     tally = Eligibility()
     total = active = 0
     suppressed: Counter[str] = Counter()
+    listed: set[int] = set()  # hashes: a million readers cost a few megabytes
     for key, *_ in unique(iter_subscribers(root), tally):
         total += 1
+        listed.add(hash(key))
         if ledger.is_suppressed(key):
             suppressed[ledger.event_of(key) or "?"] += 1
         else:
             active += 1
+    # Opt-outs of addresses not on the list (an old tool's unsubscribed readers): what reconciles with its counts.
+    elsewhere = sum(1 for k in ledger.addresses() if hash(k) not in listed and ledger.is_suppressed_key(k))
     return ListCounts(total=total, active=active, suppressed=suppressed, duplicates=tally.duplicates,
-                      ledger_problems=[str(p) for p in ledger.problems])
+                      ledger_problems=[str(p) for p in ledger.problems], opted_out_elsewhere=elsewhere)
 
 
 def iter_listing(root: Path, *, suppressed: bool) -> Iterator[tuple[str, str, str]]:
