@@ -44,6 +44,16 @@ def test_http_and_example_links_and_missing_alt(ready_project: Path) -> None:
     assert "body.md:9: relative link `notes.html`" in out
 
 
+def test_a_wrong_case_image_name_is_an_error_naming_the_file(ready_project: Path) -> None:
+    (ready_project / ISSUE / "IMG_4821.JPG").write_bytes(b"\xff\xd8\xff\xe0fake")
+    _body(ready_project, "A line.\n\n![The hills at dawn](img_4821.jpg)\n")
+    result = Cli(ready_project)("check")
+    assert result.exit_code == 1
+    errors = [line for line in result.output.splitlines() if "not found beside body.md" in line]
+    assert errors == [f"error: {ready_project / ISSUE / 'body.md'}:3: image file `img_4821.jpg` not found beside "
+                      "body.md: did you mean IMG_4821.JPG?"]  # once: render's warning is not repeated
+
+
 def test_long_subject_and_missing_preheader_are_warnings(ready_project: Path) -> None:
     path = ready_project / ISSUE / "issue.yaml"
     text = path.read_text().replace("subject: Micro moments of connection", "subject: " + "x" * 80)

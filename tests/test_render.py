@@ -181,6 +181,34 @@ def test_author_signs_the_essay(cli: Cli, project: Path) -> None:
     assert "all along.\n\n— Maya Hart\n" in (out / "email.txt").read_text()
 
 
+def test_a_missing_image_is_a_warning_naming_the_file_meant(cli: Cli, project: Path) -> None:
+    issue = project / "issues" / SEED_SLUG
+    (issue / "IMG_4821.JPG").write_bytes(b"\xff\xd8\xff\xe0fake")
+    (issue / "body.md").write_text("A line.\n\n![The hills at dawn](img_4821.jpg)\n\n![A cup](cup.png)\n",
+                                   encoding="utf-8")
+    result = cli("render")
+    assert result.exit_code == 0, result.output  # rendered all the same: check is the gate
+    warnings = [line for line in result.output.splitlines() if "not found beside body.md" in line]
+    assert warnings == [
+        f"warning: {issue / 'body.md'}:3: image file `img_4821.jpg` not found beside body.md: did you mean "
+        "IMG_4821.JPG?",
+        f"warning: {issue / 'body.md'}:5: image file `cup.png` not found beside body.md"]
+    (issue / "body.md").write_text("![The hills at dawn](IMG_4821.JPG)\n", encoding="utf-8")
+    assert "not found" not in cli("render").output
+
+
+def test_the_welcome_email_has_no_date_line(cli: Cli, project: Path) -> None:
+    assert cli("render", "--issue", "welcome").exit_code == 0
+    out = project / "build" / "welcome"
+    text = (out / "email.txt").read_text(encoding="utf-8")
+    assert text.startswith("Micro Moments\n\n")  # not "Micro Moments · 26 November 2026"
+    page = (out / "email.html").read_text(encoding="utf-8")
+    assert html_blocks(page)[1] == "Micro Moments"  # the line above the title (after the hidden preheader)
+    assert "November 2026" not in page and "November 2026" not in text
+    cli("render")  # an issue of the week keeps its date line
+    assert "Micro Moments · 26 November 2026" in html_blocks((project / "build" / SEED_SLUG / "email.html").read_text())
+
+
 def test_newest_issue_by_date_is_the_default(cli: Cli, project: Path) -> None:
     older = project / "issues" / "an-older-essay"
     older.mkdir()

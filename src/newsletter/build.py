@@ -9,7 +9,7 @@ from .config import Config, load_config
 from .errors import Problem
 from .files import write_atomic
 from .issue import Issue, load_issue, newest_slug
-from .render import RenderedEmail, personalize_sample, render_issue
+from .render import RenderedEmail, missing_images, personalize_sample, render_issue
 from .tokens import secret_from_env
 
 
@@ -46,7 +46,7 @@ def build(root: Path, slug: str | None, out_dir: Path | None = None, *, eml: boo
 
         paths["eml"] = target / "email.eml"
         write_atomic(paths["eml"], build_sample_eml(config, rendered).decode("ascii"))
-    warnings = list(rendered.warnings)
+    warnings = [*missing_images(issue, rendered.body), *rendered.warnings]
     if is_dev:
         warnings.append(Problem("warning", "NEWSLETTER_SECRET is not set: the preview's unsubscribe link is signed "
                                 "with the development key (send refuses to run without a real one)"))

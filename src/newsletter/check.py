@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 from .build import load
 from .config import Config
 from .errors import Level, NewsletterError, Problem
-from .issue import Issue, safe_file, unsafe_files
+from .issue import Issue, local_name, missing_file, safe_file, unsafe_files
 from .render import TOKEN_TAG, RenderedEmail, image_urls, render_issue
 
 SUBJECT_MAX = 70
@@ -193,11 +193,8 @@ def _local_url_problems(issue: Issue, url: str, is_image: bool, path: Path | str
     if inside is None:
         return [Problem("error", f"image `{url}` is outside issues/{issue.slug}/: put the image in the issue's "
                         "folder and write its name alone", path, line)]
-    if safe_file(issue.dir, inside.name) is None:
-        if inside.exists() or inside.is_symlink():
-            return []  # a link or a device: _unsafe_files names it
-        return [Problem("error", f"image file `{url}` not found beside body.md", path, line)]
-    return []
+    missing = missing_file(issue.dir, inside.name)  # a link or a device is not missing: _unsafe_files names it
+    return [Problem("error", missing.message(), path, line)] if missing is not None else []
 
 
 def _unsafe_files(issue: Issue) -> list[Problem]:
@@ -433,13 +430,8 @@ def _yaml_line(issue: Issue, *keys: str) -> int | None:
 
 def _inside(folder: Path, url: str) -> Path | None:
     """The file a relative image URL names, when it stays inside `folder` (no `/etc/...`, no `../`)."""
-    from urllib.parse import unquote
-
-    name = unquote(url.split("?", 1)[0].split("#", 1)[0])
-    if name.startswith(("/", "\\")) or "\x00" in name:
-        return None
-    target = folder / name  # not resolved: a link is refused by safe_file, never followed
-    return target if "/" not in name and "\\" not in name and name not in (".", "..") else None
+    name = local_name(url)
+    return folder / name if name is not None else None  # not resolved: a link is refused by safe_file, never followed
 
 
 def _origin(url: str, body_lines: dict[str, int], issue: Issue, config: Config,

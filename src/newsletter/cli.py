@@ -94,7 +94,8 @@ def _echo_problem(problem: Any) -> None:
 
 
 @main.command()
-@click.option("--issue", "slug", metavar="SLUG", help="The issue to render (default: the newest by date).")
+@click.option("--issue", "slug", metavar="SLUG",
+              help="The issue to render (default: the one whose folder you are in, else the newest by date).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write to DIR/<slug>/ instead of build/<slug>/.")
 @click.option("--eml", is_flag=True, help="Also write email.eml, the complete message a mail client opens.")
@@ -109,8 +110,9 @@ def render(root: Path, slug: str | None, out_dir: Path | None, eml: bool) -> Non
       newsletter render --issue micro-moments-of-connection --out build/
     """
     from .build import build
+    from .issue import chosen_slug
 
-    result = build(root, slug, out_dir.resolve() if out_dir else None, eml=eml)
+    result = build(root, chosen_slug(root, slug, Path.cwd()), out_dir.resolve() if out_dir else None, eml=eml)
     for path in result.paths.values():
         click.echo(f"wrote {_show(path)}")
     kb = result.html_bytes / 1024
@@ -127,7 +129,8 @@ def _show(path: Path) -> str:
 
 
 @main.command()
-@click.option("--issue", "slug", metavar="SLUG", help="The issue to check (default: the newest by date).")
+@click.option("--issue", "slug", metavar="SLUG",
+              help="The issue to check (default: the one whose folder you are in, else the newest by date).")
 @click.option("--links", is_flag=True, help="Also request every link and report broken ones (needs the network).")
 @click.option("--no-spam", is_flag=True, help="Skip the SpamAssassin score.")
 @command_options
@@ -142,8 +145,9 @@ def check(root: Path, slug: str | None, links: bool, no_spam: bool) -> None:
       newsletter check --issue micro-moments-of-connection
     """
     from .check import check_slug
+    from .issue import chosen_slug
 
-    _, issue, _, problems = check_slug(root, slug, links=links, spam=not no_spam)
+    _, issue, _, problems = check_slug(root, chosen_slug(root, slug, Path.cwd()), links=links, spam=not no_spam)
     for problem in problems:
         _echo_problem(problem)
     from .errors import Level
@@ -430,7 +434,8 @@ def resubscribe(root: Path, addresses: tuple[str, ...], note: str) -> None:
 
 
 @main.command()
-@click.option("--issue", "slug", required=True, metavar="SLUG", help="The issue to send.")
+@click.option("--issue", "slug", metavar="SLUG",
+              help="The issue to send (default: the one whose folder you are in; required elsewhere).")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation (scripts, cron).")
 @click.option("--dry-run", is_flag=True, help="Do everything but the network: check, count, build every request.")
 @click.option("--to", "to", multiple=True, metavar="ADDR",
@@ -443,7 +448,7 @@ def resubscribe(root: Path, addresses: tuple[str, ...], note: str) -> None:
 @click.option("--concurrency", type=click.IntRange(1, 16), help="Requests in flight (default from newsletter.yaml).")
 @click.option("--no-sync", is_flag=True, help="Do not pull SendGrid's suppression lists into the ledger first.")
 @command_options
-def send(root: Path, slug: str, yes: bool, dry_run: bool, to: tuple[str, ...], at_text: str | None,
+def send(root: Path, slug: str | None, yes: bool, dry_run: bool, to: tuple[str, ...], at_text: str | None,
          resend_in_doubt: bool, sandbox: bool, concurrency: int | None, no_sync: bool) -> None:
     """Send an issue to every reader who has not unsubscribed, in batches through SendGrid.
 
@@ -456,9 +461,11 @@ def send(root: Path, slug: str, yes: bool, dry_run: bool, to: tuple[str, ...], a
       newsletter send --issue micro-moments-of-connection --dry-run
       newsletter send --issue micro-moments-of-connection
     """
+    from .issue import required_slug
     from .preflight import SendOptions, parse_at, prepare
     from .send import dispatch
 
+    slug = required_slug(root, slug, Path.cwd())
     at = parse_at(at_text) if at_text else None
     options = SendOptions(slug=slug, dry_run=dry_run, to=to, at=at, resend_in_doubt=resend_in_doubt,
                           sandbox=sandbox, concurrency=concurrency, sync=not no_sync)
@@ -564,19 +571,21 @@ def _print_report(r, *, dry_run: bool, test: bool) -> None:  # type: ignore[no-u
 
 
 @main.command()
-@click.option("--issue", "slug", required=True, metavar="SLUG", help="The issue.")
+@click.option("--issue", "slug", metavar="SLUG",
+              help="The issue (default: the one whose folder you are in; required elsewhere).")
 @click.option("--readers", "show_readers", is_flag=True, help="Also list who has it (the addresses SendGrid accepted).")
 @command_options
-def status(root: Path, slug: str, show_readers: bool) -> None:
+def status(root: Path, slug: str | None, show_readers: bool) -> None:
     """Show an issue's send: sent, pending, failed, in doubt.
 
     \b
     Example:
       newsletter status --issue micro-moments-of-connection
     """
+    from .issue import required_slug
     from .send import send_status
 
-    s = send_status(root, slug)
+    s = send_status(root, required_slug(root, slug, Path.cwd()))
     click.echo(f"issue:      {s.slug} ({len(s.runs)} send run(s))")
     for run in s.runs:
         click.echo(f"  run:      started {run.started}" + (f", ended {run.ended}" if run.ended else
@@ -628,9 +637,11 @@ def embed(root: Path) -> None:
 
 
 @main.command()
-@click.option("--issue", "slug", required=True, metavar="SLUG", help="The issue whose scheduled send to cancel.")
+@click.option("--issue", "slug", metavar="SLUG",
+              help="The issue whose scheduled send to cancel (default: the one whose folder you are in; "
+                   "required elsewhere).")
 @command_options
-def unschedule(root: Path, slug: str) -> None:
+def unschedule(root: Path, slug: str | None) -> None:
     """Cancel a send scheduled with `send --at`, at SendGrid (its batch id). The issue can then be scheduled or
     sent again; the cancelled batches do not count as sent.
 
@@ -638,8 +649,10 @@ def unschedule(root: Path, slug: str) -> None:
     Example:
       newsletter unschedule --issue micro-moments-of-connection
     """
+    from .issue import required_slug
     from .schedule import unschedule as cancel
 
+    slug = required_slug(root, slug, Path.cwd())
     schedule = cancel(root, slug)
     click.echo(f"cancelled the send scheduled for {schedule.send_at} (batch {schedule.batch_id}); "
                f"`newsletter send --issue {slug}` can schedule or send it again")
@@ -735,7 +748,8 @@ def sync(root: Path, full: bool, show_pending: bool) -> None:
 
 
 @main.command()
-@click.option("--issue", "slug", metavar="SLUG", help="One issue (default: every sent issue, newest first).")
+@click.option("--issue", "slug", metavar="SLUG",
+              help="One issue (default: the one whose folder you are in, else every sent issue, newest first).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts (a list without --issue).")
 @command_options
 def stats(root: Path, slug: str | None, as_json: bool) -> None:
@@ -750,9 +764,11 @@ def stats(root: Path, slug: str | None, as_json: bool) -> None:
     """
     import json
 
+    from .issue import chosen_slug
     from .report import issue_lines, table_lines
     from .stats import all_stats, issue_stats
 
+    slug = chosen_slug(root, slug, Path.cwd())
     if slug is not None:
         one = issue_stats(root, slug)
         lines = [json.dumps(one.as_dict(), indent=2, ensure_ascii=False)] if as_json else issue_lines(one)
@@ -809,7 +825,8 @@ def archive(root: Path, out_dir: Path | None) -> None:
 
 
 @main.command()
-@click.option("--issue", "slug", metavar="SLUG", help="The issue to preview (default: the newest by date).")
+@click.option("--issue", "slug", metavar="SLUG",
+              help="The issue to preview (default: the one whose folder you are in, else the newest by date).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="Port (0: any free one).")
 @click.option("--open", "open_browser", is_flag=True, help="Open the page in the default browser.")
 @command_options
@@ -822,9 +839,10 @@ def preview(root: Path, slug: str | None, port: int, open_browser: bool) -> None
     Example:
       newsletter preview --open
     """
+    from .issue import chosen_slug
     from .preview import run_preview
 
-    run_preview(root, slug, "127.0.0.1", port, open_browser=open_browser,
+    run_preview(root, chosen_slug(root, slug, Path.cwd()), "127.0.0.1", port, open_browser=open_browser,
                 ready=lambda url: click.echo(f"preview at {url} (Ctrl-C to stop)", err=True))
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config, unknown_workshop_message
-from .errors import IssueError
-from .yamlfile import YamlDoc, describe, load_yaml, unknown_key_message
+from .errors import IssueError, UsageError
+from .yamlfile import Problems, YamlDoc, describe, load_yaml, unknown_key_message
 
 ISSUES_DIR = "issues"
 ISSUE_KEYS = {"title", "subject", "preheader", "date", "workshop", "public", "greeting", "greeting_fallback",
@@ -103,6 +103,76 @@ def issues_dir(root: Path) -> Path:
     return root / ISSUES_DIR
 
 
+def issue_here(root: Path, cwd: Path) -> str | None:
+    """The slug of the issue whose folder `cwd` is in (issues/<slug>/ or any folder below it), else None."""
+    try:
+        inside = cwd.resolve().relative_to(issues_dir(root).resolve())
+    except (ValueError, OSError):
+        return None
+    if not inside.parts or inside.parts[0].startswith("."):
+        return None
+    folder = issues_dir(root) / inside.parts[0]
+    # a linked folder is no issue (load_issue refuses it); the current directory never resolves into one anyway
+    return folder.name if folder.is_dir() and not folder.is_symlink() else None
+
+
+def chosen_slug(root: Path, slug: str | None, cwd: Path) -> str | None:
+    """The issue a command works on: `--issue` when given, else the one whose folder `cwd` is in; None leaves the
+    choice to the command (`render`, `check`, `preview` then take the newest by date)."""
+    return slug or issue_here(root, cwd)
+
+
+def required_slug(root: Path, slug: str | None, cwd: Path) -> str:
+    """The issue a command that must be told (`send`, `status`, `unschedule`, `stats`) works on: `--issue` when
+    given, else the one whose folder `cwd` is in. Never the newest by date: those commands mail or report on
+    readers, so elsewhere a missing `--issue` is a usage error (exit 2)."""
+    chosen = chosen_slug(root, slug, cwd)
+    if chosen is None:
+        slugs = list_slugs(root)
+        raise UsageError("which issue? pass --issue SLUG, or run the command inside the issue's folder "
+                         "(issues/<slug>/)", hint=f"issues here: {', '.join(slugs)}" if slugs else "")
+    return chosen
+
+
+@dataclass(frozen=True)
+class MissingFile:
+    """A file an issue names that is not in its folder, with the file it probably means."""
+
+    name: str
+    did_you_mean: str | None = None
+
+    def message(self) -> str:
+        """'image file `img_4821.jpg` not found beside body.md: did you mean IMG_4821.JPG?'"""
+        text = f"image file `{self.name}` not found beside body.md"
+        return text + (f": did you mean {self.did_you_mean}?" if self.did_you_mean else "")
+
+
+def local_name(url: str) -> str | None:
+    """The file name a relative image URL in body.md names (`IMG_4821.JPG`, `my%20photo.jpg`), or None when it
+    does not name a file alone in the issue folder (`/etc/...`, `../`, `photos/a.jpg`, a full URL)."""
+    from urllib.parse import unquote, urlsplit
+
+    if urlsplit(url).scheme:
+        return None
+    name = unquote(url.split("?", 1)[0].split("#", 1)[0])
+    if not name or "/" in name or "\\" in name or "\x00" in name or name in (".", ".."):
+        return None
+    return name
+
+
+def missing_file(folder: Path, name: str) -> MissingFile | None:
+    """None when `name` is, letter for letter, a file of the issue folder, or something there that is not a plain
+    file (`check` names those on their own); else a MissingFile. The exact name counts, as the web server the
+    archive is published on tells `IMG_4821.JPG` from `img_4821.jpg` even where this disk does not."""
+    files = [p.name for p in issue_files(folder)]
+    if name in files or name in {p.name for p in unsafe_files(folder)}:
+        return None
+    candidates = [f for f in files if f not in ("issue.yaml", "body.md")]  # never what an image meant
+    same = [f for f in candidates if f.casefold() == name.casefold()]
+    close = same or difflib.get_close_matches(name, candidates, n=1, cutoff=0.8)
+    return MissingFile(name, close[0] if close else None)
+
+
 def list_slugs(root: Path) -> list[str]:
     """Slugs of every folder in issues/ that has an issue.yaml, sorted."""
     base = issues_dir(root)
@@ -126,8 +196,9 @@ def _parse_date(value: Any, doc: YamlDoc) -> dt.date:
                      line=doc.line("date"))
 
 
-def load_issue(root: Path, slug: str, config: Config | None = None) -> Issue:
-    """Read issues/<slug>/; raises IssueError naming the file and line of the first problem."""
+def _issue_folder(root: Path, slug: str) -> Path:
+    """issues/<slug>/ when it is a plain folder holding issue.yaml (and no links); IssueError naming the close
+    matches else."""
     slugs = list_slugs(root)
     folder = issues_dir(root) / slug
     _refuse_links(folder)
@@ -139,51 +210,76 @@ def load_issue(root: Path, slug: str, config: Config | None = None) -> Issue:
         hint = f"did you mean `{close[0]}`? " if close else ""
         hint += f"issues here: {', '.join(slugs)}" if slugs else "create one with `newsletter new \"Title\"`"
         raise IssueError(f"unknown issue `{slug}`", path=issues_dir(root), hint=hint)
+    return folder
+
+
+def load_issue(root: Path, slug: str, config: Config | None = None) -> Issue:
+    """Read issues/<slug>/; raises IssueError listing every problem of issue.yaml and body.md together."""
+    folder = _issue_folder(root, slug)
     doc = load_yaml(folder / "issue.yaml", IssueError)
+    problems = Problems(doc)
+    fields = _issue_fields(doc, problems, config)
+    body = _read_body(folder / "body.md", problems)
+    problems.raise_if_any(IssueError)
+    return Issue(slug=slug, dir=folder, body_md=body, doc=doc, **fields)
+
+
+def _issue_fields(doc: YamlDoc, problems: Problems, config: Config | None) -> dict[str, Any]:
+    """Issue's fields from issue.yaml; each problem goes to `problems` (the field keeps a default)."""
     data = doc.data
     for key in data:
         if str(key) not in ISSUE_KEYS:
-            raise IssueError(unknown_key_message(str(key), ISSUE_KEYS), path=doc.path, line=doc.line(str(key)))
+            problems.add((str(key),), unknown_key_message(str(key), ISSUE_KEYS))
 
     def text(key: str, default: str = "") -> str:
         value = data.get(key)
         if value is None:
             return default
         if isinstance(value, bool) or not isinstance(value, str | int | float):
-            raise IssueError(f"`{key}` must be text, not a {describe(value)}", path=doc.path, line=doc.line(key))
+            problems.add((key,), f"`{key}` must be text, not a {describe(value)}")
+            return default
         return " ".join(str(value).split())
 
+    def flag(key: str) -> bool:
+        value = data.get(key, False)
+        if not isinstance(value, bool):
+            problems.add((key,), f"`{key}` must be true or false, got {value!r}")
+        return value is True
+
     title = text("title")
-    if not title:
-        raise IssueError("no `title`: every issue needs one (it is the email's heading)", path=doc.path,
-                         line=doc.line("title"), hint='add a line such as `title: "My essay"`')
+    if not title and isinstance(data.get("title"), str | None):  # a list or the like is reported by text()
+        problems.add(("title",), "no `title`: every issue needs one (it is the email's heading)",
+                     hint='add a line such as `title: "My essay"`')
+    date = dt.date.min
     if "date" not in data:
-        raise IssueError("no `date` (YYYY-MM-DD): it orders the issues", path=doc.path)
-    date = _parse_date(data["date"], doc)
+        problems.add((), "no `date` (YYYY-MM-DD): it orders the issues", hint="add a line such as `date: 2026-12-03`")
+    else:
+        try:
+            date = _parse_date(data["date"], doc)
+        except IssueError as exc:
+            problems.add(("date",), exc.message)
     workshop = text("workshop")
     if workshop and config is not None and workshop not in config.workshops:
-        raise IssueError(unknown_workshop_message(workshop, config.workshops), path=doc.path,
-                         line=doc.line("workshop"))
-    public = data.get("public", False)
-    if not isinstance(public, bool):
-        raise IssueError(f"`public` must be true or false, got {public!r}", path=doc.path, line=doc.line("public"))
-    body_path = folder / "body.md"
+        problems.add(("workshop",), unknown_workshop_message(workshop, config.workshops))
+    return {"title": title, "subject": text("subject") or title, "preheader": text("preheader"), "date": date,
+            "workshop": workshop, "public": flag("public"), "welcome": flag("welcome"),
+            "greeting": text("greeting", DEFAULT_GREETING), "author": text("author"),
+            "greeting_fallback": text("greeting_fallback", DEFAULT_GREETING_FALLBACK)}
+
+
+def _read_body(path: Path, problems: Problems) -> str:
+    """body.md's text (a byte-order mark dropped); a missing, undecodable or empty file goes to `problems`."""
     try:
-        body = body_path.read_text(encoding="utf-8")
+        body = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise IssueError("missing body.md: the essay goes there, in Markdown", path=body_path) from None
+        problems.add_at(path, "missing body.md: the essay goes there, in Markdown")
+        return ""
     except UnicodeDecodeError as exc:
-        raise IssueError(f"not UTF-8 text (byte {exc.start})", path=body_path,
-                         hint="save the file as UTF-8") from None
+        problems.add_at(path, f"not UTF-8 text (byte {exc.start})", hint="save the file as UTF-8")
+        return ""
     if not body.strip():
-        raise IssueError("body.md is empty", path=body_path)
-    return Issue(
-        slug=slug, dir=folder, title=title, subject=text("subject") or title, preheader=text("preheader"),
-        date=date, workshop=workshop, body_md=body.lstrip("\ufeff"), public=public,
-        welcome=data.get("welcome") is True,
-        greeting=text("greeting", DEFAULT_GREETING), author=text("author"), doc=doc,
-        greeting_fallback=text("greeting_fallback", DEFAULT_GREETING_FALLBACK),
-    )
+        problems.add_at(path, "body.md is empty")
+    return body.lstrip("\ufeff")
 
 
 def newest_slug(root: Path) -> str:

@@ -175,7 +175,8 @@ def _context(config: Config, issue: Issue, body: markdown.Body, for_text: bool, 
         "subject": issue.subject,
         "preheader": issue.preheader,
         "date": issue.date,
-        "date_display": f"{issue.date.day} {issue.date:%B %Y}",
+        # empty for the welcome email: it reaches each reader on the day they join, not on the date it was written
+        "date_display": "" if issue.welcome else f"{issue.date.day} {issue.date:%B %Y}",
         "body": body.text if for_text else Markup(body.mjml),
         "greeting": greeting,
         "reader": {"name": name_tag, "first_name": first_tag},
@@ -393,6 +394,20 @@ def output_warnings(rendered: RenderedEmail, where: Path) -> list[Problem]:
         out.append(Problem("error", f"HTML is {size / 1024:.1f} KB: Gmail clips messages at 102 KB"))
     elif size >= 80 * 1024:
         out.append(Problem("warning", f"HTML is {size / 1024:.1f} KB: close to Gmail's 102 KB clip"))
+    return out
+
+
+def missing_images(issue: Issue, body: markdown.Body) -> list[Problem]:
+    """A warning for each image the essay shows that is not beside body.md (with the file it probably means:
+    `did you mean IMG_4821.JPG?`). `render` prints them; `check` makes them errors."""
+    from .issue import local_name, missing_file
+
+    out = []
+    for image in body.images:
+        name = local_name(image.url)
+        missing = missing_file(issue.dir, name) if name is not None else None  # outside the folder: check says so
+        if missing is not None:
+            out.append(Problem("warning", missing.message(), issue.body_path, image.line))
     return out
 
 

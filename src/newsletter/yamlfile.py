@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from .errors import NewsletterError
+from .errors import NewsletterError, where
 
 try:  # the C loader is several times faster; fall back when libyaml is absent
     from yaml import CSafeLoader as _Loader
@@ -37,6 +37,36 @@ class YamlDoc:
         return None
 
 
+class Problems:
+    """Collects every problem of a file (and of the files read with it) so that all are reported at once, as one
+    error: a single problem keeps its file, line and hint; several become one line each, `path:line: message`."""
+
+    def __init__(self, doc: YamlDoc) -> None:
+        self.doc = doc
+        self.items: list[tuple[Path, int | None, str, str]] = []
+
+    def add(self, keys: tuple[str, ...], message: str, hint: str = "") -> None:
+        """A problem at the line of `keys` in the document (no line when none of them is there)."""
+        self.items.append((self.doc.path, self.doc.line(*keys), message, hint))
+
+    def add_at(self, path: Path, message: str, line: int | None = None, hint: str = "") -> None:
+        """A problem in another file read along with the document (an issue's body.md)."""
+        self.items.append((path, line, message, hint))
+
+    def raise_if_any(self, error: type[NewsletterError]) -> None:
+        """Raise `error` holding every problem collected, when there is any."""
+        if not self.items:
+            return
+        if len(self.items) == 1:
+            path, line, message, hint = self.items[0]
+            raise error(message, path=path, line=line, hint=hint)
+        files = list(dict.fromkeys([self.doc.path, *(path for path, *_ in self.items)]))
+        ordered = sorted(self.items, key=lambda item: (files.index(item[0]), item[1] or 0))  # as the files read
+        text = "\n".join(f"{where(path, line)}{message}" + (f"\n  hint: {hint}" if hint else "")
+                         for path, line, message, hint in ordered)
+        raise error(f"{len(self.items)} problems:\n{text}")
+
+
 def _collect_lines(node: yaml.Node, prefix: KeyPath, out: dict[KeyPath, int]) -> None:
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
@@ -61,11 +91,7 @@ def load_yaml(path: Path, error: type[NewsletterError]) -> YamlDoc:
         node = yaml.compose(text, Loader=_Loader)
         data = yaml.load(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else None
-        problem = exc.problem or exc.context or "malformed YAML"
-        raise error(f"malformed YAML: {problem}", path=path, line=line,
-                    hint="check the indentation and quote values that contain ': ' or start with a symbol") from None
+        raise _malformed(exc, text, path, error) from None
     except yaml.YAMLError as exc:
         raise error(f"malformed YAML: {exc}", path=path) from None
     except ValueError as exc:
@@ -82,6 +108,47 @@ def load_yaml(path: Path, error: type[NewsletterError]) -> YamlDoc:
     if node is not None:
         _collect_lines(node, (), lines)
     return YamlDoc(path=path, data=data, lines=lines)
+
+
+_FLOW_CONTEXTS = {"while parsing a flow sequence": "[]", "while parsing a flow mapping": "{}"}
+_QUOTE_HINT = "end the value with the same quote it starts with (\" or ')"
+
+
+def _malformed(exc: yaml.MarkedYAMLError, text: str, path: Path, error: type[NewsletterError]) -> NewsletterError:
+    """The error for YAML that does not parse, at the line to fix: where an unclosed quote or bracket opens (the
+    parser notices only at the end of the file, or where the quote happens to close), else where parsing failed."""
+    opens, mark = exc.context_mark, exc.problem_mark or exc.context_mark
+    if exc.context == "while scanning a quoted scalar" and opens is not None:
+        return error("malformed YAML: this quote is never closed", path=path, line=opens.line + 1, hint=_QUOTE_HINT)
+    if mark is None:
+        return error(f"malformed YAML: {exc.problem or exc.context}", path=path)
+    bracket = _FLOW_CONTEXTS.get(exc.context or "")
+    if bracket and opens is not None and opens.line < mark.line:
+        return error(f"malformed YAML: the `{bracket[0]}` on this line is never closed", path=path,
+                     line=opens.line + 1, hint=f"close it with `{bracket[1]}` on the same line")
+    opened = _runaway_quote(text, mark.line)
+    if opened is not None:
+        return error(f"malformed YAML: the quote opened on this line closes only on line {mark.line + 1}",
+                     path=path, line=opened + 1, hint=_QUOTE_HINT)
+    return error(f"malformed YAML: {exc.problem or exc.context}", path=path, line=mark.line + 1,
+                 hint="check the indentation and quote values that contain ': ' or start with a symbol")
+
+
+def _runaway_quote(text: str, failed_line: int) -> int | None:
+    """The line (0-based) where a quoted value opens when it runs over several lines and closes on the line where
+    parsing failed: `title: "My essay` closed by the first quote of the next line leaves the rest of that line
+    out of place. None when no such value precedes the failure."""
+    opened = None
+    try:
+        for token in yaml.scan(text, Loader=_Loader):
+            if token.start_mark.line > failed_line:
+                break
+            if (isinstance(token, yaml.ScalarToken) and token.style in ('"', "'")
+                    and token.start_mark.line < token.end_mark.line == failed_line):
+                opened = token.start_mark.line
+    except yaml.YAMLError:
+        pass  # the scanner stops where the file breaks: what it read is enough
+    return opened
 
 
 def _refuse_aliases(text: str, path: Path, error: type[NewsletterError]) -> None:
