@@ -268,6 +268,8 @@ def _checked_members(tar: tarfile.TarFile, path: Path, root: Path) -> dict[str, 
         raise BackupError(f"the backup is damaged ({exc})", path=path) from None
     files: dict[str, tarfile.TarInfo] = {}
     for member in members:
+        if member.name.startswith(("/", "\\")):  # the data filter would quietly strip the slash: refuse instead
+            raise BackupError(f"refused, nothing was restored: {member.name!r} is an absolute path", path=path)
         try:
             tarfile.data_filter(member, str(root))
         except tarfile.FilterError as exc:
