@@ -81,18 +81,17 @@ def test_backup_with_nothing_to_back_up(cli: Cli, project: Path) -> None:
     assert not (project / "backups").exists()
 
 
-# A second process records unsubscribes in a loop through the library's own append (locked, fsynced). Each
+# A second process records unsubscribes in a loop through the ledger's one writer (locked, fsynced). Each
 # event's detail is large, so one append is a write of 32 KB that a reader without the lock can catch half done.
 PAD = 32768
 EVENTS = 80
 WRITER = f"""
 import sys
 from pathlib import Path
-from newsletter.ledger import Event, append_events, ledger_path
-root = Path(sys.argv[1])
+from newsletter.ledger import Event, Kind, Ledger, ledger_path
+ledger = Ledger(ledger_path(Path(sys.argv[1])))
 for i in range({EVENTS}):
-    append_events(ledger_path(root), [Event(f"reader{{i}}@readers.net", "unsubscribe", source="cli",
-                                            detail="asked by reply " + "x" * {PAD})])
+    ledger.record([Event(f"reader{{i}}@readers.net", Kind.UNSUBSCRIBE, detail="asked by reply " + "x" * {PAD})])
 """
 
 
@@ -116,11 +115,13 @@ def test_backups_during_concurrent_unsubscribes_then_restore(sender: Cli, tmp_pa
     writer = subprocess.Popen([sys.executable, "-c", WRITER, str(root)])
     ledger = root / "subscribers" / "unsubscribes.csv"
     taken: list[Path] = []
+    deadline = time.monotonic() + 60
     try:
         while (writer.poll() is None and len(taken) < 8) or not taken:
             if ledger.exists():
                 taken.append(backup(sender, "--out", str(tmp_path / "during" / f"{len(taken)}.tar.gz")))
             else:
+                assert writer.poll() is None and time.monotonic() < deadline, "the writer wrote nothing"
                 time.sleep(0.01)  # waiting for the writer's first line
     finally:
         writer.wait(timeout=60)
