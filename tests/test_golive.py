@@ -40,6 +40,11 @@ def get(port: int, path: str, method: str = "GET", body: bytes = b"",
         conn.close()
 
 
+def doctor(cli: Cli) -> dict[str, dict[str, str]]:
+    """`newsletter doctor --json`, by check id."""
+    return {c["check"]: c for c in json.loads(cli("doctor", "--json").output)["checks"]}
+
+
 def start_serve(root: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     """`newsletter serve` as systemd runs it: its own process, on loopback; waits for /healthz."""
     exe = str(Path(sys.executable).parent / "newsletter")
@@ -85,9 +90,9 @@ def test_going_live_walkthrough(tmp_path: Path, fake: FakeSendGrid, env: dict[st
     for address in ("ada@readers.net", "bob@readers.net", "cy@readers.net"):
         assert on_server("subscribers", "add", address).exit_code == 0
     assert git(server, "status", "--porcelain") == ""  # subscribers/ holds readers now, and git ignores it
-    if "doctor" in main.commands:  # the lead's `doctor` (README: Before your first send)
-        checks = {c["check"]: c for c in json.loads(on_server("doctor", "--json").output)["checks"]}
-        assert checks["list-private"]["status"] == "ok"
+    if "doctor" in main.commands:  # README: Before your first send (its DNS checks have their own tests)
+        checks = doctor(on_server)
+        assert checks["list-private"]["status"] == "ok" and checks["backup"]["status"] == "warn"
     # 2. `serve` runs there (systemd in README); its health check answers.
     proc = start_serve(server, port, tmp_path / "serve.log")
     try:
@@ -125,6 +130,8 @@ def test_going_live_walkthrough(tmp_path: Path, fake: FakeSendGrid, env: dict[st
     assert made.exit_code == 0, made.output
     backup = next((server / "backups").glob("*.tar.gz"))
     assert backup.stat().st_mode & 0o777 == 0o600 and git(server, "status", "--porcelain") == ""
+    if "doctor" in main.commands:
+        assert doctor(on_server)["backup"]["status"] == "ok"
     offsite = tmp_path / "laptop-backups" / backup.name
     offsite.parent.mkdir()
     shutil.copy2(backup, offsite)
