@@ -95,12 +95,6 @@ def data_files(root: Path) -> list[Path]:
     return sorted(found)
 
 
-def latest_backup(root: Path) -> Path | None:
-    """The newest backups/*.tar.gz (by modification time), if any."""
-    found = [p for p in backups_dir(root).glob("*.tar.gz") if p.is_file()]
-    return max(found, key=lambda p: p.stat().st_mtime) if found else None
-
-
 def _locked_files(root: Path) -> list[Path]:
     """Every file of subscribers/ whose writers take its lock (files.file_lock), in the order taken here. The
     push offset's comes first: its holder waits on SendGrid, and nothing else may be held meanwhile (an
