@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import html
+import os
 import re
 import shutil
+import stat
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
+from urllib.parse import urlsplit
 from xml.sax.saxutils import escape as xml_escape
 
 from .config import Config, load_config
@@ -148,3 +152,91 @@ def build_archive(root: Path, out_dir: Path) -> ArchiveResult:
     feed = out_dir / "feed.xml"
     write_atomic(feed, _feed(config, issues, f"{config.archive_url}/feed.xml"))
     return ArchiveResult(out_dir, [i.slug for i in issues], feed)
+
+
+# -- the archive as `newsletter serve` hosts it ------------------------------------------------------------------
+def site_dir(root: Path) -> Path:
+    """build/site: where `archive` writes by default, and where `serve` answers the archive from."""
+    return root / "build" / "site"
+
+
+def hosted_path(config: Config) -> str | None:
+    """The URL path `serve` answers the archive under ("/archive", "/letters/archive"), when archive_url lies
+    under base_url; None when the archive is published elsewhere."""
+    base, archive = urlsplit(config.base_url), urlsplit(config.archive_url)
+    if (base.scheme, base.netloc.lower()) != (archive.scheme, archive.netloc.lower()):
+        return None
+    base_path, archive_path = base.path.rstrip("/"), archive.path.rstrip("/")
+    if archive_path == base_path or archive_path.startswith(base_path + "/"):
+        return archive_path
+    return None
+
+
+def publish_hosted_images(root: Path, config: Config, issue: Issue) -> bool:
+    """Put the issue's images into build/site when `serve` hosts the archive, so they are there before `send`
+    requests them (the page itself stays private until the issue is sent). False when hosted elsewhere."""
+    if hosted_path(config) is None:
+        return False
+    publish_images(issue.dir, site_dir(root) / issue.slug)
+    return True
+
+
+class Found(StrEnum):
+    """What a path of the archive names."""
+
+    FILE = "file"
+    SLASH = "slash"  # a folder asked for without its trailing slash: its pages' relative links need one
+    MISSING = "missing"
+
+
+_PAGE_CACHE = "public, max-age=300"  # pages and the feed change when an issue goes out
+_IMAGE_CACHE = "public, max-age=2592000"  # 30 days: an image's name is fixed once the email points at it
+SITE_TYPES = {
+    ".html": ("text/html; charset=utf-8", _PAGE_CACHE),
+    ".xml": ("application/atom+xml; charset=utf-8", _PAGE_CACHE),  # feed.xml, the only XML `archive` writes
+    ".jpg": ("image/jpeg", _IMAGE_CACHE), ".jpeg": ("image/jpeg", _IMAGE_CACHE),
+    ".png": ("image/png", _IMAGE_CACHE), ".gif": ("image/gif", _IMAGE_CACHE),
+    ".webp": ("image/webp", _IMAGE_CACHE), ".avif": ("image/avif", _IMAGE_CACHE),
+    ".svg": ("image/svg+xml", _IMAGE_CACHE),
+}
+
+
+@dataclass(frozen=True)
+class SiteFile:
+    """The answer to a request for a path of the archive."""
+
+    found: Found
+    path: Path | None = None
+    stat: os.stat_result | None = None
+    content_type: str = ""
+    cache_control: str = ""
+
+
+def find_site_file(site: Path, rel: str) -> SiteFile:
+    """The regular file `rel` ("/", "/<slug>/", "/feed.xml", ...) names under `site`: never a symbolic link, a
+    path out of it, a hidden file (a write in progress) or a folder's listing; a folder is its index.html."""
+    if rel == "":
+        return SiteFile(Found.SLASH)
+    parts = rel.split("/")
+    if parts[0] != "":
+        return SiteFile(Found.MISSING)  # "/archivefoo" is not under "/archive"
+    parts = parts[1:]
+    folder = parts[-1] == ""
+    names = parts[:-1] if folder else parts
+    if any(not n or n.startswith(".") or "\\" in n or "\0" in n for n in names):
+        return SiteFile(Found.MISSING)  # "..", ".", "//", hidden files: refused before touching the disk
+    path = site
+    for name in [*names, "index.html"] if folder else names:
+        path = path / name
+        try:
+            info = os.lstat(path)
+        except (OSError, ValueError):
+            return SiteFile(Found.MISSING)
+        if stat.S_ISLNK(info.st_mode):
+            return SiteFile(Found.MISSING)  # a link could lead anywhere, subscribers/ included
+    if stat.S_ISDIR(info.st_mode) and not folder:
+        return SiteFile(Found.SLASH)
+    known = SITE_TYPES.get(path.suffix.lower())
+    if not stat.S_ISREG(info.st_mode) or known is None:
+        return SiteFile(Found.MISSING)
+    return SiteFile(Found.FILE, path, info, *known)

@@ -568,6 +568,10 @@ def _print_report(r, *, dry_run: bool, test: bool) -> None:  # type: ignore[no-u
         click.secho(f"{r.in_doubt} reader(s) in doubt: the request went out but no answer was recorded, so "
                     "they may have received it. They are never re-sent unless you run again with "
                     "--resend-in-doubt", fg="yellow", err=True)
+    if r.archive is not None:
+        click.echo(f"archive: {_show(r.archive.out_dir)} rebuilt ({len(r.archive.issues)} issue(s))")
+    for line in r.warnings:
+        click.secho(line, fg="yellow", err=True)
 
 
 @main.command()
@@ -822,6 +826,47 @@ def archive(root: Path, out_dir: Path | None) -> None:
         click.echo(f"wrote {_show(result.out_dir / slug / 'index.html')}")
     click.echo(f"wrote {_show(result.out_dir / 'index.html')} ({len(result.issues)} issue(s))")
     click.echo(f"wrote {_show(result.feed)}")
+
+
+@main.command()
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write it (default: backups/<UTC time>.tar.gz).")
+@command_options
+def backup(root: Path, out_file: Path | None) -> None:
+    """Back up subscribers/ (the list, the ledger, send journals, sign-ups, events) to a private .tar.gz.
+
+    Safe while `serve` runs and readers unsubscribe: every file is copied as it was at one instant.
+
+    \b
+    Example:
+      newsletter backup
+    """
+    from .backup import backup_subscribers
+
+    result = backup_subscribers(root, out_file.resolve() if out_file else None)
+    click.echo(f"wrote {_show(result.path)} ({result.files} file(s), {result.size / 1024:,.1f} KB)")
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Replace what subscribers/ holds (backed up first).")
+@command_options
+def restore(root: Path, file: Path, force: bool) -> None:
+    """Put a backup made by `newsletter backup` back into subscribers/.
+
+    Refused when subscribers/ already holds readers' data, unless --force (which keeps a backup of it first).
+    Stop `newsletter serve` while restoring, and start it again after.
+
+    \b
+    Example:
+      newsletter restore backups/20261201T213000Z.tar.gz
+    """
+    from .backup import data_dir, restore_subscribers
+
+    result = restore_subscribers(root, file.resolve(), force=force)
+    if result.saved is not None:
+        click.echo(f"kept what was there in {_show(result.saved.path)}")
+    click.echo(f"restored {result.files} file(s) into {_show(data_dir(root))}")
 
 
 @main.command()

@@ -158,7 +158,7 @@ def _refuse_check_errors(problems: list[Problem], slug: str) -> None:
 def _prepare(root: Path, options: SendOptions, config: Config, issue: Issue, rendered: RenderedEmail) -> Prepared:
     secret, _ = secret_from_env(required=True)
     api_key = "" if options.dry_run else api_key_from_env()
-    warnings = [] if options.dry_run else _check_images(config, rendered, test=bool(options.to))
+    warnings = [] if options.dry_run else _check_images(root, config, rendered, test=bool(options.to))
     warnings += [] if options.dry_run else _check_key(root, config, api_key, options)
     prepared = Prepared(root=root, config=config, issue=issue, rendered=rendered, options=options, secret=secret,
                         api_key=api_key, subject=f"[Test] {rendered.subject}" if options.to else rendered.subject,
@@ -200,11 +200,14 @@ def _require_secrets(options: SendOptions) -> None:
                         hint="export " + " and ".join(f"{m}=..." for m in missing))
 
 
-def _check_images(config: Config, rendered: RenderedEmail, *, test: bool) -> list[str]:
+def _check_images(root: Path, config: Config, rendered: RenderedEmail, *, test: bool) -> list[str]:
     """Each image of the essay, requested once where the email loads it (HEAD, then GET): readers must not get
     a broken-image icon. Refuses the send when one is not there as an image; a test copy only warns."""
+    from .archive import publish_hosted_images
     from .links import check_links
 
+    # When `serve` hosts the archive, the images go into build/site first: `serve` on this machine has them.
+    hosted = publish_hosted_images(root, config, rendered.issue)
     prefix = view_url(config, rendered.issue)
     urls = sorted({u for u in image_urls(rendered.html) if u.startswith(prefix)})
     problems = []
@@ -215,8 +218,9 @@ def _check_images(config: Config, rendered: RenderedEmail, *, test: bool) -> lis
                             f"`newsletter archive` and upload build/site")
     if problems and not test:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise SendError(problems[0] + more + "; nothing was sent",
-                        hint=f"the images load from {prefix}: publish the archive there first")
+        hint = (f"`newsletter serve` answers {prefix} from build/site on the machine it runs on: send from there "
+                "(README: Going live)" if hosted else f"the images load from {prefix}: publish the archive there first")
+        raise SendError(problems[0] + more + "; nothing was sent", hint=hint)
     return [f"warning: {p}" for p in problems]
 
 

@@ -10,16 +10,19 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .build import load
-from .errors import LedgerError, SendError, StorageError, TransportError
+from .errors import LedgerError, NewsletterError, SendError, StorageError, TransportError
 from .journal import Journal, RunInfo, ScheduleInfo, journal_path, load_state, send_lock
 from .ledger import Ledger, load_ledger
 from .preflight import Prepared
 from .recipients import Eligibility, Reader, eligible, unique
 from .sendgrid import Accepted, SendGridTransport, error_messages
 from .subscribers import iter_subscribers
+
+if TYPE_CHECKING:
+    from .archive import ArchiveResult
 
 MAX_BACKOFF = 30.0
 MAX_RATE_LIMIT_WAIT = 300.0
@@ -55,6 +58,8 @@ class SendReport:
     elapsed: float = 0.0
     errors: list[str] = field(default_factory=list)
     stopped: str = ""
+    warnings: list[str] = field(default_factory=list)  # what went wrong after the send, which still succeeded
+    archive: ArchiveResult | None = None  # the archive rebuilt after a complete send
 
     @property
     def ok(self) -> bool:
@@ -380,10 +385,24 @@ def dispatch(prepared: Prepared, progress: Callable[[Progress], None] | None = N
             # Re-read the journal under the lock: another run may have finished since `prepare`.
             prepared.journal = load_state(journal_path(prepared.root, prepared.issue.slug))
             batch_id = _new_schedule(prepared, transport) if prepared.options.at is not None else ""
-            return Dispatcher(prepared, transport, progress, batch_id=batch_id).run()
+            report = Dispatcher(prepared, transport, progress, batch_id=batch_id).run()
     except Timeout:
         raise SendError(f"another `newsletter send` of {prepared.issue.slug} is running",
                         hint="wait for it to finish; two sends of one issue at once are refused") from None
+    if report.ok:
+        _rebuild_archive(prepared, report)
+    return report
+
+
+def _rebuild_archive(prepared: Prepared, report: SendReport) -> None:
+    """The archive (build/site) rebuilt, so the issue just sent appears there without another step. A failure
+    is a warning: the mail went out, and `newsletter archive` can be run again."""
+    from .archive import build_archive, site_dir
+
+    try:
+        report.archive = build_archive(prepared.root, site_dir(prepared.root))
+    except (NewsletterError, OSError) as exc:
+        report.warnings.append(f"warning: the archive was not rebuilt ({exc}); run `newsletter archive`")
 
 
 def _new_schedule(prepared: Prepared, transport: SendGridTransport | None) -> str:

@@ -350,6 +350,23 @@ async def _health(request: Any) -> Any:
     return JSONResponse({"status": "ok", "newsletter": request.app.state.newsletter.config.name})
 
 
+async def _archive_file(request: Any) -> Any:
+    """The public archive from build/site (when archive_url lies under base_url): regular files only."""
+    from starlette.responses import FileResponse, RedirectResponse
+
+    from .archive import Found, find_site_file, site_dir
+
+    state: WebState = request.app.state.newsletter
+    found = find_site_file(site_dir(state.root), request.path_params["path"])
+    if found.found is Found.SLASH:
+        return RedirectResponse(request.url.path + "/", status_code=301)
+    if found.found is Found.MISSING or found.path is None:
+        return _page(state.config, "Page not found", "<p>There is no such page in the archive. "
+                     f'<a href="{html.escape(state.config.archive_url, quote=True)}/">All issues</a></p>', 404)
+    return FileResponse(found.path, stat_result=found.stat, media_type=found.content_type,
+                        headers={"Cache-Control": found.cache_control, "X-Content-Type-Options": "nosniff"})
+
+
 def create_app(root: Path) -> Any:
     """The ASGI app, configured from newsletter.yaml and the environment: the route table."""
     from starlette.applications import Starlette
@@ -374,6 +391,12 @@ def create_app(root: Path) -> Any:
         Route(f"{prefix}/confirm/{{token}}", _confirm_page, methods=["GET"]),
         Route(f"{prefix}/confirm/{{token}}", _confirm_post, methods=["POST"]),
     ]
+    from .archive import hosted_path
+
+    archive_path = hosted_path(config)
+    if archive_path is not None:  # last: the archive may sit at base_url itself, beside the routes above
+        routes.append(Route(f"{archive_path}{{path:path}}", _archive_file, methods=["GET", "HEAD"]))
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> Any:
         pusher.start()

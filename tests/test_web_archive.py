@@ -1,0 +1,145 @@
+"""`serve` hosts the public archive from build/site when archive_url lies under base_url; a send rebuilds it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from conftest import FILLED_CONFIG, SEED_SLUG, Cli, readers, write_list
+from PIL import Image
+from starlette.testclient import TestClient
+
+from newsletter.archive import build_archive, site_dir
+from newsletter.config import load_config
+from newsletter.issue import load_issue
+from newsletter.render import image_urls, render_issue, view_url
+from newsletter.web import create_app
+
+ISSUE = Path("issues") / SEED_SLUG
+
+
+def small_photo(path: Path) -> None:
+    """A small JPEG (re-encoding a camera-sized one costs a second of CPU)."""
+    Image.new("RGB", (320, 240), (200, 120, 40)).save(path, "JPEG")
+
+
+def with_photo(root: Path, *, public: bool = True) -> None:
+    small_photo(root / ISSUE / "dawn.jpg")
+    body = root / ISSUE / "body.md"
+    body.write_text(body.read_text(encoding="utf-8") + "\n\n![Dawn over the hills](dawn.jpg)\n", encoding="utf-8")
+    if public:  # listed in the archive before it is sent
+        with open(root / ISSUE / "issue.yaml", "a", encoding="utf-8") as fh:
+            fh.write("public: true\n")
+
+
+def email_urls(root: Path) -> tuple[str, list[str]]:
+    """The email's "view in browser" URL and the archive image URLs it loads."""
+    config = load_config(root)
+    rendered = render_issue(config, load_issue(root, SEED_SLUG, config))
+    view = view_url(config, rendered.issue)
+    return view, [u for u in image_urls(rendered.html) if u.startswith(view)]
+
+
+@pytest.fixture
+def site(ready_project: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("NEWSLETTER_SECRET", "archive-test-secret")
+    with_photo(ready_project)
+    build_archive(ready_project, site_dir(ready_project))
+    return ready_project
+
+
+def client(root: Path) -> TestClient:
+    return TestClient(create_app(root), follow_redirects=False)
+
+
+def test_serve_answers_the_archive_at_the_urls_the_email_uses(site: Path) -> None:
+    view, images = email_urls(site)
+    assert view == f"https://letters.micromoments.net/archive/{SEED_SLUG}/"
+    assert images == [f"{view}dawn.jpg"]
+    c = client(site)
+    page = c.get(urlsplit(view).path)
+    assert page.status_code == 200 and page.headers["content-type"] == "text/html; charset=utf-8"
+    assert page.headers["cache-control"] == "public, max-age=300"
+    assert "Dawn over the hills" in page.text and "/unsubscribe/" not in page.text
+    photo = c.get(urlsplit(images[0]).path)
+    assert photo.status_code == 200 and photo.headers["content-type"] == "image/jpeg"
+    assert photo.headers["cache-control"] == "public, max-age=2592000"
+    assert photo.headers["x-content-type-options"] == "nosniff"
+    assert photo.content == (site_dir(site) / SEED_SLUG / "dawn.jpg").read_bytes()
+    head = c.head(urlsplit(images[0]).path)
+    assert head.status_code == 200 and head.content == b"" and int(head.headers["content-length"]) == len(photo.content)
+    index = c.get("/archive/")
+    assert index.status_code == 200 and f'href="{SEED_SLUG}/"' in index.text
+    feed = c.get("/archive/feed.xml")
+    assert feed.status_code == 200 and feed.headers["content-type"] == "application/atom+xml; charset=utf-8"
+    assert feed.headers["cache-control"] == "public, max-age=300" and "<feed" in feed.text
+    # A folder asked for without its slash is sent to it: the pages' links are relative.
+    for bare in ("/archive", f"/archive/{SEED_SLUG}"):
+        moved = c.get(bare)
+        assert moved.status_code == 301 and moved.headers["location"] == bare + "/"
+    # The other routes still answer beside it.
+    assert c.get("/healthz").status_code == 200 and c.get("/subscribe").status_code == 200
+
+
+def test_only_regular_files_inside_build_site_are_served(site: Path) -> None:
+    out = site_dir(site)
+    (site / "subscribers" / "subscribers.csv").write_text("email,name\nada@readers.net,Ada\n")
+    os.symlink(site / "subscribers" / "subscribers.csv", out / "readers.html")
+    os.symlink(site / "subscribers", out / "private")
+    os.symlink(out / SEED_SLUG / "dawn.jpg", out / "link.jpg")  # a link stays a link, even to a good file
+    (out / ".index.html.x1y2").write_text("a write in progress")
+    (out / "notes.txt").write_text("not a type the archive publishes")
+    (site / "build" / "outside.html").write_text("beside build/site, not in it: ada@readers.net")
+    (out / "drafts").mkdir()
+    (out / "drafts" / "sky.jpg").write_bytes((out / SEED_SLUG / "dawn.jpg").read_bytes())
+    c = client(site)
+    for path in ("/archive/readers.html", "/archive/private/subscribers.csv", "/archive/link.jpg",
+                 "/archive/.index.html.x1y2", "/archive/notes.txt", "/archive/%2e%2e/outside.html",
+                 "/archive/..%2foutside.html", "/archive//etc/passwd", "/archive/drafts/",
+                 "/archive/nothing-here/", "/archivefoo", "/archive/feed.xml/x"):
+        answer = c.get(path)
+        assert answer.status_code == 404, path
+        assert "ada@readers.net" not in answer.text and "Index of" not in answer.text
+    assert c.get("/archive/drafts/sky.jpg").status_code == 200  # images of an unsent issue: published
+
+
+def test_the_archive_follows_base_url_and_archive_url(ready_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NEWSLETTER_SECRET", "archive-test-secret")
+    with_photo(ready_project)
+    config = ready_project / "newsletter.yaml"
+    config.write_text(FILLED_CONFIG.replace("https://letters.micromoments.net", "https://micromoments.net/letters"))
+    build_archive(ready_project, site_dir(ready_project))
+    view, images = email_urls(ready_project)
+    c = client(ready_project)
+    assert urlsplit(images[0]).path == f"/letters/archive/{SEED_SLUG}/dawn.jpg"
+    assert c.get(urlsplit(view).path).status_code == 200 and c.get(urlsplit(images[0]).path).status_code == 200
+    assert c.get("/archive/").status_code == 404
+    # Published elsewhere (a static host): serve leaves the path alone.
+    config.write_text(FILLED_CONFIG + "archive_url: https://static.micromoments.net/archive\n")
+    assert client(ready_project).get("/archive/").status_code == 404
+
+
+def test_a_finished_send_rebuilds_the_archive(sender: Cli, fake: object) -> None:
+    root = sender.root
+    write_list(root, readers(3))
+    page = site_dir(root) / SEED_SLUG / "index.html"
+    assert sender("send", "--issue", SEED_SLUG, "--dry-run").exit_code == 0
+    assert sender("send", "--issue", SEED_SLUG, "--to", "me@readers.net").exit_code == 0
+    assert not page.exists()  # neither a dry run nor a test copy publishes the issue
+    sent = sender("send", "--issue", SEED_SLUG, "--yes", "--no-sync")
+    assert sent.exit_code == 0, sent.output
+    assert "rebuilt (1 issue(s))" in sent.output
+    assert page.is_file() and f'href="{SEED_SLUG}/"' in (site_dir(root) / "index.html").read_text()
+
+
+def test_a_failed_rebuild_is_a_warning_not_a_failed_send(sender: Cli, fake: object) -> None:
+    root = sender.root
+    write_list(root, readers(2))
+    (root / "build").mkdir()
+    (root / "build" / "site").write_text("a file where the archive's folder should be")
+    sent = sender("send", "--issue", SEED_SLUG, "--yes", "--no-sync")
+    assert sent.exit_code == 0, sent.output
+    assert "sent: 2 reader(s)" in sent.output
+    assert "warning: the archive was not rebuilt" in sent.output and "run `newsletter archive`" in sent.output
