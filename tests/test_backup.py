@@ -84,13 +84,16 @@ def test_backup_with_nothing_to_back_up(cli: Cli, project: Path) -> None:
 # A second process records unsubscribes in a loop through the ledger's one writer (locked, fsynced). Each
 # event's detail is large, so one append is a write of 32 KB that a reader without the lock can catch half done.
 PAD = 32768
-EVENTS = 80
+EVENTS = 2000
 WRITER = f"""
 import sys
 from pathlib import Path
 from newsletter.ledger import Event, Kind, Ledger, ledger_path
 ledger = Ledger(ledger_path(Path(sys.argv[1])))
+stop = Path(sys.argv[2])
 for i in range({EVENTS}):
+    if stop.exists():  # the test has its backups: stop writing
+        break
     ledger.record([Event(f"reader{{i}}@readers.net", Kind.UNSUBSCRIBE, detail="asked by reply " + "x" * {PAD})])
 """
 
@@ -112,18 +115,20 @@ def without_timing(output: str) -> str:
 def test_backups_during_concurrent_unsubscribes_then_restore(sender: Cli, tmp_path: Path) -> None:
     root = sender.root
     write_list(root, readers(100))
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(root)])
+    stop = tmp_path / "stop"
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(root), str(stop)])
     ledger = root / "subscribers" / "unsubscribes.csv"
     taken: list[Path] = []
     deadline = time.monotonic() + 60
     try:
-        while (writer.poll() is None and len(taken) < 8) or not taken:
+        while (writer.poll() is None and len(taken) < 4) or not taken:
             if ledger.exists():
                 taken.append(backup(sender, "--out", str(tmp_path / "during" / f"{len(taken)}.tar.gz")))
             else:
                 assert writer.poll() is None and time.monotonic() < deadline, "the writer wrote nothing"
                 time.sleep(0.01)  # waiting for the writer's first line
     finally:
+        stop.touch()
         writer.wait(timeout=60)
     assert writer.returncode == 0
     counts = []
@@ -149,7 +154,9 @@ def test_backups_during_concurrent_unsubscribes_then_restore(sender: Cli, tmp_pa
         before, after = sender(*command), restored(*command)
         assert before.exit_code == after.exit_code == 0, before.output + after.output
         assert without_timing(before.output) == without_timing(after.output)
-    assert "active:     20" in sender("subscribers", "count").output  # 100 readers, 80 unsubscribed
+    written = sum(1 for line in ledger.read_text().splitlines()[1:])
+    active = max(0, 100 - written)  # 100 readers; the writer's first `written` unsubscribed
+    assert f"active:     {active}\n" in sender("subscribers", "count").output
 
 
 def test_a_backup_waits_for_an_append_in_progress(project: Path, cli: Cli, tmp_path: Path) -> None:
