@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, NamedTuple, TextIO
 
 from .errors import StorageError
 
@@ -145,3 +145,35 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
                 continue  # a torn record followed by a later one on the same line, or a hand edit
             if isinstance(record, dict):
                 yield record
+
+
+
+class Tail(NamedTuple):
+    """What `tail_jsonl` read: the records, the offset after them, and whether it started over."""
+
+    records: list[dict[str, Any]]
+    offset: int
+    restarted: bool  # the file was shorter than the offset (replaced, e.g. restored): read from the start
+
+
+def tail_jsonl(path: Path, offset: int) -> Tail:
+    """The JSON objects of the complete lines from byte `offset` on: how a process that keeps a JSON-lines file
+    in memory follows what was appended (a torn last line is read once it is whole)."""
+    try:
+        with open(path, "rb") as fh:
+            size = fh.seek(0, 2)
+            start = offset if offset <= size else 0
+            fh.seek(start)
+            data = fh.read(size - start)
+    except FileNotFoundError:
+        return Tail([], 0, offset > 0)
+    end = data.rfind(b"\n") + 1
+    records = []
+    for raw in data[:end].splitlines():
+        try:
+            record = json.loads(raw)
+        except (ValueError, RecursionError):
+            continue  # a torn record closed by a later append, or a hand edit
+        if isinstance(record, dict):
+            records.append(record)
+    return Tail(records, start + end, start < offset)

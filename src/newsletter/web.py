@@ -1,8 +1,10 @@
-"""`newsletter serve`: the unsubscribe page with RFC 8058 one-click POST, the SendGrid Event Webhook, health."""
+"""`newsletter serve`: the unsubscribe page with RFC 8058 one-click POST, the SendGrid Event Webhook, sign-up and
+its confirmation, health; the outbox worker; a private log and the security headers on every answer."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import html
 import logging
@@ -18,8 +20,20 @@ from urllib.parse import parse_qs, urlsplit
 from .config import Config, load_config
 from .errors import NewsletterError
 from .ledger import Event, Kind, Ledger, Source, ledger_path
+from .outbox import Outbox, OutboxWorker, Postman
+from .signup import (
+    MAX_FIRST_NAME,
+    Confirmed,
+    ConfirmStatus,
+    FormProblem,
+    Roster,
+    SignupOutcome,
+    SignupResult,
+    Signups,
+    Welcome,
+)
 from .suppressions import BackgroundPusher
-from .tokens import secret_from_env, verify_token
+from .tokens import LinkState, secret_from_env, verify_token
 from .webhook import (
     PUBLIC_KEY_ENV,
     SIGNATURE_HEADER,
@@ -34,7 +48,13 @@ from .webhook import (
 log = logging.getLogger("newsletter.web")
 MAX_FORM_BYTES = 16 * 1024
 MAX_WEBHOOK_BYTES = 5 * 1024 * 1024  # SendGrid posts batches of up to 768 KB
-_TOKEN_IN_PATH = re.compile(r"/unsubscribe/[^/?]+")
+DEADLINE_ENV = "NEWSLETTER_REQUEST_DEADLINE"  # seconds a client has to send a whole request (default 10)
+REQUEST_DEADLINE = 10.0
+# Every page: no script at all, styles inline (the pages' own) or from the archive's pages' sources, never framed.
+CONTENT_SECURITY_POLICY = ("default-src 'none'; style-src 'self' 'unsafe-inline' https:; img-src 'self' data: https:; "
+                           "font-src 'self' data: https:; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+SECURITY_HEADERS = {"content-security-policy": CONTENT_SECURITY_POLICY, "x-content-type-options": "nosniff",
+                    "referrer-policy": "no-referrer", "x-frame-options": "DENY"}
 
 
 @dataclass
@@ -48,6 +68,9 @@ class WebState:
     ledger: Ledger
     events: EventLog
     lock: threading.Lock  # check-then-append of one process is atomic: a second POST writes nothing new
+    signups: Signups
+    outbox: Outbox
+    worker: OutboxWorker  # sends the outbox: confirmation and welcome emails never go out inside a request
     prefix: str = ""  # the path of base_url, under which every route answers
 
 
@@ -56,13 +79,53 @@ def _loggable(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
-def _without_address(text: str, email: str) -> str:
-    return text.replace(email, _mask(email))
+_SECRET_PATH = re.compile(r"/(unsubscribe|confirm)/[^?]*")
+_ADDRESS = re.compile(r"""[^\s@<>()\[\]"',;:/]+@[^\s@<>()\[\]"',;:/]+""")
+_TOKEN = re.compile(r"\b[uc]1\.[A-Za-z0-9_.=-]+")
 
 
-def _mask(email: str) -> str:
-    local, _, domain = email.partition("@")
-    return f"{local[:1]}…@{domain}" if local else email
+def _hides_an_address(segment: str) -> bool:
+    """Whether a path segment is, holds or encodes an address (a token's middle part is one in base64)."""
+    from urllib.parse import unquote
+
+    text = unquote(segment)
+    if "@" in text or _TOKEN.match(text):
+        return True
+    for part in text.split("."):
+        if len(part) >= 4:
+            try:
+                if b"@" in base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)):
+                    return True
+            except ValueError:
+                continue
+    return False
+
+
+def path_for_log(path: str) -> str:
+    """A request path as the log shows it: tokens replaced (everything after /unsubscribe/ or /confirm/), any
+    segment that is, holds or encodes an address masked, control characters escaped."""
+    path = _SECRET_PATH.sub(lambda m: f"/{m.group(1)}/<token>", path)
+    return _loggable("/".join("<masked>" if _hides_an_address(seg) else seg for seg in path.split("/")))
+
+
+def private(text: str) -> str:
+    """Text with tokens and addresses masked: what may reach the log."""
+    return _ADDRESS.sub("<address>", _TOKEN.sub("<token>", text))
+
+
+def _for_log(text: str) -> str:
+    return _loggable(private(text))
+
+
+class PrivateLog(logging.Filter):
+    """On serve's log handler: no token or address reaches a log line, whoever logged it (uvicorn included)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Mask the message, and the traceback if there is one."""
+        record.msg, record.args = private(record.getMessage()), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = private(logging.Formatter().formatException(record.exc_info))
+        return True
 
 
 def _page(config: Config, title: str, body: str, status: int = 200) -> Any:
@@ -83,9 +146,12 @@ h1 {{ font-family:{f['heading']}; color:{c['heading']}; font-size:26px; line-hei
 button {{ background:{c['accent']}; color:{c['button_text']}; border:0; border-radius:6px; font-size:18px;
          font-weight:bold; padding:14px 28px; min-height:48px; cursor:pointer; font-family:inherit; }}
 p.small {{ font-size:14px; color:{c['muted']}; }}
+a {{ color:{c['accent']}; }}
+p.error {{ color:#a4262c; font-weight:bold; }}
 @media (prefers-color-scheme: dark) {{
   body {{ background:{c['dark_background']}; color:{c['dark_text']}; }}
   main {{ background:{c['dark_content']}; }} h1 {{ color:{c['dark_text']}; }} p.small {{ color:{c['dark_muted']}; }}
+  a {{ color:{c['dark_accent']}; }} p.error {{ color:#ff9a9f; }}
 }}
 </style></head>
 <body><main>
@@ -93,15 +159,15 @@ p.small {{ font-size:14px; color:{c['muted']}; }}
 <h1>{html.escape(title)}</h1>
 {body}
 </main></body></html>"""
-    return HTMLResponse(doc, status_code=status, headers={"Cache-Control": "no-store",
-                                                           "Referrer-Policy": "no-referrer"})
+    # The security headers are added to every answer by SecurityHeaders.
+    return HTMLResponse(doc, status_code=status, headers={"Cache-Control": "no-store"})
 
 
 _FIELD = "font-size:18px;padding:10px;width:100%;max-width:420px;box-sizing:border-box;"
 HONEYPOT = "website"  # a field hidden from people; a bot that fills it is answered and ignored
 
 
-def signup_form(config: Config, action: str, email: str = "") -> str:
+def signup_form(config: Config, action: str, email: str = "", first_name: str = "") -> str:
     """The sign-up form: plain HTML that works without JavaScript (the page and `newsletter embed`)."""
     promise = config.signup.promise or (f"One letter a week from {config.name}. Unsubscribe with one click, "
                                         "any time.")
@@ -112,7 +178,7 @@ def signup_form(config: Config, action: str, email: str = "") -> str:
             f'value="{html.escape(email, quote=True)}" style="{_FIELD}"></p>\n'
             '  <p><label for="nl-first">Your first name (optional)</label><br>\n'
             '  <input id="nl-first" name="first_name" type="text" autocomplete="given-name" '
-            f'style="{_FIELD}"></p>\n'
+            f'value="{html.escape(first_name, quote=True)}" style="{_FIELD}"></p>\n'
             f'  <p style="position:absolute;left:-10000px;" aria-hidden="true"><label for="nl-{HONEYPOT}">Leave '
             f'this empty</label><input id="nl-{HONEYPOT}" name="{HONEYPOT}" type="text" tabindex="-1" '
             'autocomplete="off"></p>\n'
@@ -121,8 +187,8 @@ def signup_form(config: Config, action: str, email: str = "") -> str:
             f'<p class="small"><a href="{html.escape(config.archive_url, quote=True)}/">Read the past issues</a></p>')
 
 
-def _confirm_refused(config: Config, why: str) -> Any:
-    if why == "expired":
+def _confirm_refused(config: Config, why: LinkState) -> Any:
+    if why is LinkState.EXPIRED:
         return _page(config, "This link has expired", "<p>Confirmation links work for 7 days. Please "
                      f'<a href="{html.escape(config.base_url, quote=True)}/subscribe">sign up again</a>.</p>', 400)
     return _page(config, "This link is not valid", "<p>This confirmation link is incomplete or has been changed. "
@@ -136,40 +202,49 @@ def _invalid(state: WebState) -> Any:
 
 
 async def _read_limited(request: Any, limit: int) -> bytes | None:
+    """The request body, or None when it is over `limit` bytes (or the client went away while sending it)."""
+    from starlette.requests import ClientDisconnect
+
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         return None
     body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            return None
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                return None
+    except ClientDisconnect:  # dropped at the request deadline: nobody reads the answer
+        return None
     return body
 
 
 # -- sign-up (double opt-in): the page, the form's POST, the confirm link --------------------------------
-def _transport(config: Config) -> Any:
-    """SendGrid, when SENDGRID_API_KEY is set (None otherwise: the confirmation email cannot go out)."""
-    from .sendgrid import SendGridTransport, api_key_from_env
+FORM_PROBLEMS = {
+    FormProblem.ADDRESS: "That does not look like an email address. Please check it and try again.",
+    FormProblem.NAME: f"Please give just your first name: letters only, up to {MAX_FIRST_NAME} characters, or "
+                      "leave it empty.",
+}
+CHECK_INBOX = ("<p>If the address is right, an email is on its way with a button to confirm your subscription to "
+               "{name}. It can take a few minutes; look in the spam folder too.</p>")
 
-    if not os.environ.get("SENDGRID_API_KEY", "").strip():
-        return None
-    return SendGridTransport(api_key_from_env(), timeout=config.sendgrid.timeout)
 
 async def _subscribe_page(request: Any) -> Any:
     state: WebState = request.app.state.newsletter
     config = state.config
     return _page(config, f"Subscribe to {config.name}", signup_form(config, action=f"{state.prefix}/subscribe"))
 
+
 async def _subscribe_post(request: Any) -> Any:
+    """Record the sign-up and answer: the same work and the same page whatever the address (new, pending,
+    subscribed, unsubscribed); the outbox worker decides the rest, after the answer."""
     from starlette.concurrency import run_in_threadpool
     from starlette.responses import PlainTextResponse
 
     from .signup import Request as SignupRequest
-    from .signup import SignupError, request_signup
 
     state: WebState = request.app.state.newsletter
-    config, prefix = state.config, state.prefix
+    config = state.config
     body = await _read_limited(request, MAX_FORM_BYTES)
     if body is None:
         return PlainTextResponse("request too large", status_code=413)
@@ -178,69 +253,73 @@ async def _subscribe_post(request: Any) -> Any:
                         source=request.headers.get("referer", "") or f"{config.base_url}/subscribe",
                         ip=request.client.host if request.client else "", honeypot=form.get(HONEYPOT, ""))
     try:
-        await run_in_threadpool(request_signup, state.root, config, state.secret, _transport(config), req)
-    except SignupError as exc:
-        if exc.status == 400:
-            return _page(config, f"Subscribe to {config.name}", f'<p class="error" role="alert">'
-                         f"{html.escape(exc.message)}.</p>" + signup_form(config, f"{prefix}/subscribe",
-                                                                          form.get("email", "")), 400)
-        log.error("sign-up not confirmed by email: %s", _loggable(_without_address(str(exc), req.email)))
-        return _page(config, "We could not send the confirmation",
-                     "<p>We could not send the confirmation email just now, please try again later.</p>", 503)
+        result = await run_in_threadpool(state.signups.request, req)
     except (NewsletterError, OSError) as exc:
-        log.error("sign-up not recorded: %s", _loggable(_without_address(str(exc), req.email)))
+        log.error("sign-up not recorded: %s", _for_log(str(exc)))
         return _page(config, "We could not sign you up just now",
                      "<p>Something went wrong on our side and nothing was recorded. Please try again in a few "
                      "minutes.</p>", 503)
-    # The same answer whatever the address: new, pending, already subscribed or unsubscribed.
-    return _page(config, "Check your inbox",
-                 "<p>If the address is right, an email is on its way with a button to confirm your "
-                 f"subscription to {html.escape(config.name)}. It can take a minute; look in the spam folder "
-                 "too.</p>")
+    if result.outcome is SignupOutcome.RECORDED:
+        state.worker.nudge()
+    return _signup_answer(state, result, form)
+
+
+def _signup_answer(state: WebState, result: SignupResult, form: dict[str, str]) -> Any:
+    config = state.config
+    if result.outcome is SignupOutcome.INVALID and result.problem is not None:
+        return _page(config, f"Subscribe to {config.name}",
+                     f'<p class="error" role="alert">{html.escape(FORM_PROBLEMS[result.problem])}</p>'
+                     + signup_form(config, f"{state.prefix}/subscribe", form.get("email", ""),
+                                   form.get("first_name", "")), 400)
+    # RECORDED, TRAP, LIMITED: one answer, so the form tells nobody anything about an address.
+    return _page(config, "Check your inbox", CHECK_INBOX.format(name=html.escape(config.name)))
+
 
 async def _confirm_page(request: Any) -> Any:
     from .tokens import verify_confirm_token
 
     state: WebState = request.app.state.newsletter
     config = state.config
-    found = verify_confirm_token(state.secret, request.path_params["token"], time.time())
-    if isinstance(found, str):
-        return _confirm_refused(config, found)
+    link = verify_confirm_token(state.secret, request.path_params["token"], time.time())
+    if link.state is not LinkState.VALID:
+        return _confirm_refused(config, link.state)
     # A GET never changes anything: mail scanners open every link.
     action = html.escape(str(request.url.path), quote=True)
     return _page(config, f"Confirm your subscription to {config.name}",
                  f"<p>Press the button to start receiving {html.escape(config.name)} at "
-                 f"<strong>{html.escape(found[0])}</strong>.</p>"
+                 f"<strong>{html.escape(link.email)}</strong>.</p>"
                  f'<form method="post" action="{action}"><button type="submit">Confirm my subscription'
                  "</button></form>")
+
 
 async def _confirm_post(request: Any) -> Any:
     from starlette.concurrency import run_in_threadpool
 
-    from .signup import SignupError, confirm
+    from .signup import confirm
 
     state: WebState = request.app.state.newsletter
     config = state.config
     await _read_limited(request, MAX_FORM_BYTES)
     try:
-        done = await run_in_threadpool(confirm, state.root, config, state.secret, _transport(config),
-                                       request.path_params["token"], state.ledger)
-    except SignupError as exc:
-        return _confirm_refused(config, "expired" if "expired" in exc.message else "invalid")
+        done = await run_in_threadpool(confirm, state.signups, state.outbox, state.ledger,
+                                       request.path_params["token"])
     except (NewsletterError, OSError) as exc:
-        log.error("confirmation not recorded: %s", _loggable(str(exc)))
+        log.error("confirmation not recorded: %s", _for_log(str(exc)))
         return _page(config, "We could not confirm you just now",
                      "<p>Something went wrong on our side and nothing was recorded. Please press the button "
                      "in the email again in a few minutes.</p>", 503)
+    if done.welcome is Welcome.QUEUED:
+        state.worker.nudge()
     return _confirmed_page(state, done)
 
 
-def _confirmed_page(state: WebState, done: Any) -> Any:
-    from .signup import ConfirmStatus
-
+def _confirmed_page(state: WebState, done: Confirmed) -> Any:
     config = state.config
-    if done.welcome_note:
-        log.warning("welcome email: %s", _loggable(_without_address(done.welcome_note, done.email)))
+    if done.status in (ConfirmStatus.INVALID, ConfirmStatus.EXPIRED):
+        return _confirm_refused(config, LinkState(done.status.value))
+    if done.note:
+        log.warning("%s: %s", "welcome email" if done.welcome is Welcome.NONE else "confirmation not finished",
+                    _for_log(done.note))
     if done.status is ConfirmStatus.STALE:
         return _page(config, "This link is older than your unsubscribe",
                      "<p>You unsubscribed after asking for this link, so it cannot sign you up again. If you "
@@ -250,7 +329,7 @@ def _confirmed_page(state: WebState, done: Any) -> Any:
         return _page(config, "Almost there",
                      "<p>Your consent was recorded, but we could not add you to the list just now. Please press "
                      "the button in the email again in a few minutes to finish.</p>", 503)
-    title = "You are already subscribed" if done.already else "You are subscribed"
+    title = "You are already subscribed" if done.status is ConfirmStatus.ALREADY else "You are subscribed"
     return _page(config, title, f"<p>Welcome to {html.escape(config.name)}. The next letter will find you at "
                  f"<strong>{html.escape(done.email)}</strong>.</p>"
                  f'<p class="small"><a href="{html.escape(config.archive_url)}/">Read the past issues</a></p>')
@@ -302,7 +381,7 @@ async def _unsubscribe_post(request: Any) -> Any:
     except (NewsletterError, OSError) as exc:
         # Nothing was stored, so nothing is claimed: 503 makes a one-click client retry, and the reader
         # is told plainly. The log line names the cause, never the address.
-        log.error("unsubscribe not recorded: %s", _loggable(_without_address(str(exc), email)))
+        log.error("unsubscribe not recorded: %s", _for_log(str(exc)))
         return _page(config, "We could not unsubscribe you just now",
                      "<p>Something went wrong on our side and your request was <strong>not</strong> recorded. "
                      "Please try again in a few minutes, or reply to any issue and ask to be removed: "
@@ -339,7 +418,7 @@ async def _webhook(request: Any) -> Any:
         result = await run_in_threadpool(_record_events, state, events)
     except (NewsletterError, OSError) as exc:
         # Not stored, so not acknowledged: SendGrid retries a batch that is not answered 2xx.
-        log.error("webhook batch not stored: %s", _loggable(str(exc)))
+        log.error("webhook batch not stored: %s", _for_log(str(exc)))
         return JSONResponse({"error": "could not store the events; retry later"}, status_code=503)
     return JSONResponse({"received": len(events), "new": result.logged, "ledger": result.ledger,
                          "skipped": result.skipped})
@@ -361,9 +440,13 @@ def create_app(root: Path) -> Any:
     ledger = Ledger(ledger_path(root))
     pusher = BackgroundPusher(ledger)
     ledger.follow = pusher.follow  # every opt-out recorded here reaches SendGrid without a `sync`
+    signups, outbox = Signups(root, config, secret), Outbox(root)
+    roster = Roster(root)
+    worker = OutboxWorker(outbox, Postman(root, config, secret),
+                          intake=lambda: _intake(signups, roster, ledger, outbox))
     state = WebState(root=root, config=config, secret=secret, public_key=os.environ.get(PUBLIC_KEY_ENV, ""),
-                     ledger=ledger, events=EventLog(root), lock=threading.Lock(),
-                     prefix=urlsplit(config.base_url).path.rstrip("/"))
+                     ledger=ledger, events=EventLog(root), lock=threading.Lock(), signups=signups, outbox=outbox,
+                     worker=worker, prefix=urlsplit(config.base_url).path.rstrip("/"))
     prefix = state.prefix
     routes = [
         Route(f"{prefix}/unsubscribe/{{token}}", _unsubscribe_page, methods=["GET"]),
@@ -378,18 +461,32 @@ def create_app(root: Path) -> Any:
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> Any:
         pusher.start()
+        worker.start()
         try:
             yield
         finally:
+            worker.stop()
             pusher.stop()
 
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.newsletter = state
-    return AccessLog(app)
+    return AccessLog(SecurityHeaders(app))
+
+
+def _intake(signups: Signups, roster: Roster, ledger: Ledger, outbox: Outbox) -> None:
+    """The outbox worker's first step: decide what new sign-ups lead to (the list unreadable: decided without it,
+    so a reader on it may get a confirmation, never the other way round)."""
+    from .errors import SubscriberError
+
+    try:
+        roster.refresh()
+    except SubscriberError as exc:
+        log.warning("the list cannot be read, sign-ups are checked without it: %s", _for_log(str(exc)))
+    signups.triage(roster, ledger, outbox)
 
 
 class AccessLog:
-    """ASGI middleware: one log line per request; tokens (which carry the address) never reach the log."""
+    """ASGI middleware: one log line per request, without tokens or addresses (see path_for_log)."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -409,34 +506,70 @@ class AccessLog:
         try:
             await self.app(scope, receive, capture)
         finally:
-            path = _loggable(_TOKEN_IN_PATH.sub("/unsubscribe/<token>", scope.get("path", "")))
-            log.info("%s %s %d %.1fms", _loggable(scope.get("method", "-")), path, status["code"],
-                     (time.perf_counter() - start) * 1000)
+            log.info("%s %s %d %.1fms", _loggable(scope.get("method", "-")), path_for_log(scope.get("path", "")),
+                     status["code"], (time.perf_counter() - start) * 1000)
 
 
-HEADER_TIMEOUT = 10.0  # seconds a client has to finish a request's headers
+class SecurityHeaders:
+    """ASGI middleware: SECURITY_HEADERS on every answer (a route's own value of one wins)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def add_headers(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                present = {bytes(name).lower() for name, _ in headers}
+                headers += [(name.encode(), value.encode()) for name, value in SECURITY_HEADERS.items()
+                            if name.encode() not in present]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, add_headers)
 
 
-def _protocol_class() -> type:
-    """uvicorn's h11 protocol with a header-read deadline. uvicorn has none: a client that sends half a
-    request line and stops holds its connection (and a slot) for ever, so 1000 of them starve real readers.
-    Here a connection whose request headers are not complete within HEADER_TIMEOUT seconds of its start (or of
-    the previous response) is closed."""
+def request_deadline() -> float:
+    """NEWSLETTER_REQUEST_DEADLINE (seconds, default 10): how long a client has to send a whole request."""
+    raw = os.environ.get(DEADLINE_ENV, "").strip()
+    if not raw:
+        return REQUEST_DEADLINE
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not 0 < value <= 3600:
+        raise NewsletterError(f"{DEADLINE_ENV} must be a number of seconds from 0 to 3600, got {raw!r}",
+                              hint=f"unset it for the default of {REQUEST_DEADLINE:g} s")
+    return value
+
+
+def _protocol_class(deadline: float = REQUEST_DEADLINE) -> type:
+    """uvicorn's h11 protocol with a request deadline. uvicorn has none: a client that sends half a request (its
+    headers, or its body) and stops holds its connection (and a slot) for ever, so 1000 of them starve real
+    readers. Here a connection whose request, headers and body, is not complete within `deadline` seconds of its
+    start (or of the previous response) is closed."""
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
-    class HeaderTimeoutProtocol(H11Protocol):  # type: ignore[misc]
-        _header_timer: asyncio.TimerHandle | None = None
+    class DeadlineProtocol(H11Protocol):  # type: ignore[misc]
+        _timer: asyncio.TimerHandle | None = None
 
         def _arm(self) -> None:
-            if self._header_timer is not None:
-                self._header_timer.cancel()
-            self._header_timer = self.loop.call_later(HEADER_TIMEOUT, self._headers_late)
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self.loop.call_later(deadline, self._late)
 
-        def _headers_late(self) -> None:
-            self._header_timer = None
-            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
-                self.transport.close()  # still no complete request line and headers: drop it
+        def _late(self) -> None:
+            self._timer = None
+            # IDLE: the request line and headers are not complete; SEND_BODY: the body is not. Either way the
+            # client stalled: drop it (a handler waiting for the body sees the client gone).
+            if self.conn.their_state in (h11.IDLE, h11.SEND_BODY) and not self.transport.is_closing():
+                self.transport.close()
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -448,12 +581,12 @@ def _protocol_class() -> type:
                 self._arm()
 
         def connection_lost(self, exc: Exception | None) -> None:
-            if self._header_timer is not None:
-                self._header_timer.cancel()
-                self._header_timer = None
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
             super().connection_lost(exc)
 
-    return HeaderTimeoutProtocol
+    return DeadlineProtocol
 
 
 def serve(root: Path, host: str, port: int, ready: Any = None) -> None:
@@ -463,6 +596,9 @@ def serve(root: Path, host: str, port: int, ready: Any = None) -> None:
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(PrivateLog())
+    deadline = request_deadline()
     if not os.environ.get(PUBLIC_KEY_ENV):
         log.warning("%s is not set: the event webhook will refuse every request (403)", PUBLIC_KEY_ENV)
     app = create_app(root)
@@ -483,5 +619,6 @@ def serve(root: Path, host: str, port: int, ready: Any = None) -> None:
     if ready:
         ready(f"http://{host}:{port}")
     # No limit_concurrency: uvicorn counts idle connections against it and answers 503 to real readers.
-    uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning", proxy_headers=True,
-                http=_protocol_class(), timeout_keep_alive=5, backlog=2048)
+    # log_config=None: uvicorn's own lines go through the root handler, and so through PrivateLog.
+    uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning", log_config=None,
+                proxy_headers=True, http=_protocol_class(deadline), timeout_keep_alive=5, backlog=2048)
