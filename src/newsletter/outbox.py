@@ -211,7 +211,14 @@ class Postman:
 
     def __init__(self, root: Path, config: Config, secret: str, transport: Callable[[], Any] | None = None) -> None:
         self.root, self.config, self.secret = root, config, secret
-        self.transport = transport or (lambda: sendgrid_from_env(config))
+        self.transport = transport or self._sendgrid
+        self._client: Any = None
+
+    def _sendgrid(self) -> Any:
+        """SendGrid from the environment, made once (the key is looked for again while it is missing)."""
+        if self._client is None:
+            self._client = sendgrid_from_env(self.config)
+        return self._client
 
     def __call__(self, mail: Mail) -> Attempt:
         """Send one email."""

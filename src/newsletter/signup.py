@@ -30,7 +30,7 @@ from typing import Any
 
 from .config import Config
 from .errors import StorageError, SubscriberError
-from .files import append_jsonl, file_lock, tail_jsonl
+from .files import GroupCommit, append_jsonl, file_lock, tail_jsonl
 from .ledger import Event, Kind, Ledger, Outcome, Source
 from .outbox import Mail, Outbox, welcome_missing
 from .recipients import mailbox_key, normalize, validate
@@ -127,6 +127,8 @@ class Signups:
     def __init__(self, root: Path, config: Config, secret: str) -> None:
         self.root, self.config, self.secret = root, config, secret
         self.path = signups_path(root)
+        # Every append of this process goes through one group commit: concurrent sign-ups share an fsync.
+        self._writer: GroupCommit[dict[str, Any], None] = GroupCommit(self._write)
         self._mutex = threading.RLock()
         self._offset = 0
         self._reset()
@@ -181,10 +183,13 @@ class Signups:
         elif kind == _WELCOMED:
             self._welcomed.add(email)
 
-    def _append(self, records: list[dict[str, Any]], what: str) -> None:
-        with self._mutex:
-            append_jsonl(self.path, records, what=what)
-            self.refresh()
+    def _write(self, records: list[dict[str, Any]]) -> list[None]:
+        append_jsonl(self.path, records, what="a sign-up" if len(records) == 1 else f"{len(records)} sign-up records")
+        return [None] * len(records)
+
+    def _append(self, records: list[dict[str, Any]]) -> None:
+        self._writer.submit(records)
+        self.refresh()
 
     # -- the request path ---------------------------------------------------------------------------------------
     def request(self, req: Request, now: float | None = None) -> SignupResult:
@@ -200,15 +205,21 @@ class Signups:
         first = plain_first_name(req.first_name)
         if first is None:
             return SignupResult(SignupOutcome.INVALID, FormProblem.NAME)
-        ip = keyed_hash(self.secret, req.ip or "-")
-        record = {"t": _REQUEST, "id": secrets.token_hex(8), "email": email, "at": int(now),
+        ip, ident = keyed_hash(self.secret, req.ip or "-"), secrets.token_hex(8)
+        record: dict[str, Any] = {"t": _REQUEST, "id": ident, "email": email, "at": int(now),
                   "source": req.source[:300], "ip": ip, "first_name": first}
         with self._mutex:
             self.refresh()
             window = self._by_ip.setdefault(ip, _Window(HOUR))
             if window.count(now) >= self.config.signup.per_ip_per_hour:
                 return SignupResult(SignupOutcome.LIMITED)
-            self._append([record], what="a sign-up")
+            window.times[ident] = now  # counted now: concurrent requests from one IP see it
+        try:
+            self._writer.submit([record])  # the refresh of the next call reads it back
+        except BaseException:
+            with self._mutex:
+                window.times.pop(ident, None)
+            raise
         return SignupResult(SignupOutcome.RECORDED)
 
     # -- the outbox worker's side -------------------------------------------------------------------------------
@@ -242,7 +253,7 @@ class Signups:
             decisions.append(decision)
             records.append({"t": _TRIAGED, "id": rec["id"], "email": email, "at": int(now), "mail": str(decision)})
         outbox.enqueue(mails)
-        self._append(records, what="what the sign-ups led to")
+        self._append(records)
         return decisions
 
     # -- confirming ---------------------------------------------------------------------------------------------
@@ -263,8 +274,7 @@ class Signups:
 
     def record_confirmed(self, email: str, signed_up: int, now: float) -> None:
         """The link was pressed and the reader is on the list."""
-        self._append([{"t": _CONFIRMED, "email": email, "at": int(now), "signed_up": signed_up}],
-                     what="a confirmation")
+        self._append([{"t": _CONFIRMED, "email": email, "at": int(now), "signed_up": signed_up}])
 
     def pending(self, now: float | None = None) -> list[Pending]:
         """Sign-ups of the last 7 days not confirmed since (nor found already subscribed), the latest per address."""
@@ -326,6 +336,7 @@ class Roster:
         self._stamp: tuple[int, int, int, int] | None = None  # dev, inode, size, mtime of what was read
         self._edge = b""
         self._email_at = 0
+        self.problem = ""  # why the list could not be read last time ("" when it could)
 
     def __contains__(self, key: object) -> bool:
         return key in self._keys
@@ -334,7 +345,15 @@ class Roster:
         return len(self._keys)
 
     def refresh(self) -> None:
-        """Follow the file. Raises SubscriberError when the list cannot be read (the last state is kept)."""
+        """Follow the file. When it cannot be read, the last state is kept and `problem` says why: sign-ups are
+        then decided without the newest rows (a reader on the list may get a confirmation, nobody is missed)."""
+        try:
+            self._refresh()
+            self.problem = ""
+        except SubscriberError as exc:
+            self.problem = str(exc)
+
+    def _refresh(self) -> None:
         try:
             st = os.stat(self.path)
         except FileNotFoundError:

@@ -19,7 +19,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from .config import Config, load_config
 from .errors import NewsletterError
-from .ledger import Event, Kind, Ledger, Source, ledger_path
+from .files import GroupCommit
+from .ledger import Event, Kind, Ledger, Outcome, Recorded, Source, ledger_path
 from .outbox import Outbox, OutboxWorker, Postman
 from .signup import (
     MAX_FIRST_NAME,
@@ -71,6 +72,7 @@ class WebState:
     signups: Signups
     outbox: Outbox
     worker: OutboxWorker  # sends the outbox: confirmation and welcome emails never go out inside a request
+    unsubscribes: GroupCommit[Event, Recorded]  # the page's and one-click's writes to the ledger
     prefix: str = ""  # the path of base_url, under which every route answers
 
 
@@ -354,9 +356,10 @@ async def _unsubscribe_page(request: Any) -> Any:
 
 def _record_unsubscribe(state: WebState, email: str, source: str) -> bool:
     """The ledger decides (a second POST writes nothing) and tells SendGrid after the answer, in the
-    background: the reader does not wait on SendGrid, and what fails waits in the ledger's queue."""
-    recording = state.ledger.record([Event(email, Kind.UNSUBSCRIBE, source=source)], what=f"a {source} unsubscribe")
-    return bool(recording.written)
+    background: the reader does not wait on SendGrid, and what fails waits in the ledger's queue. Concurrent
+    unsubscribes are recorded together, one fsync for all (state.unsubscribes)."""
+    (done,) = state.unsubscribes.submit([Event(email, Kind.UNSUBSCRIBE, source=source)])
+    return done.outcome is Outcome.RECORDED
 
 
 async def _unsubscribe_post(request: Any) -> Any:
@@ -442,11 +445,14 @@ def create_app(root: Path) -> Any:
     ledger.follow = pusher.follow  # every opt-out recorded here reaches SendGrid without a `sync`
     signups, outbox = Signups(root, config, secret), Outbox(root)
     roster = Roster(root)
+    _intake_roster(roster)  # read now, before the first sign-up: no request ever waits on a whole-list read
     worker = OutboxWorker(outbox, Postman(root, config, secret),
                           intake=lambda: _intake(signups, roster, ledger, outbox))
     state = WebState(root=root, config=config, secret=secret, public_key=os.environ.get(PUBLIC_KEY_ENV, ""),
                      ledger=ledger, events=EventLog(root), lock=threading.Lock(), signups=signups, outbox=outbox,
-                     worker=worker, prefix=urlsplit(config.base_url).path.rstrip("/"))
+                     worker=worker, unsubscribes=GroupCommit(lambda events: ledger.record(
+                         events, what=f"{len(events)} unsubscribe(s)").results),
+                     prefix=urlsplit(config.base_url).path.rstrip("/"))
     prefix = state.prefix
     routes = [
         Route(f"{prefix}/unsubscribe/{{token}}", _unsubscribe_page, methods=["GET"]),
@@ -473,16 +479,26 @@ def create_app(root: Path) -> Any:
     return AccessLog(SecurityHeaders(app))
 
 
+def app_state(app: Any) -> WebState:
+    """The state behind an app made by create_app (under its middleware)."""
+    while not hasattr(app, "state"):
+        app = app.app
+    state: WebState = app.state.newsletter
+    return state
+
+
 def _intake(signups: Signups, roster: Roster, ledger: Ledger, outbox: Outbox) -> None:
     """The outbox worker's first step: decide what new sign-ups lead to (the list unreadable: decided without it,
     so a reader on it may get a confirmation, never the other way round)."""
-    from .errors import SubscriberError
-
-    try:
-        roster.refresh()
-    except SubscriberError as exc:
-        log.warning("the list cannot be read, sign-ups are checked without it: %s", _for_log(str(exc)))
+    _intake_roster(roster)  # triage refreshes it too: this one says when the list cannot be read
     signups.triage(roster, ledger, outbox)
+
+
+def _intake_roster(roster: Roster) -> None:
+    known = roster.problem
+    roster.refresh()
+    if roster.problem and roster.problem != known:
+        log.warning("the list cannot be read, sign-ups are checked without it: %s", _for_log(roster.problem))
 
 
 class AccessLog:
