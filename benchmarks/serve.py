@@ -4,9 +4,9 @@
 Run: .venv/bin/python benchmarks/serve.py [--readers 100000] [--ledger 300000] [--clients 20] [--seconds 10]
 `newsletter serve` runs as a real process; the fake SendGrid (tests/fake_sendgrid.py, 50 ms latency, checking one
 body in 50 against the schema) runs in its own, so the outbox worker sends the confirmation emails and the pusher
-tells SendGrid of the opt-outs while the clients post. Each client keeps one connection alive and cycles: a sign-up (a new address, a pending one, a
-reader on the list, an unsubscribed one, from its own X-Forwarded-For address), a one-click unsubscribe of a
-reader, a /healthz. The first second is a warm-up and is not counted.
+tells SendGrid of the opt-outs while the clients post. Each client keeps one connection alive and cycles: a
+sign-up (a new address, a pending one, a reader on the list, an unsubscribed one, from its own X-Forwarded-For
+address), a one-click unsubscribe of a reader, a /healthz. The first second is a warm-up and is not counted.
 Targets: sign-up and one-click under 50 ms median and under 250 ms p99.
 """
 

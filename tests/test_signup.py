@@ -251,3 +251,39 @@ def test_new_welcome_scaffolds_it(project: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "welcome: true" in (project / "issues" / "welcome" / "issue.yaml").read_text()
     assert Cli(project)("new", "--welcome").exit_code == 1  # it exists now
+
+
+def test_concurrent_sign_ups_share_writes_and_the_ip_limit_holds(ready_project: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    _limits(ready_project, per_ip=5)
+    signups, *_ = _desk(ready_project)
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        outcomes = list(pool.map(lambda i: signups.request(Request(f"c{i}@readers.net", ip="10.3.3.3")).outcome,
+                                 range(20)))
+    assert outcomes.count(SignupOutcome.RECORDED) == 5 and outcomes.count(SignupOutcome.LIMITED) == 15
+    assert sorted(r["email"] for r in _lines(ready_project)) == sorted(
+        f"c{i}@readers.net" for i, o in enumerate(outcomes) if o is SignupOutcome.RECORDED)
+
+
+def test_a_failed_write_reaches_every_waiting_sign_up(ready_project: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from newsletter.errors import StorageError
+
+    signups, *_ = _desk(ready_project)
+    lock = Path(f"{signups_path(ready_project)}.lock")
+    lock.mkdir()  # its lock cannot be taken: every caller must hear it, none may hang
+
+    def attempt(i: int) -> str:
+        try:
+            signups.request(Request(f"f{i}@readers.net", ip=f"10.0.0.{i}"))
+        except StorageError as exc:
+            return str(exc)
+        return "recorded"
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        answers = list(pool.map(attempt, range(10)))
+    assert all("could not record" in a for a in answers), answers
+    lock.rmdir()  # the IP windows were not charged for what was not recorded
+    assert signups.request(Request("f0@readers.net", ip="10.0.0.0")).outcome is SignupOutcome.RECORDED

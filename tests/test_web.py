@@ -29,7 +29,8 @@ from newsletter.outbox import Outbox
 from newsletter.subscribers import list_path
 from newsletter.suppressions import push_state_path
 from newsletter.tokens import make_confirm_token, make_token
-from newsletter.web import CONTENT_SECURITY_POLICY, app_state, create_app
+from newsletter.web import app_state, create_app
+from newsletter.webguard import CONTENT_SECURITY_POLICY
 
 CHECK_INBOX = "Check your inbox"
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}

@@ -1,15 +1,12 @@
 """`newsletter serve`: the unsubscribe page with RFC 8058 one-click POST, the SendGrid Event Webhook, sign-up and
-its confirmation, health; the outbox worker; a private log and the security headers on every answer."""
+its confirmation, health; the outbox worker. What every answer gets (headers, private log, deadline): webguard.py."""
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import contextlib
 import html
 import logging
 import os
-import re
 import threading
 import time
 from dataclasses import dataclass
@@ -35,6 +32,7 @@ from .signup import (
 )
 from .suppressions import BackgroundPusher
 from .tokens import LinkState, secret_from_env, verify_token
+from .webguard import AccessLog, PrivateLog, SecurityHeaders, for_log, protocol_class, request_deadline
 from .webhook import (
     PUBLIC_KEY_ENV,
     SIGNATURE_HEADER,
@@ -49,13 +47,6 @@ from .webhook import (
 log = logging.getLogger("newsletter.web")
 MAX_FORM_BYTES = 16 * 1024
 MAX_WEBHOOK_BYTES = 5 * 1024 * 1024  # SendGrid posts batches of up to 768 KB
-DEADLINE_ENV = "NEWSLETTER_REQUEST_DEADLINE"  # seconds a client has to send a whole request (default 10)
-REQUEST_DEADLINE = 10.0
-# Every page: no script at all, styles inline (the pages' own) or from the archive's pages' sources, never framed.
-CONTENT_SECURITY_POLICY = ("default-src 'none'; style-src 'self' 'unsafe-inline' https:; img-src 'self' data: https:; "
-                           "font-src 'self' data: https:; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
-SECURITY_HEADERS = {"content-security-policy": CONTENT_SECURITY_POLICY, "x-content-type-options": "nosniff",
-                    "referrer-policy": "no-referrer", "x-frame-options": "DENY"}
 
 
 @dataclass
@@ -74,60 +65,6 @@ class WebState:
     worker: OutboxWorker  # sends the outbox: confirmation and welcome emails never go out inside a request
     unsubscribes: GroupCommit[Event, Recorded]  # the page's and one-click's writes to the ledger
     prefix: str = ""  # the path of base_url, under which every route answers
-
-
-def _loggable(text: str) -> str:
-    """Control characters escaped: a request path with %0a must not forge a second log line."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
-_SECRET_PATH = re.compile(r"/(unsubscribe|confirm)/[^?]*")
-_ADDRESS = re.compile(r"""[^\s@<>()\[\]"',;:/]+@[^\s@<>()\[\]"',;:/]+""")
-_TOKEN = re.compile(r"\b[uc]1\.[A-Za-z0-9_.=-]+")
-
-
-def _hides_an_address(segment: str) -> bool:
-    """Whether a path segment is, holds or encodes an address (a token's middle part is one in base64)."""
-    from urllib.parse import unquote
-
-    text = unquote(segment)
-    if "@" in text or _TOKEN.match(text):
-        return True
-    for part in text.split("."):
-        if len(part) >= 4:
-            try:
-                if b"@" in base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)):
-                    return True
-            except ValueError:
-                continue
-    return False
-
-
-def path_for_log(path: str) -> str:
-    """A request path as the log shows it: tokens replaced (everything after /unsubscribe/ or /confirm/), any
-    segment that is, holds or encodes an address masked, control characters escaped."""
-    path = _SECRET_PATH.sub(lambda m: f"/{m.group(1)}/<token>", path)
-    return _loggable("/".join("<masked>" if _hides_an_address(seg) else seg for seg in path.split("/")))
-
-
-def private(text: str) -> str:
-    """Text with tokens and addresses masked: what may reach the log."""
-    return _ADDRESS.sub("<address>", _TOKEN.sub("<token>", text))
-
-
-def _for_log(text: str) -> str:
-    return _loggable(private(text))
-
-
-class PrivateLog(logging.Filter):
-    """On serve's log handler: no token or address reaches a log line, whoever logged it (uvicorn included)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        """Mask the message, and the traceback if there is one."""
-        record.msg, record.args = private(record.getMessage()), None
-        if record.exc_info and not record.exc_text:
-            record.exc_text = private(logging.Formatter().formatException(record.exc_info))
-        return True
 
 
 def _page(config: Config, title: str, body: str, status: int = 200) -> Any:
@@ -257,7 +194,7 @@ async def _subscribe_post(request: Any) -> Any:
     try:
         result = await run_in_threadpool(state.signups.request, req)
     except (NewsletterError, OSError) as exc:
-        log.error("sign-up not recorded: %s", _for_log(str(exc)))
+        log.error("sign-up not recorded: %s", for_log(str(exc)))
         return _page(config, "We could not sign you up just now",
                      "<p>Something went wrong on our side and nothing was recorded. Please try again in a few "
                      "minutes.</p>", 503)
@@ -306,7 +243,7 @@ async def _confirm_post(request: Any) -> Any:
         done = await run_in_threadpool(confirm, state.signups, state.outbox, state.ledger,
                                        request.path_params["token"])
     except (NewsletterError, OSError) as exc:
-        log.error("confirmation not recorded: %s", _for_log(str(exc)))
+        log.error("confirmation not recorded: %s", for_log(str(exc)))
         return _page(config, "We could not confirm you just now",
                      "<p>Something went wrong on our side and nothing was recorded. Please press the button "
                      "in the email again in a few minutes.</p>", 503)
@@ -321,7 +258,7 @@ def _confirmed_page(state: WebState, done: Confirmed) -> Any:
         return _confirm_refused(config, LinkState(done.status.value))
     if done.note:
         log.warning("%s: %s", "welcome email" if done.welcome is Welcome.NONE else "confirmation not finished",
-                    _for_log(done.note))
+                    for_log(done.note))
     if done.status is ConfirmStatus.STALE:
         return _page(config, "This link is older than your unsubscribe",
                      "<p>You unsubscribed after asking for this link, so it cannot sign you up again. If you "
@@ -384,7 +321,7 @@ async def _unsubscribe_post(request: Any) -> Any:
     except (NewsletterError, OSError) as exc:
         # Nothing was stored, so nothing is claimed: 503 makes a one-click client retry, and the reader
         # is told plainly. The log line names the cause, never the address.
-        log.error("unsubscribe not recorded: %s", _for_log(str(exc)))
+        log.error("unsubscribe not recorded: %s", for_log(str(exc)))
         return _page(config, "We could not unsubscribe you just now",
                      "<p>Something went wrong on our side and your request was <strong>not</strong> recorded. "
                      "Please try again in a few minutes, or reply to any issue and ask to be removed: "
@@ -421,7 +358,7 @@ async def _webhook(request: Any) -> Any:
         result = await run_in_threadpool(_record_events, state, events)
     except (NewsletterError, OSError) as exc:
         # Not stored, so not acknowledged: SendGrid retries a batch that is not answered 2xx.
-        log.error("webhook batch not stored: %s", _for_log(str(exc)))
+        log.error("webhook batch not stored: %s", for_log(str(exc)))
         return JSONResponse({"error": "could not store the events; retry later"}, status_code=503)
     return JSONResponse({"received": len(events), "new": result.logged, "ledger": result.ledger,
                          "skipped": result.skipped})
@@ -498,111 +435,7 @@ def _intake_roster(roster: Roster) -> None:
     known = roster.problem
     roster.refresh()
     if roster.problem and roster.problem != known:
-        log.warning("the list cannot be read, sign-ups are checked without it: %s", _for_log(roster.problem))
-
-
-class AccessLog:
-    """ASGI middleware: one log line per request, without tokens or addresses (see path_for_log)."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = {"code": 500}
-
-        async def capture(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, capture)
-        finally:
-            log.info("%s %s %d %.1fms", _loggable(scope.get("method", "-")), path_for_log(scope.get("path", "")),
-                     status["code"], (time.perf_counter() - start) * 1000)
-
-
-class SecurityHeaders:
-    """ASGI middleware: SECURITY_HEADERS on every answer (a route's own value of one wins)."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def add_headers(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                present = {bytes(name).lower() for name, _ in headers}
-                headers += [(name.encode(), value.encode()) for name, value in SECURITY_HEADERS.items()
-                            if name.encode() not in present]
-                message = {**message, "headers": headers}
-            await send(message)
-
-        await self.app(scope, receive, add_headers)
-
-
-def request_deadline() -> float:
-    """NEWSLETTER_REQUEST_DEADLINE (seconds, default 10): how long a client has to send a whole request."""
-    raw = os.environ.get(DEADLINE_ENV, "").strip()
-    if not raw:
-        return REQUEST_DEADLINE
-    try:
-        value = float(raw)
-    except ValueError:
-        value = 0.0
-    if not 0 < value <= 3600:
-        raise NewsletterError(f"{DEADLINE_ENV} must be a number of seconds from 0 to 3600, got {raw!r}",
-                              hint=f"unset it for the default of {REQUEST_DEADLINE:g} s")
-    return value
-
-
-def _protocol_class(deadline: float = REQUEST_DEADLINE) -> type:
-    """uvicorn's h11 protocol with a request deadline. uvicorn has none: a client that sends half a request (its
-    headers, or its body) and stops holds its connection (and a slot) for ever, so 1000 of them starve real
-    readers. Here a connection whose request, headers and body, is not complete within `deadline` seconds of its
-    start (or of the previous response) is closed."""
-    import h11
-    from uvicorn.protocols.http.h11_impl import H11Protocol
-
-    class DeadlineProtocol(H11Protocol):  # type: ignore[misc]
-        _timer: asyncio.TimerHandle | None = None
-
-        def _arm(self) -> None:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer = self.loop.call_later(deadline, self._late)
-
-        def _late(self) -> None:
-            self._timer = None
-            # IDLE: the request line and headers are not complete; SEND_BODY: the body is not. Either way the
-            # client stalled: drop it (a handler waiting for the body sees the client gone).
-            if self.conn.their_state in (h11.IDLE, h11.SEND_BODY) and not self.transport.is_closing():
-                self.transport.close()
-
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._arm()
-
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            if not self.transport.is_closing():
-                self._arm()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            super().connection_lost(exc)
-
-    return DeadlineProtocol
+        log.warning("the list cannot be read, sign-ups are checked without it: %s", for_log(roster.problem))
 
 
 def serve(root: Path, host: str, port: int, ready: Any = None) -> None:
@@ -637,4 +470,4 @@ def serve(root: Path, host: str, port: int, ready: Any = None) -> None:
     # No limit_concurrency: uvicorn counts idle connections against it and answers 503 to real readers.
     # log_config=None: uvicorn's own lines go through the root handler, and so through PrivateLog.
     uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning", log_config=None,
-                proxy_headers=True, http=_protocol_class(deadline), timeout_keep_alive=5, backlog=2048)
+                proxy_headers=True, http=protocol_class(deadline), timeout_keep_alive=5, backlog=2048)
