@@ -143,6 +143,7 @@ class Signups:
         self._untriaged: dict[str, dict[str, Any]] = {}
         self._by_ip: dict[str, _Window] = {}
         self._by_mailbox: dict[str, _Window] = {}
+        self._pruned = 0.0
 
     # -- reading ------------------------------------------------------------------------------------------------
     def refresh(self) -> None:
@@ -155,6 +156,21 @@ class Signups:
             for rec in tail.records:
                 self._apply(rec, now)
             self._offset = tail.offset
+            if now - self._pruned > HOUR:
+                self._prune(now)
+
+    def _prune(self, now: float) -> None:
+        """Forget what no longer matters (a `serve` runs for months): requests and confirmations whose links have
+        expired, and rate-limit windows that are empty."""
+        self._pruned = now
+        for key in [k for k in self._requests if now - k[1] >= _KEEP]:
+            del self._requests[key]
+            self._triaged.pop(key, None)
+        self._confirmed = {c for c in self._confirmed if now - c[1] < _KEEP}
+        self._confirmed_at = {e: at for e, at in self._confirmed_at.items() if now - at < _KEEP}
+        for windows in (self._by_ip, self._by_mailbox):
+            for empty in [k for k, w in windows.items() if not w.count(now)]:
+                del windows[empty]
 
     def _apply(self, rec: dict[str, Any], now: float) -> None:
         kind, email = rec.get("t"), str(rec.get("email", ""))
