@@ -42,7 +42,7 @@ def test_queued_once_ever_and_kept_across_a_restart(ready_project: Path) -> None
     assert outbox.enqueue([first]) == []  # the same id is never queued twice
     welcome = Mail.welcome("ada@readers.net", "Ada", NOW)
     outbox.enqueue([welcome])
-    outbox.settle(welcome, Fate.SENT)
+    outbox.settle([welcome], Fate.SENT)
     assert outbox.enqueue([Mail.welcome("ada@readers.net", "Ada", NOW + 9)]) == []  # welcomed once, ever
     again = Outbox(ready_project)  # a restart reads what waits
     assert again.waiting() == [first] and again.holds(welcome.id)
@@ -51,23 +51,40 @@ def test_queued_once_ever_and_kept_across_a_restart(ready_project: Path) -> None
     assert kinds == ["queued", "queued", "sent"]
 
 
-def test_the_confirmation_is_built_by_message_py_and_echoes_nothing_typed(ready_project: Path,
-                                                                          fake: FakeSendGrid) -> None:
+def _filled(body: dict, part: int = 0) -> list[str]:
+    """Each reader's view of one part of a body: the substitution tags filled."""
+    views = []
+    for p in body["personalizations"]:
+        text = body["content"][part]["value"]
+        for tag, value in p.get("substitutions", {}).items():
+            text = text.replace(tag, value)
+        views.append(text)
+    return views
+
+
+def test_confirmations_are_built_by_message_py_and_echo_nothing_typed(ready_project: Path,
+                                                                      fake: FakeSendGrid) -> None:
     outbox = Outbox(ready_project)
-    outbox.enqueue([Mail.confirmation("nora@readers.net", int(NOW), NOW), Mail.welcome("wil@readers.net", "Wil", NOW)])
+    outbox.enqueue([Mail.confirmation("nora@readers.net", int(NOW), NOW), Mail.welcome("wil@readers.net", "Wil", NOW),
+                    Mail.confirmation("obi@readers.net", int(NOW) - 5, NOW + 1)])
     done = send_waiting(outbox, _postman(ready_project, fake))
-    assert (done.sent, done.waiting, outbox.waiting()) == (2, 0, [])
+    assert (done.sent, done.waiting, outbox.waiting()) == (3, 0, [])
+    assert len(fake.accepted) == 2  # one request for both confirmations, one for the welcome
     confirm, welcome = fake.accepted  # both passed the fake's schema check (the fixture asserts it)
     assert confirm["from"] == {"email": "letters@micromoments.net", "name": "Micro Moments"}
     assert confirm["reply_to"] == {"email": "hello@micromoments.net"}
     assert confirm["tracking_settings"]["click_tracking"]["enable"] is False  # the link is not rewritten
     assert confirm["mail_settings"] == {"bypass_unsubscribe_management": {"enable": True}}
     assert confirm["custom_args"] == {"newsletter_kind": "confirm"}
-    text = confirm["content"][0]["value"]
-    token = re.search(r"https://letters\.micromoments\.net/confirm/(\S+)", text).group(1)
-    link = verify_confirm_token(SECRET, token, NOW)
-    assert (link.state, link.email, link.signed_up) == (LinkState.VALID, "nora@readers.net", int(NOW))
-    assert "Hello" not in text and "Hello" not in confirm["content"][1]["value"]
+    assert [p["to"] for p in confirm["personalizations"]] == [[{"email": "nora@readers.net"}],
+                                                             [{"email": "obi@readers.net"}]]
+    for (email, signed), text, page in zip([("nora@readers.net", int(NOW)), ("obi@readers.net", int(NOW) - 5)],
+                                           _filled(confirm), _filled(confirm, 1), strict=True):
+        token = re.search(r"https://letters\.micromoments\.net/confirm/(\S+)", text).group(1)
+        link = verify_confirm_token(SECRET, token, NOW)
+        assert (link.state, link.email, link.signed_up) == (LinkState.VALID, email, signed)
+        assert f'href="https://letters.micromoments.net/confirm/{token}"' in page
+        assert "Hello" not in text and "Hello" not in page
     assert welcome["custom_args"] == {"newsletter_issue": "welcome"}
     p = welcome["personalizations"][0]
     assert p["to"] == [{"email": "wil@readers.net", "name": "Wil"}] and "List-Unsubscribe" in p["headers"]
@@ -81,14 +98,25 @@ def test_sendgrid_down_keeps_them_waiting_and_a_refused_one_is_dropped(ready_pro
     fake.plan = ["503"]
     done = send_waiting(outbox, _postman(ready_project, fake))
     assert (done.sent, done.waiting, done.why) == (0, 2, "SendGrid answered 503: service unavailable")
-    assert len(fake.requests) == 1  # the round stops at the first failure: the rest would fail the same way
-    fake.plan = ["400"]  # SendGrid refuses the message itself: dropped, never retried; the next one goes
+    fake.plan = ["400", "400"]  # SendGrid refuses the request: sent again reader by reader, the refused one dropped
     done = send_waiting(outbox, _postman(ready_project, fake))
     assert (done.sent, done.dropped, outbox.waiting()) == (1, 1, [])
-    assert '"why":"SendGrid answered 400' in outbox_path(ready_project).read_text()
+    assert fake.responses == [503, 400, 400, 202]
+    assert [len(b["personalizations"]) for b in fake.requests] == [2, 2, 1, 1]
+    assert [b["personalizations"][0]["to"][0]["email"] for b in fake.accepted] == ["b@readers.net"]
+    fates = [json.loads(line) for line in outbox_path(ready_project).read_text().splitlines()][2:]
+    assert [(f["t"], f["id"].split(":")[1]) for f in fates] == [("dropped", "a@readers.net"), ("sent", "b@readers.net")]
+    assert fates[0]["why"].startswith("SendGrid answered 400")
     outbox.enqueue([Mail.confirmation("c@readers.net", int(NOW), NOW)])
     done = send_waiting(outbox, _postman(ready_project, None))  # no key: waits for it
     assert (done.waiting, done.why) == (1, "SENDGRID_API_KEY is not set")
+
+
+def test_many_waiting_go_in_requests_of_at_most_the_batch_size(ready_project: Path, fake: FakeSendGrid) -> None:
+    outbox = Outbox(ready_project)
+    outbox.enqueue([Mail.confirmation(f"r{i}@readers.net", int(NOW), NOW + i) for i in range(5)])
+    assert send_waiting(outbox, _postman(ready_project, fake), size=2).sent == 5
+    assert [len(b["personalizations"]) for b in fake.accepted] == [2, 2, 1]
 
 
 def test_a_confirmation_whose_link_expired_is_dropped(ready_project: Path, fake: FakeSendGrid) -> None:
@@ -119,7 +147,7 @@ def test_the_postman_waits_on_a_broken_layout_and_sends_once_it_is_fixed(ready_p
     good = layout.read_text()
     layout.write_text(good.replace("</mj-body>", "{{ nonsense }}</mj-body>"))
     postman = _postman(ready_project, fake)
-    mail = Mail.confirmation("x@readers.net", int(NOW), NOW)
+    mail = [Mail.confirmation("x@readers.net", int(NOW), NOW)]
     attempt = postman(mail)
     assert attempt.result is Result.RETRY and "nonsense" in attempt.why and fake.requests == []
     layout.write_text(good)

@@ -31,14 +31,16 @@ def sender_fields(config: Config) -> dict[str, Any]:
     return fields
 
 
-def one_off_body(config: Config, *, to: str, subject: str, html: str, text: str, kind: str,
-                 bypass_unsubscribes: bool = False) -> dict[str, Any]:
-    """A message to one reader that is not an issue (the sign-up's confirmation): the publication's sender,
-    no tracking (SendGrid's click tracking would rewrite the link the reader must press), `kind` in
-    custom_args. `bypass_unsubscribes` lets it reach an address on SendGrid's global unsubscribes: a reader
-    who left and asks to come back must get the email that lets them."""
+def one_off_body(config: Config, *, recipients: list[tuple[str, dict[str, str]]], subject: str, html: str, text: str,
+                 kind: str, bypass_unsubscribes: bool = False) -> dict[str, Any]:
+    """A message that is not an issue (the sign-up's confirmation) to each of `recipients`, (address, its
+    substitutions) each, one personalization apiece: the publication's sender, no tracking (SendGrid's click
+    tracking would rewrite the link the reader must press), `kind` in custom_args. `bypass_unsubscribes` lets it
+    reach an address on SendGrid's global unsubscribes: a reader who left and asks to come back must get the
+    email that lets them."""
     body: dict[str, Any] = {
-        "personalizations": [{"to": [{"email": to}]}],
+        "personalizations": [{"to": [{"email": email}], **({"substitutions": subs} if subs else {})}
+                             for email, subs in recipients],
         **sender_fields(config),
         "subject": subject,
         "content": [{"type": "text/plain", "value": text}, {"type": "text/html", "value": html}],

@@ -142,13 +142,13 @@ class Outbox:
             self.refresh()
         return new
 
-    def settle(self, mail: Mail, fate: Fate, why: str = "", now: float | None = None) -> None:
-        """Record that an email left the outbox (sent, or dropped and why)."""
-        record: dict[str, Any] = {"t": str(fate), "id": mail.id, "at": int(time.time() if now is None else now)}
-        if why:
-            record["why"] = why[:300]
+    def settle(self, mails: list[Mail], fate: Fate, why: str = "", now: float | None = None) -> None:
+        """Record that emails left the outbox (sent, or dropped and why), in one fsynced append."""
+        at = int(time.time() if now is None else now)
+        records: list[dict[str, Any]] = [{"t": str(fate), "id": m.id, "at": at, **({"why": why[:300]} if why else {})}
+                                         for m in mails]
         with self._mutex:
-            append_jsonl(self.path, [record], what="the fate of an email in the outbox")
+            append_jsonl(self.path, records, what="the fate of emails in the outbox")
             self.refresh()
 
     def holds(self, ident: str) -> bool:
@@ -206,8 +206,12 @@ def welcome_missing(root: Path, config: Config) -> str:
     return ""
 
 
+CONFIRM_TAG = "-confirm_url-"  # each reader's link, filled in by SendGrid from the personalization
+
+
 class Postman:
-    """Builds each email through message.py (the publication's sender, reply-to and tracking rules) and sends it."""
+    """Builds the emails through message.py (the publication's sender, reply-to and tracking rules) and sends them:
+    one request for many readers of the same email, each reader in their own personalization."""
 
     def __init__(self, root: Path, config: Config, secret: str, transport: Callable[[], Any] | None = None) -> None:
         self.root, self.config, self.secret = root, config, secret
@@ -220,16 +224,15 @@ class Postman:
             self._client = sendgrid_from_env(self.config)
         return self._client
 
-    def __call__(self, mail: Mail) -> Attempt:
-        """Send one email."""
+    def __call__(self, mails: list[Mail]) -> Attempt:
+        """Send these emails (all of one kind) in one request."""
         try:
             transport = self.transport()
             if transport is None:
                 return Attempt(Result.RETRY, "SENDGRID_API_KEY is not set")
-            if mail.kind is Letter.WELCOME and (why := welcome_missing(self.root, self.config)):
+            if mails[0].kind is Letter.WELCOME and (why := welcome_missing(self.root, self.config)):
                 return Attempt(Result.REFUSED, why)
-            body = self.confirmation(mail) if mail.kind is Letter.CONFIRM else self.welcome(mail)
-            transport.send(body)
+            transport.send(self.confirmation(mails) if mails[0].kind is Letter.CONFIRM else self.welcome(mails))
         except TransportError as exc:
             # SendGrid refused the message itself: sending it again changes nothing. Anything else may pass later.
             return Attempt(Result.REFUSED if exc.status in (400, 413) else Result.RETRY, exc.message)
@@ -237,19 +240,20 @@ class Postman:
             return Attempt(Result.RETRY, str(exc))
         return Attempt(Result.SENT)
 
-    def confirmation(self, mail: Mail) -> dict[str, Any]:
-        """The confirmation's request body: layouts/confirm.mjml and .txt with the signed link, nothing else."""
+    def confirmation(self, mails: list[Mail]) -> dict[str, Any]:
+        """The confirmations' request body: layouts/confirm.mjml and .txt, each reader's signed link, nothing else."""
         from .message import one_off_body
         from .render import render_layout
 
-        url = f"{self.config.base_url}/confirm/{make_confirm_token(self.secret, mail.email, mail.signed_up)}"
         # first_name stays empty: writers' older layouts may still test it, and the form's text is never echoed.
-        html, text = render_layout(self.config, "confirm", {"confirm_url": url, "first_name": ""})
-        return one_off_body(self.config, to=mail.email, subject=f"Confirm your subscription to {self.config.name}",
+        html, text = render_layout(self.config, "confirm", {"confirm_url": CONFIRM_TAG, "first_name": ""})
+        links = [(m.email, {CONFIRM_TAG: f"{self.config.base_url}/confirm/"
+                                         f"{make_confirm_token(self.secret, m.email, m.signed_up)}"}) for m in mails]
+        return one_off_body(self.config, recipients=links, subject=f"Confirm your subscription to {self.config.name}",
                             html=html, text=text, kind=str(Letter.CONFIRM), bypass_unsubscribes=True)
 
-    def welcome(self, mail: Mail) -> dict[str, Any]:
-        """The welcome's request body: issues/welcome/ rendered as an issue, for this reader."""
+    def welcome(self, mails: list[Mail]) -> dict[str, Any]:
+        """The welcomes' request body: issues/welcome/ rendered as an issue, for these readers."""
         from .issue import WELCOME_SLUG, load_issue
         from .message import MessageBuilder
         from .render import render_issue
@@ -257,7 +261,7 @@ class Postman:
         rendered = render_issue(self.config, load_issue(self.root, WELCOME_SLUG, self.config))
         builder = MessageBuilder(self.config, rendered, secret=self.secret, slug=WELCOME_SLUG,
                                  subject=rendered.subject)
-        return builder.body([(mail.email, mail.first_name, mail.first_name)])
+        return builder.body([(m.email, m.first_name, m.first_name) for m in mails])
 
 
 @dataclass
@@ -270,29 +274,50 @@ class Round:
     why: str = ""  # why the emails still waiting did not go ("" when none waits)
 
 
-def send_waiting(outbox: Outbox, deliver: Callable[[Mail], Attempt], now: float | None = None) -> Round:
-    """Send every waiting email, oldest first; stop at the first that must wait (SendGrid down: the rest would
-    fail the same way)."""
+def _batches(mails: list[Mail], size: int) -> list[list[Mail]]:
+    """The emails by kind, oldest first, in requests of at most `size` readers."""
+    out = []
+    for kind in Letter:
+        same = [m for m in mails if m.kind is kind]
+        out += [same[i:i + size] for i in range(0, len(same), size)]
+    return sorted(out, key=lambda b: b[0].queued_at)
+
+
+def send_waiting(outbox: Outbox, deliver: Callable[[list[Mail]], Attempt], now: float | None = None,
+                 size: int = 0) -> Round:
+    """Send every waiting email, many readers a request (one fsync records their fate); stop at the first request
+    that must wait (SendGrid down: the rest would fail the same way). A request SendGrid refuses is sent again
+    reader by reader, so only the email it refuses is dropped. `size`: readers a request (default SendGrid's
+    most, message.MAX_PER_REQUEST)."""
+    from .message import MAX_PER_REQUEST
+
     now = time.time() if now is None else now
     done = Round()
     outbox.refresh()
-    queue = outbox.waiting()
-    for i, mail in enumerate(queue):
+    live = []
+    for mail in outbox.waiting():
         if mail.expired(now):
-            outbox.settle(mail, Fate.DROPPED, "too old: its link expired" if mail.kind is Letter.CONFIRM
+            outbox.settle([mail], Fate.DROPPED, "too old: its link expired" if mail.kind is Letter.CONFIRM
                           else "not sent within 7 days", now)
             done.dropped += 1
-            continue
-        attempt = deliver(mail)
-        if attempt.result is Result.RETRY:
-            done.waiting, done.why = len(queue) - i, attempt.why
-            break
-        outbox.settle(mail, Fate.SENT if attempt.result is Result.SENT else Fate.DROPPED, attempt.why, now)
-        if attempt.result is Result.SENT:
-            done.sent += 1
         else:
-            done.dropped += 1
-            log.warning("a %s email was dropped: %s", mail.kind, attempt.why)
+            live.append(mail)
+    todo = _batches(live, size or MAX_PER_REQUEST)
+    while todo:
+        batch = todo.pop(0)
+        attempt = deliver(batch)
+        if attempt.result is Result.RETRY:
+            done.waiting, done.why = len(batch) + sum(len(b) for b in todo), attempt.why
+            break
+        if attempt.result is Result.REFUSED and len(batch) > 1:
+            todo[:0] = [[m] for m in batch]
+            continue
+        outbox.settle(batch, Fate.SENT if attempt.result is Result.SENT else Fate.DROPPED, attempt.why, now)
+        if attempt.result is Result.SENT:
+            done.sent += len(batch)
+        else:
+            done.dropped += len(batch)
+            log.warning("%d %s email(s) dropped: %s", len(batch), batch[0].kind, attempt.why)
     return done
 
 
@@ -301,8 +326,9 @@ class OutboxWorker:
     `poll` seconds), it takes new sign-ups in (`intake`), sends what waits, and while something must wait (SendGrid
     down) tries again after `retry` seconds, doubling up to `max_retry`."""
 
-    def __init__(self, outbox: Outbox, deliver: Callable[[Mail], Attempt], *, intake: Callable[[], Any] | None = None,
-                 retry: float = 5.0, max_retry: float = 300.0, poll: float = 60.0) -> None:
+    def __init__(self, outbox: Outbox, deliver: Callable[[list[Mail]], Attempt], *,
+                 intake: Callable[[], Any] | None = None, retry: float = 5.0, max_retry: float = 300.0,
+                 poll: float = 60.0) -> None:
         self.outbox, self.deliver, self.intake = outbox, deliver, intake
         self.retry, self.max_retry, self.poll = retry, max_retry, poll
         self._wake = threading.Event()
