@@ -251,6 +251,14 @@ class Signups:
             return []
         roster.refresh()
         ledger.refresh()
+        with self._mutex:  # the windows are shared with the request threads' refreshes
+            decisions, mails, records = self._decide(todo, roster, ledger, now)
+        outbox.enqueue(mails)
+        self._append(records)
+        return decisions
+
+    def _decide(self, todo: list[dict[str, Any]], roster: Roster, ledger: Ledger, now: float,
+                ) -> tuple[list[Triage], list[Mail], list[dict[str, Any]]]:
         limit = self.config.signup.per_address_per_day
         decisions, mails, records = [], [], []
         for rec in todo:
@@ -260,7 +268,7 @@ class Signups:
                 decision = Triage.EXPIRED
             elif email in roster and not ledger.is_suppressed_key(email):
                 decision = Triage.SUBSCRIBED
-            elif window.count(now) >= limit:
+            elif window.count(now) - (str(rec["id"]) in window.times) >= limit:  # counted once, if tried before
                 decision = Triage.LIMITED
             else:
                 decision = Triage.CONFIRM
@@ -268,9 +276,7 @@ class Signups:
                 mails.append(Mail.confirmation(email, at, now))
             decisions.append(decision)
             records.append({"t": _TRIAGED, "id": rec["id"], "email": email, "at": int(now), "mail": str(decision)})
-        outbox.enqueue(mails)
-        self._append(records)
-        return decisions
+        return decisions, mails, records
 
     # -- confirming ---------------------------------------------------------------------------------------------
     def request_of(self, email: str, signed_up: int) -> dict[str, Any]:
