@@ -173,8 +173,11 @@ def test_confirming_records_consent_then_the_list_then_one_welcome(ready_project
     assert [(m.email, m.first_name) for m in welcome] == [("nora@readers.net", "Nora")]
     again = confirm(signups, outbox, ledger, token, now=NOW + 120)
     assert again.status is ConfirmStatus.ALREADY
-    # she leaves, signs up again and confirms: on the list again, never a second welcome
     record(ledger_path(ready_project), "nora@readers.net", "unsubscribe", at="2027-01-16T00:00:00Z")
+    # the same link pressed after she left: older than her opt-out, it changes nothing
+    assert confirm(signups, outbox, ledger, token, now=NOW + 86400 + 60).status is ConfirmStatus.STALE
+    assert Ledger(ledger_path(ready_project)).is_suppressed("nora@readers.net")
+    # she signs up again and confirms: on the list again, never a second welcome
     token2 = _signed_up(ready_project, "nora@readers.net", NOW + 2 * 86400)
     signups, outbox, ledger, _ = _desk(ready_project)
     done = confirm(signups, outbox, ledger, token2, now=NOW + 2 * 86400 + 60)

@@ -471,6 +471,9 @@ def confirm(signups: Signups, outbox: Outbox, ledger: Ledger, token: str, now: f
     with file_lock(Path(str(signups.path) + ".confirm")):
         signups.refresh()
         if signups.was_confirmed(email, signed_up):
+            ledger.refresh()
+            if ledger.is_suppressed_key(email):  # confirmed, then an opt-out: it stands, the link is older than it
+                return Confirmed(email, ConfirmStatus.STALE)
             return Confirmed(email, ConfirmStatus.ALREADY, Welcome.SENT_BEFORE)
         request = signups.request_of(email, signed_up)
         first = str(request.get("first_name", ""))
