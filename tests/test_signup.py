@@ -1,187 +1,232 @@
-"""Sign-up: the page, double opt-in with recorded consent, and the welcome email, against `newsletter serve`
-and the fake SendGrid."""
+"""signup.py: the sign-up state (requests, limits per IP and per mailbox, triage), the list in memory, and
+confirming; called as a library, against real files."""
 
 from __future__ import annotations
 
-import csv
-import html
-import re
+import json
 import time
-import urllib.parse
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import SEED_SLUG, record
-from fake_sendgrid import API_KEY, FakeSendGrid
-from test_serve import PREFIX, SECRET, Server, start_server, stop_server
+from conftest import SECRET, SEED_SLUG, Cli, record, write_list
 
-from newsletter.ledger import Ledger, ledger_path
+from newsletter.config import load_config
+from newsletter.ledger import Kind, Ledger, ledger_path
+from newsletter.outbox import Letter, Outbox
+from newsletter.recipients import mailbox_key
+from newsletter.signup import (
+    ConfirmStatus,
+    FormProblem,
+    Request,
+    Roster,
+    SignupOutcome,
+    Signups,
+    Triage,
+    Welcome,
+    confirm,
+    pending_signups,
+    plain_first_name,
+    signups_path,
+)
+from newsletter.subscribers import list_path
+from newsletter.tokens import LinkState, make_confirm_token, verify_confirm_token
 
-FORM = {"Content-Type": "application/x-www-form-urlencoded"}
-CHECK_INBOX = "Check your inbox"
-
-
-@pytest.fixture
-def signup(project: Path, tmp_path: Path) -> Iterator[tuple[Server, FakeSendGrid]]:
-    fake = FakeSendGrid().start()
-    srv = start_server(project, tmp_path, {"SENDGRID_API_URL": fake.url, "SENDGRID_API_KEY": API_KEY})
-    yield srv, fake
-    stop_server(srv)
-    fake.stop()
-    assert not fake.schema_failures, fake.schema_failures[:3]
-
-
-def _post(srv: Server, email: str, *, first: str = "", trap: str = "", ip: str = "") -> tuple[int, str]:
-    body = urllib.parse.urlencode({"email": email, "first_name": first, "website": trap}).encode()
-    headers = {**FORM, **({"X-Forwarded-For": ip} if ip else {})}
-    return srv.request("POST", f"{PREFIX}/subscribe", body, headers)
-
-
-def _confirm_links(fake: FakeSendGrid) -> list[str]:
-    links = []
-    for body in fake.requests:
-        if (body.get("custom_args") or {}).get("newsletter_kind") == "confirm":
-            text = next(c["value"] for c in body["content"] if c["type"] == "text/plain")
-            links += re.findall(r"https://\S+/confirm/\S+", text)
-    return links
+NOW = 1_800_000_000.0
 
 
-def _path(url: str) -> str:
-    return urllib.parse.urlsplit(url).path
+def _limits(root: Path, per_address: int = 3, per_ip: int = 20) -> None:
+    path = root / "newsletter.yaml"
+    path.write_text(path.read_text() + f"signup:\n  per_address_per_day: {per_address}\n"
+                    f"  per_ip_per_hour: {per_ip}\n")
 
 
-def _list(root: Path) -> list[dict[str, str]]:
-    path = root / "subscribers" / "subscribers.csv"
-    return list(csv.DictReader(path.open(encoding="utf-8"))) if path.exists() else []
+def _desk(root: Path) -> tuple[Signups, Outbox, Ledger, Roster]:
+    return (Signups(root, load_config(root), SECRET), Outbox(root), Ledger(ledger_path(root)), Roster(root))
 
 
-def test_sign_up_confirm_and_welcome_in_chromium(signup: tuple[Server, FakeSendGrid], browser) -> None:
-    srv, fake = signup
-    base = f"http://127.0.0.1:{srv.port}"
-    page = browser.new_page(viewport={"width": 375, "height": 800})
-    try:
-        page.goto(f"{base}{PREFIX}/subscribe")
-        assert page.get_by_role("heading").inner_text() == "Subscribe to Micro Moments"
-        assert page.get_by_role("link", name="Read the past issues").is_visible()
-        page.get_by_label("Your email address").fill("New.Reader@readers.net")
-        page.get_by_label("Your first name (optional)").fill("Nora")
-        page.get_by_role("button", name="Subscribe").click()
-        page.wait_for_load_state()
-        assert page.get_by_role("heading").inner_text() == CHECK_INBOX
-        links = _confirm_links(fake)
-        assert len(links) == 1 and fake.requests[0]["personalizations"][0]["to"] == [
-            {"email": "new.reader@readers.net"}]
-        assert _list(srv.root) == []  # not before the confirmation
-        page.goto(base + _path(links[0]))  # the link in the email: a page with a button, nothing changed yet
-        assert _list(srv.root) == []
-        page.get_by_role("button", name="Confirm my subscription").click()
-        page.wait_for_load_state()
-        assert page.get_by_role("heading").inner_text() == "You are subscribed"
-    finally:
-        page.close()
-    assert [(r["email"], r["first_name"]) for r in _list(srv.root)] == [("new.reader@readers.net", "Nora")]
-    consent = [line for line in ledger_path(srv.root).read_text().splitlines()
-               if line.startswith("new.reader@readers.net,subscribe,")]
-    assert len(consent) == 1 and ",signup," in consent[0]
-    assert "signed up 20" in consent[0] and "confirmed 20" in consent[0] and "/subscribe" in consent[0]
-    welcome = [b for b in fake.requests if b.get("custom_args", {}).get("newsletter_issue") == "welcome"]
-    assert len(welcome) == 1
-    p = welcome[0]["personalizations"][0]
-    assert p["to"][0]["email"] == "new.reader@readers.net"
-    assert p["headers"]["List-Unsubscribe"].startswith(f"<https://micromoments.net{PREFIX}/unsubscribe/u1.")
-    assert p["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
-    page_html = next(c["value"] for c in welcome[0]["content"] if c["type"] == "text/html")
-    for tag, value in p["substitutions"].items():
-        page_html = page_html.replace(tag, value)
-    assert "Dear Nora," in page_html and p["headers"]["List-Unsubscribe"][1:-1] in html.unescape(page_html)
+def _lines(root: Path) -> list[dict]:
+    path = signups_path(root)
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def test_replies_are_the_same_whatever_the_address(signup: tuple[Server, FakeSendGrid]) -> None:
-    srv, fake = signup
-    (srv.root / "subscribers" / "subscribers.csv").write_text("email\nold@readers.net\ngone@readers.net\n")
-    record(ledger_path(srv.root), "gone@readers.net", "unsubscribe")
-    _post(srv, "pending@readers.net")
-    answers = {who: _post(srv, who) for who in ("fresh@readers.net", "pending@readers.net", "old@readers.net",
-                                                "gone@readers.net")}
-    assert len({(code, re.sub(r"\d+(\.\d+)?ms", "", body)) for code, body in answers.values()}) == 1
-    assert all(code == 200 and CHECK_INBOX in body for code, body in answers.values())
-    # an unsubscribed reader who signs up again gets a confirmation, and confirming lifts the suppression
-    gone = [u for u in _confirm_links(fake) if "Z29uZUByZWFkZXJzLm5ldA" in u]
-    assert gone, _confirm_links(fake)
-    assert srv.request("POST", _path(gone[0]))[0] == 200
-    ledger = Ledger(ledger_path(srv.root))
-    assert not ledger.is_suppressed("gone@readers.net") and ledger.event_of("gone@readers.net") == "subscribe"
+def test_a_request_is_one_line_whatever_the_address(ready_project: Path) -> None:
+    write_list(ready_project, [("old@readers.net", "Old"), ("gone@readers.net", "Gone")])
+    record(ledger_path(ready_project), "gone@readers.net", "unsubscribe")
+    signups, *_ = _desk(ready_project)
+    for i, who in enumerate(("fresh@readers.net", "old@readers.net", "gone@readers.net", "fresh@readers.net")):
+        result = signups.request(Request(who, ip="10.0.0.1"), now=NOW + i)
+        assert result.outcome is SignupOutcome.RECORDED and result.problem is None
+    lines = _lines(ready_project)
+    assert [r["t"] for r in lines] == ["request"] * 4  # the request path decides nothing about the address
+    assert "10.0.0.1" not in signups_path(ready_project).read_text()  # only a keyed hash of the IP
+    assert signups_path(ready_project).stat().st_mode & 0o777 == 0o600
 
 
-def test_honeypot_rate_limits_and_twice_confirmed(project: Path, tmp_path: Path) -> None:
-    fake = FakeSendGrid().start()
-    srv = start_server(project, tmp_path, {"SENDGRID_API_URL": fake.url, "SENDGRID_API_KEY": API_KEY},
-                       extra_config="signup:\n  per_address_per_day: 2\n  per_ip_per_hour: 4\n")
-    try:
-        code, body = _post(srv, "bot@readers.net", trap="https://spam.example")
-        assert code == 200 and CHECK_INBOX in body
-        assert fake.requests == [] and not (project / "subscribers" / "signups.jsonl").exists()
-        for _ in range(3):  # three sign-ups of one address: two confirmation emails (the limit), same answer
-            assert _post(srv, "eager@readers.net", ip="10.1.1.1")[0] == 200
-        assert len(_confirm_links(fake)) == 2
-        assert _post(srv, "other@readers.net", ip="10.1.1.1")[0] == 200  # the 4th from this IP: sent
-        assert _post(srv, "fifth@readers.net", ip="10.1.1.1")[0] == 200  # the 5th: over the limit, nothing
-        assert len(_confirm_links(fake)) == 3
-        assert "10.1.1.1" not in (project / "subscribers" / "signups.jsonl").read_text()  # only a keyed hash
-        link = _path(_confirm_links(fake)[0])
-        assert srv.request("POST", link)[0] == 200
-        code, again = srv.request("POST", link)
-        assert code == 200 and "You are already subscribed" in again
-        assert [r["email"] for r in _list(project)] == ["eager@readers.net"]
-        welcomes = [b for b in fake.requests if b.get("custom_args", {}).get("newsletter_issue") == "welcome"]
-        assert len(welcomes) == 1
-        stop_server(srv)  # the limits are counted from subscribers/signups.jsonl: they hold across a restart
-        srv = start_server(project, tmp_path, {"SENDGRID_API_URL": fake.url, "SENDGRID_API_KEY": API_KEY},
-                           extra_config="signup:\n  per_address_per_day: 2\n  per_ip_per_hour: 4\n")
-        assert _post(srv, "sixth@readers.net", ip="10.1.1.1")[0] == 200
-        assert len(_confirm_links(fake)) == 3
-    finally:
-        stop_server(srv)
-        fake.stop()
+def test_the_form_is_checked_and_the_honeypot_writes_nothing(ready_project: Path) -> None:
+    signups, *_ = _desk(ready_project)
+    assert signups.request(Request("bot@readers.net", honeypot="https://spam.example")).outcome is SignupOutcome.TRAP
+    assert signups.request(Request("not an address")).problem is FormProblem.ADDRESS
+    for name in ("Your bank account is locked. Verify now at https://evil.example/login", "Nora2", "nora@x.net",
+                 "A" * 41, "evil.example"):
+        assert signups.request(Request("ok@readers.net", first_name=name)).problem is FormProblem.NAME, name
+    assert _lines(ready_project) == []
+    for name, kept in (("  Anne-Marie  ", "Anne-Marie"), ("O'Neil", "O'Neil"), ("José  Luis", "José Luis"), ("", "")):
+        assert plain_first_name(name) == kept
 
 
-def test_expired_and_tampered_links_change_nothing(signup: tuple[Server, FakeSendGrid]) -> None:
-    from newsletter.tokens import make_confirm_token
-
-    srv, _ = signup
-    old = make_confirm_token(SECRET, "late@readers.net", int(time.time()) - 8 * 86400)
-    code, page = srv.request("POST", f"{PREFIX}/confirm/{old}")
-    assert code == 400 and "This link has expired" in page
-    fresh = make_confirm_token(SECRET, "late@readers.net", int(time.time()))
-    tampered = fresh.replace("bGF0ZU", "bWF0ZU")
-    for token in (tampered, fresh[:-2], "c1.x.y.z", make_confirm_token("another-secret", "late@readers.net",
-                                                                       int(time.time()))):
-        code, page = srv.request("POST", f"{PREFIX}/confirm/{token}")
-        assert code == 400 and "This link is not valid" in page
-    assert _list(srv.root) == [] and not ledger_path(srv.root).exists()
-    code, page = srv.request("GET", f"{PREFIX}/confirm/{fresh}")
-    assert code == 200 and "late@readers.net" in page and _list(srv.root) == []  # a GET changes nothing
+def test_the_per_ip_limit_is_an_hour_and_holds_across_a_restart(ready_project: Path) -> None:
+    _limits(ready_project, per_ip=2)
+    signups, *_ = _desk(ready_project)
+    outcomes = [signups.request(Request(f"r{i}@readers.net", ip="10.1.1.1"), now=NOW + i).outcome for i in range(3)]
+    assert outcomes == [SignupOutcome.RECORDED, SignupOutcome.RECORDED, SignupOutcome.LIMITED]
+    assert signups.request(Request("x@readers.net", ip="10.9.9.9"), now=NOW).outcome is SignupOutcome.RECORDED
+    again, *_ = _desk(ready_project)  # a restart: the windows are read back from the file
+    assert again.request(Request("y@readers.net", ip="10.1.1.1"), now=NOW + 120).outcome is SignupOutcome.LIMITED
+    assert again.request(Request("y@readers.net", ip="10.1.1.1"), now=NOW + 3599).outcome is SignupOutcome.LIMITED
+    assert again.request(Request("y@readers.net", ip="10.1.1.1"), now=NOW + 3601).outcome is SignupOutcome.RECORDED
 
 
-def test_sendgrid_down_leaves_the_sign_up_pending(signup: tuple[Server, FakeSendGrid]) -> None:
-    from conftest import Cli
+def test_mailbox_key_is_for_limits_only() -> None:
+    assert mailbox_key("Ada+News@Readers.net") == "ada@readers.net"
+    assert mailbox_key("a.d.a+x@googlemail.com") == mailbox_key("ADA@gmail.com") == "ada@gmail.com"
+    assert mailbox_key("a.da@readers.net") == "a.da@readers.net"  # dots count everywhere but at Gmail
+    assert mailbox_key("+@readers.net") == "+@readers.net"
 
-    srv, fake = signup
-    fake.plan = ["500"]
-    code, page = _post(srv, "patient@readers.net")
-    assert code == 503 and "could not send the confirmation email just now, please try again later" in page
-    assert _list(srv.root) == []
-    pending = Cli(srv.root)("subscribers", "pending")
-    assert "patient@readers.net" in pending.output
-    assert "pending:    1 sign-up(s)" in Cli(srv.root)("subscribers", "count").output
-    code, page = _post(srv, "patient@readers.net")  # SendGrid is back: try again
-    assert code == 200 and len(fake.accepted) == 1 and fake.responses == [500, 202]
+
+def test_triage_confirms_new_and_unsubscribed_but_not_subscribed(ready_project: Path) -> None:
+    write_list(ready_project, [("old@readers.net", "Old"), ("gone@readers.net", "Gone")])
+    record(ledger_path(ready_project), "gone@readers.net", "unsubscribe")
+    signups, outbox, ledger, roster = _desk(ready_project)
+    for who in ("fresh@readers.net", "old@readers.net", "gone@readers.net"):
+        signups.request(Request(who), now=NOW)
+    assert signups.triage(roster, ledger, outbox, now=NOW) == [Triage.CONFIRM, Triage.SUBSCRIBED, Triage.CONFIRM]
+    assert sorted(m.email for m in outbox.waiting()) == ["fresh@readers.net", "gone@readers.net"]
+    assert all(m.kind is Letter.CONFIRM and m.signed_up == int(NOW) for m in outbox.waiting())
+    assert signups.triage(roster, ledger, outbox, now=NOW + 1) == []  # each sign-up is triaged once
+    assert [p.email for p in pending_signups(ready_project, now=NOW)] == ["fresh@readers.net", "gone@readers.net"]
+
+
+def test_the_per_mailbox_limit_counts_tags_and_gmail_dots_as_one(ready_project: Path) -> None:
+    _limits(ready_project, per_address=2)
+    signups, outbox, ledger, roster = _desk(ready_project)
+    for i, who in enumerate(("victim+1@gmail.com", "vic.tim+2@googlemail.com", "VICTIM@gmail.com",
+                             "victim@readers.net")):
+        signups.request(Request(who), now=NOW + i)
+    assert signups.triage(roster, ledger, outbox, now=NOW + 5) == [Triage.CONFIRM, Triage.CONFIRM, Triage.LIMITED,
+                                                                   Triage.CONFIRM]
+    # identity is untouched: each confirmation goes to the address as typed
+    assert sorted(m.email for m in outbox.waiting()) == ["vic.tim+2@googlemail.com", "victim+1@gmail.com",
+                                                         "victim@readers.net"]
+    later, *_ = _desk(ready_project)  # counted from the file: a restart changes nothing
+    later.request(Request("victim+3@gmail.com"), now=NOW + 3600)
+    assert later.triage(roster, ledger, outbox, now=NOW + 3600) == [Triage.LIMITED]
+    later.request(Request("victim+4@gmail.com"), now=NOW + 86400 + 10)
+    assert later.triage(roster, ledger, outbox, now=NOW + 86400 + 10) == [Triage.CONFIRM]
+
+
+def test_a_crash_between_queueing_and_recording_the_triage_sends_nothing_twice(ready_project: Path) -> None:
+    signups, outbox, ledger, roster = _desk(ready_project)
+    signups.request(Request("once@readers.net"), now=NOW)
+    signups.triage(roster, ledger, outbox, now=NOW)
+    path = signups_path(ready_project)
+    path.write_text("".join(line + "\n" for line in path.read_text().splitlines() if '"triaged"' not in line))
+    again, outbox2, *_ = _desk(ready_project)  # restarted as if the triage line had never been written
+    assert again.triage(roster, ledger, outbox2, now=NOW + 1) == [Triage.CONFIRM]
+    assert [m.email for m in Outbox(ready_project).waiting()] == ["once@readers.net"]
+
+
+def test_the_roster_follows_the_list(ready_project: Path) -> None:
+    roster = Roster(ready_project)
+    roster.refresh()
+    assert len(roster) == 0
+    write_list(ready_project, [("Ada@Readers.net", "Ada")])
+    roster.refresh()
+    assert "ada@readers.net" in roster
+    with open(list_path(ready_project), "a", encoding="utf-8") as fh:  # appended in place: the tail is read
+        fh.write('bo@readers.net,"Bo, the second"\n')
+    roster.refresh()
+    assert "bo@readers.net" in roster and len(roster) == 2
+    write_list(ready_project, [("cy@readers.net", "Cy")])  # replaced: read again
+    roster.refresh()
+    assert "cy@readers.net" in roster and "ada@readers.net" not in roster and roster.problem == ""
+    list_path(ready_project).write_bytes("email\ncy@readers.net\nd\xe9@readers.net\n".encode("latin-1"))
+    roster.refresh()  # not UTF-8: the last state stays, and the problem is said
+    assert "cy@readers.net" in roster and "not UTF-8" in roster.problem
+
+
+def _signed_up(root: Path, email: str, at: float, first: str = "") -> str:
+    signups, outbox, ledger, roster = _desk(root)
+    signups.request(Request(email, first_name=first), now=at)
+    signups.triage(roster, ledger, outbox, now=at)
+    return make_confirm_token(SECRET, email, int(at))
+
+
+def test_confirming_records_consent_then_the_list_then_one_welcome(ready_project: Path) -> None:
+    token = _signed_up(ready_project, "nora@readers.net", NOW, first="Nora")
+    signups, outbox, ledger, _ = _desk(ready_project)
+    done = confirm(signups, outbox, ledger, token, now=NOW + 60)
+    assert (done.status, done.welcome, done.email) == (ConfirmStatus.CONFIRMED, Welcome.QUEUED, "nora@readers.net")
+    assert "nora@readers.net,Nora" in list_path(ready_project).read_text()
+    consent = [line for line in ledger_path(ready_project).read_text().splitlines() if ",subscribe," in line]
+    assert len(consent) == 1 and ",signup," in consent[0] and "signed up 2027-01-15T08:00:00Z" in consent[0]
+    welcome = [m for m in outbox.waiting() if m.kind is Letter.WELCOME]
+    assert [(m.email, m.first_name) for m in welcome] == [("nora@readers.net", "Nora")]
+    again = confirm(signups, outbox, ledger, token, now=NOW + 120)
+    assert again.status is ConfirmStatus.ALREADY
+    record(ledger_path(ready_project), "nora@readers.net", "unsubscribe", at="2027-01-16T00:00:00Z")
+    # the same link pressed after she left: older than her opt-out, it changes nothing
+    assert confirm(signups, outbox, ledger, token, now=NOW + 86400 + 60).status is ConfirmStatus.STALE
+    assert Ledger(ledger_path(ready_project)).is_suppressed("nora@readers.net")
+    # she signs up again and confirms: on the list again, never a second welcome
+    token2 = _signed_up(ready_project, "nora@readers.net", NOW + 2 * 86400)
+    signups, outbox, ledger, _ = _desk(ready_project)
+    done = confirm(signups, outbox, ledger, token2, now=NOW + 2 * 86400 + 60)
+    assert (done.status, done.welcome) == (ConfirmStatus.CONFIRMED, Welcome.SENT_BEFORE)
+    assert not Ledger(ledger_path(ready_project)).is_suppressed("nora@readers.net")
+    assert len([m for m in outbox.waiting() if m.kind is Letter.WELCOME]) == 1
+
+
+def test_an_old_link_never_lifts_a_later_opt_out_and_bad_links_are_typed(ready_project: Path) -> None:
+    token = _signed_up(ready_project, "late@readers.net", NOW)
+    record(ledger_path(ready_project), "late@readers.net", "unsubscribe", at="2027-01-15T09:00:00Z")
+    signups, outbox, ledger, _ = _desk(ready_project)
+    assert confirm(signups, outbox, ledger, token, now=NOW + 7200).status is ConfirmStatus.STALE
+    assert Ledger(ledger_path(ready_project)).event_of("late@readers.net") is Kind.UNSUBSCRIBE
+    assert confirm(signups, outbox, ledger, token, now=NOW + 8 * 86400).status is ConfirmStatus.EXPIRED
+    assert confirm(signups, outbox, ledger, token[:-2], now=NOW).status is ConfirmStatus.INVALID
+    assert not list_path(ready_project).exists()
+    assert verify_confirm_token(SECRET, token, NOW).state is LinkState.VALID
+    assert verify_confirm_token("other-secret", token, NOW).state is LinkState.INVALID
+    assert verify_confirm_token(SECRET, "c1.x.y.z", NOW).state is LinkState.INVALID
+
+
+def test_without_a_welcome_issue_confirming_still_works(ready_project: Path) -> None:
+    import shutil
+
+    shutil.rmtree(ready_project / "issues" / "welcome")
+    token = _signed_up(ready_project, "plain@readers.net", NOW)
+    signups, outbox, ledger, _ = _desk(ready_project)
+    done = confirm(signups, outbox, ledger, token, now=NOW + 1)
+    assert done.status is ConfirmStatus.CONFIRMED and done.welcome is Welcome.NONE and "new --welcome" in done.note
+    assert [m.kind for m in outbox.waiting()] == [Letter.CONFIRM]
+
+
+@pytest.mark.parametrize("when", ["now", "expired"])
+def test_pending_lists_what_waits(ready_project: Path, when: str) -> None:
+    now = time.time()
+    at = now if when == "now" else now - 8 * 86400
+    _signed_up(ready_project, "patient@readers.net", at)
+    result = Cli(ready_project)("subscribers", "pending")
+    assert result.exit_code == 0
+    if when == "now":
+        assert "patient@readers.net\tconfirm email waiting in the outbox since" in result.output
+        assert "patient@readers.net\tsigned up" in result.output
+        assert "1 email(s) waiting in the outbox, 1 sign-up(s) waiting for confirmation" in result.output
+    else:
+        assert "0 sign-up(s) waiting" in result.output
 
 
 def test_the_welcome_issue_is_never_sent_to_the_list(ready_project: Path, monkeypatch) -> None:
-    from conftest import Cli
-
     monkeypatch.setenv("NEWSLETTER_SECRET", "s")
     cli = Cli(ready_project)
     result = cli("send", "--issue", "welcome", "--dry-run")
@@ -196,8 +241,6 @@ def test_the_welcome_issue_is_never_sent_to_the_list(ready_project: Path, monkey
 
 
 def test_embed_prints_a_plain_form(ready_project: Path) -> None:
-    from conftest import Cli
-
     out = Cli(ready_project)("embed").output
     assert '<form method="post" action="https://letters.micromoments.net/subscribe"' in out
     assert 'name="email"' in out and 'name="website"' in out and "<script" not in out
@@ -206,10 +249,44 @@ def test_embed_prints_a_plain_form(ready_project: Path) -> None:
 def test_new_welcome_scaffolds_it(project: Path) -> None:
     import shutil
 
-    from conftest import Cli
-
     shutil.rmtree(project / "issues" / "welcome")
     result = Cli(project)("new", "--welcome")
     assert result.exit_code == 0, result.output
     assert "welcome: true" in (project / "issues" / "welcome" / "issue.yaml").read_text()
     assert Cli(project)("new", "--welcome").exit_code == 1  # it exists now
+
+
+def test_concurrent_sign_ups_share_writes_and_the_ip_limit_holds(ready_project: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    _limits(ready_project, per_ip=5)
+    signups, *_ = _desk(ready_project)
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        outcomes = list(pool.map(lambda i: signups.request(Request(f"c{i}@readers.net", ip="10.3.3.3")).outcome,
+                                 range(20)))
+    assert outcomes.count(SignupOutcome.RECORDED) == 5 and outcomes.count(SignupOutcome.LIMITED) == 15
+    assert sorted(r["email"] for r in _lines(ready_project)) == sorted(
+        f"c{i}@readers.net" for i, o in enumerate(outcomes) if o is SignupOutcome.RECORDED)
+
+
+def test_a_failed_write_reaches_every_waiting_sign_up(ready_project: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from newsletter.errors import StorageError
+
+    signups, *_ = _desk(ready_project)
+    lock = Path(f"{signups_path(ready_project)}.lock")
+    lock.mkdir()  # its lock cannot be taken: every caller must hear it, none may hang
+
+    def attempt(i: int) -> str:
+        try:
+            signups.request(Request(f"f{i}@readers.net", ip=f"10.0.0.{i}"))
+        except StorageError as exc:
+            return str(exc)
+        return "recorded"
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        answers = list(pool.map(attempt, range(10)))
+    assert all("could not record" in a for a in answers), answers
+    lock.rmdir()  # the IP windows were not charged for what was not recorded
+    assert signups.request(Request("f0@readers.net", ip="10.0.0.0")).outcome is SignupOutcome.RECORDED

@@ -319,13 +319,17 @@ def subscribers_remove(root: Path, addresses: tuple[str, ...]) -> None:
 @subscribers.command("pending")
 @command_options
 def subscribers_pending(root: Path) -> None:
-    """List sign-ups of the last 7 days that wait for their confirmation (older ones have expired)."""
-    from .signup import pending_signups
+    """List emails still waiting in the outbox (confirmations and welcomes `serve` could not send yet), then the
+    sign-ups of the last 7 days that wait for their confirmation (older ones have expired)."""
+    from .signup import waiting
 
-    waiting = pending_signups(root)
-    for p in waiting:
+    found = waiting(root)
+    for m in found.mail:
+        click.echo(f"{m.email}\t{m.kind} email waiting in the outbox since {m.since}")
+    for p in found.signups:
         click.echo(f"{p.email}\tsigned up {p.at}" + (f"\tat {p.source}" if p.source else ""))
-    click.echo(f"{len(waiting)} sign-up(s) waiting for confirmation", err=True)
+    click.echo(f"{len(found.mail)} email(s) waiting in the outbox, {len(found.signups)} sign-up(s) waiting for "
+               "confirmation", err=True)
 
 
 @subscribers.command("list")

@@ -11,16 +11,19 @@ import errno
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TextIO, TypeVar
 
 from .errors import StorageError
 
 if TYPE_CHECKING:
     from filelock import BaseFileLock
 
+T = TypeVar("T")
+R = TypeVar("R")
 PRIVATE = 0o600
 LOCK_TIMEOUT = 60.0  # seconds any command waits for another holding a file's lock
 
@@ -172,3 +175,82 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
                 continue  # a torn record followed by a later one on the same line, or a hand edit
             if isinstance(record, dict):
                 yield record
+
+
+
+class Tail(NamedTuple):
+    """What `tail_jsonl` read: the records, the offset after them, and whether it started over."""
+
+    records: list[dict[str, Any]]
+    offset: int
+    restarted: bool  # the file was shorter than the offset (replaced, e.g. restored): read from the start
+
+
+def tail_jsonl(path: Path, offset: int) -> Tail:
+    """The JSON objects of the complete lines from byte `offset` on: how a process that keeps a JSON-lines file
+    in memory follows what was appended (a torn last line is read once it is whole)."""
+    try:
+        with open(path, "rb") as fh:
+            size = fh.seek(0, 2)
+            start = offset if offset <= size else 0
+            fh.seek(start)
+            data = fh.read(size - start)
+    except FileNotFoundError:
+        return Tail([], 0, offset > 0)
+    end = data.rfind(b"\n") + 1
+    records = []
+    for raw in data[:end].splitlines():
+        try:
+            record = json.loads(raw)
+        except (ValueError, RecursionError):
+            continue  # a torn record closed by a later append, or a hand edit
+        if isinstance(record, dict):
+            records.append(record)
+    return Tail(records, start + end, start < offset)
+
+
+class GroupCommit(Generic[T, R]):
+    """Writes from concurrent threads made together (a group commit): whoever finds no write in progress writes
+    every item queued so far in one call of `write` (one fsync); the others wait for it and get their own results.
+    Under load, twenty appends cost one or two fsyncs instead of twenty in a row, and no thread of this process
+    polls a file lock. `write` takes the items and returns one result per item, in order."""
+
+    def __init__(self, write: Callable[[list[T]], list[R]]) -> None:
+        self._write = write
+        self._cond = threading.Condition()
+        self._queue: list[tuple[int, list[T]]] = []
+        self._issued = self._written = 0  # tickets handed out, and written (every ticket up to it is settled)
+        self._writing = False
+        self._settled: dict[int, list[R] | BaseException] = {}
+
+    def submit(self, items: list[T]) -> list[R]:
+        """Write `items` (with whatever else is queued); their results once written. Raises what `write` raised."""
+        with self._cond:
+            self._issued += 1
+            ticket = self._issued
+            self._queue.append((ticket, items))
+            while self._writing and self._written < ticket:
+                self._cond.wait()
+            if self._written >= ticket:  # written by another thread
+                return self._outcome(self._settled.pop(ticket))
+            self._writing, batch, self._queue = True, self._queue, []
+        settled: dict[int, list[R] | BaseException] = {}
+        try:
+            results = self._write([item for _, queued in batch for item in queued])
+            at = 0
+            for t, queued in batch:
+                settled[t], at = results[at:at + len(queued)], at + len(queued)
+        except BaseException as exc:  # noqa: BLE001 - every waiter gets it (a bug included), none hangs
+            settled = {t: exc for t, _ in batch}
+        with self._cond:
+            self._writing, self._written = False, batch[-1][0]
+            mine = settled.pop(ticket)
+            self._settled.update(settled)
+            self._cond.notify_all()
+        return self._outcome(mine)
+
+    @staticmethod
+    def _outcome(settled: list[R] | BaseException) -> list[R]:
+        if isinstance(settled, BaseException):
+            raise settled
+        return settled

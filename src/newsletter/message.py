@@ -22,6 +22,42 @@ def _to_name(name: str) -> str:
     return " ".join(name.split())
 
 
+def sender_fields(config: Config) -> dict[str, Any]:
+    """`from` and, when there is one, `reply_to`: who every message of this publication comes from."""
+    fields: dict[str, Any] = {"from": {"email": config.sender.email, "name": config.sender.name}
+                              if config.sender.name else {"email": config.sender.email}}
+    if config.reply_to:
+        fields["reply_to"] = {"email": config.reply_to}
+    return fields
+
+
+def one_off_body(config: Config, *, recipients: list[tuple[str, dict[str, str]]], subject: str, html: str, text: str,
+                 kind: str, bypass_unsubscribes: bool = False) -> dict[str, Any]:
+    """A message that is not an issue (the sign-up's confirmation) to each of `recipients`, (address, its
+    substitutions) each, one personalization apiece: the publication's sender, no tracking (SendGrid's click
+    tracking would rewrite the link the reader must press), `kind` in custom_args. `bypass_unsubscribes` lets it
+    reach an address on SendGrid's global unsubscribes: a reader who left and asks to come back must get the
+    email that lets them."""
+    body: dict[str, Any] = {
+        "personalizations": [{"to": [{"email": email}], **({"substitutions": subs} if subs else {})}
+                             for email, subs in recipients],
+        **sender_fields(config),
+        "subject": subject,
+        "content": [{"type": "text/plain", "value": text}, {"type": "text/html", "value": html}],
+        "custom_args": {"newsletter_kind": kind},
+        "tracking_settings": {"click_tracking": {"enable": False, "enable_text": False},
+                              "open_tracking": {"enable": False}, "subscription_tracking": {"enable": False}},
+    }
+    settings: dict[str, Any] = {}
+    if bypass_unsubscribes:
+        settings["bypass_unsubscribe_management"] = {"enable": True}
+    if config.sendgrid.sandbox:
+        settings["sandbox_mode"] = {"enable": True}
+    if settings:
+        body["mail_settings"] = settings
+    return body
+
+
 class MessageBuilder:
     """Builds request bodies: the shared part once, then a small personalization per reader."""
 
@@ -35,8 +71,7 @@ class MessageBuilder:
         self.tags = rendered.tags  # only the substitutions the parts use travel with each reader
         self.mailto = s.unsubscribe_mailto
         body: dict[str, Any] = {
-            "from": {"email": cfg.sender.email, "name": cfg.sender.name} if cfg.sender.name
-            else {"email": cfg.sender.email},
+            **sender_fields(cfg),
             "subject": subject,
             "content": [  # text/plain first, then text/html: SendGrid requires this order
                 {"type": "text/plain", "value": rendered.text},
@@ -50,8 +85,6 @@ class MessageBuilder:
                 "subscription_tracking": {"enable": False},
             },
         }
-        if cfg.reply_to:
-            body["reply_to"] = {"email": cfg.reply_to}
         if s.categories:
             body["categories"] = list(s.categories)
         if s.asm_group_id:

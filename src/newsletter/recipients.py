@@ -29,6 +29,22 @@ def normalize(address: str) -> str:
     return key if key.isascii() else unicodedata.normalize("NFC", key)
 
 
+_DOTLESS = {"gmail.com": "gmail.com", "googlemail.com": "gmail.com"}  # Gmail ignores dots; one mailbox, two names
+
+
+def mailbox_key(address: str) -> str:
+    """The mailbox an address reaches, for rate limits only, never for identity: `ada+news@x.net` and
+    `ada@x.net` share one; at Gmail `a.da@googlemail.com` and `ada@gmail.com` do too."""
+    key = normalize(address)
+    local, at, domain = key.rpartition("@")
+    if not at:
+        return key
+    local = local.split("+", 1)[0] or local
+    if domain in _DOTLESS:
+        local, domain = local.replace(".", "") or local, _DOTLESS[domain]
+    return f"{local}@{domain}"
+
+
 def is_plausible(address: object) -> bool:
     """Whether a (normalised) value can be an address we may store or send to: a string, one `@`, a dotted
     domain, no whitespace, line break, separator or undecodable byte."""

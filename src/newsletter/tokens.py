@@ -7,6 +7,8 @@ import binascii
 import functools
 import hashlib
 import hmac
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from .config import SECRET_ENV, env_value
@@ -110,22 +112,39 @@ def make_confirm_token(secret: str, email: str, signed_up: int) -> str:
     return f"{CONFIRM_VERSION}.{payload}.{_b64(_confirm_mac(secret, payload))}"
 
 
-def verify_confirm_token(secret: str, token: str, now: float) -> tuple[str, int] | str:
-    """(address, sign-up time) of a valid confirm token; else why not: "invalid" or "expired"."""
+class LinkState(StrEnum):
+    """What a confirmation link is worth."""
+
+    VALID = "valid"
+    INVALID = "invalid"  # malformed, tampered or signed with another key
+    EXPIRED = "expired"  # older than CONFIRM_DAYS (or dated in the future)
+
+
+@dataclass(frozen=True)
+class ConfirmLink:
+    """A confirmation link read: its state, and for a valid one the address and the sign-up's unix time."""
+
+    state: LinkState
+    email: str = ""
+    signed_up: int = 0
+
+
+def verify_confirm_token(secret: str, token: str, now: float) -> ConfirmLink:
+    """The confirmation link `token`, checked: valid (with its address and sign-up time), invalid or expired."""
     try:
         version, address, signed_up, mac = token.split(".")
         email = _unb64(address).decode("utf-8")
         when = int(signed_up)
         given = _unb64(mac)
     except (ValueError, binascii.Error, UnicodeDecodeError):
-        return "invalid"
+        return ConfirmLink(LinkState.INVALID)
     if version != CONFIRM_VERSION or _b64(given) != mac or not is_plausible(email):
-        return "invalid"
+        return ConfirmLink(LinkState.INVALID)
     if not hmac.compare_digest(given, _confirm_mac(secret, f"{address}.{signed_up}")):
-        return "invalid"
+        return ConfirmLink(LinkState.INVALID)
     if now - when > CONFIRM_DAYS * 86400 or when > now + 300:
-        return "expired"
-    return email, when
+        return ConfirmLink(LinkState.EXPIRED)
+    return ConfirmLink(LinkState.VALID, email, when)
 
 
 def keyed_hash(secret: str, value: str) -> str:

@@ -1,12 +1,11 @@
-"""`newsletter serve`: the unsubscribe page with RFC 8058 one-click POST, the SendGrid Event Webhook, health."""
+"""`newsletter serve`: the unsubscribe page with RFC 8058 one-click POST, the SendGrid Event Webhook, sign-up and
+its confirmation, health; the outbox worker. What every answer gets (headers, private log, deadline): webguard.py."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import html
 import logging
-import re
 import threading
 import time
 from dataclasses import dataclass
@@ -14,11 +13,25 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from .config import API_KEY_ENV, Config, env_set, env_value, load_config
+from .config import Config, env_set, env_value, load_config
 from .errors import NewsletterError
-from .ledger import Event, Kind, Ledger, Source, ledger_path
+from .files import GroupCommit
+from .ledger import Event, Kind, Ledger, Outcome, Recorded, Source, ledger_path
+from .outbox import Outbox, OutboxWorker, Postman
+from .signup import (
+    MAX_FIRST_NAME,
+    Confirmed,
+    ConfirmStatus,
+    FormProblem,
+    Roster,
+    SignupOutcome,
+    SignupResult,
+    Signups,
+    Welcome,
+)
 from .suppressions import BackgroundPusher
-from .tokens import secret_from_env, verify_token
+from .tokens import LinkState, secret_from_env, verify_token
+from .webguard import AccessLog, PrivateLog, SecurityHeaders, for_log, protocol_class, request_deadline
 from .webhook import (
     PUBLIC_KEY_ENV,
     SIGNATURE_HEADER,
@@ -33,7 +46,6 @@ from .webhook import (
 log = logging.getLogger("newsletter.web")
 MAX_FORM_BYTES = 16 * 1024
 MAX_WEBHOOK_BYTES = 5 * 1024 * 1024  # SendGrid posts batches of up to 768 KB
-_TOKEN_IN_PATH = re.compile(r"/unsubscribe/[^/?]+")
 
 
 @dataclass
@@ -47,21 +59,11 @@ class WebState:
     ledger: Ledger
     events: EventLog
     lock: threading.Lock  # check-then-append of one process is atomic: a second POST writes nothing new
+    signups: Signups
+    outbox: Outbox
+    worker: OutboxWorker  # sends the outbox: confirmation and welcome emails never go out inside a request
+    unsubscribes: GroupCommit[Event, Recorded]  # the page's and one-click's writes to the ledger
     prefix: str = ""  # the path of base_url, under which every route answers
-
-
-def _loggable(text: str) -> str:
-    """Control characters escaped: a request path with %0a must not forge a second log line."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
-def _without_address(text: str, email: str) -> str:
-    return text.replace(email, _mask(email))
-
-
-def _mask(email: str) -> str:
-    local, _, domain = email.partition("@")
-    return f"{local[:1]}…@{domain}" if local else email
 
 
 def _page(config: Config, title: str, body: str, status: int = 200) -> Any:
@@ -82,9 +84,12 @@ h1 {{ font-family:{f['heading']}; color:{c['heading']}; font-size:26px; line-hei
 button {{ background:{c['accent']}; color:{c['button_text']}; border:0; border-radius:6px; font-size:18px;
          font-weight:bold; padding:14px 28px; min-height:48px; cursor:pointer; font-family:inherit; }}
 p.small {{ font-size:14px; color:{c['muted']}; }}
+a {{ color:{c['accent']}; }}
+p.error {{ color:#a4262c; font-weight:bold; }}
 @media (prefers-color-scheme: dark) {{
   body {{ background:{c['dark_background']}; color:{c['dark_text']}; }}
   main {{ background:{c['dark_content']}; }} h1 {{ color:{c['dark_text']}; }} p.small {{ color:{c['dark_muted']}; }}
+  a {{ color:{c['dark_accent']}; }} p.error {{ color:#ff9a9f; }}
 }}
 </style></head>
 <body><main>
@@ -92,15 +97,15 @@ p.small {{ font-size:14px; color:{c['muted']}; }}
 <h1>{html.escape(title)}</h1>
 {body}
 </main></body></html>"""
-    return HTMLResponse(doc, status_code=status, headers={"Cache-Control": "no-store",
-                                                           "Referrer-Policy": "no-referrer"})
+    # The security headers are added to every answer by SecurityHeaders.
+    return HTMLResponse(doc, status_code=status, headers={"Cache-Control": "no-store"})
 
 
 _FIELD = "font-size:18px;padding:10px;width:100%;max-width:420px;box-sizing:border-box;"
 HONEYPOT = "website"  # a field hidden from people; a bot that fills it is answered and ignored
 
 
-def signup_form(config: Config, action: str, email: str = "") -> str:
+def signup_form(config: Config, action: str, email: str = "", first_name: str = "") -> str:
     """The sign-up form: plain HTML that works without JavaScript (the page and `newsletter embed`)."""
     promise = config.signup.promise or (f"One letter a week from {config.name}. Unsubscribe with one click, "
                                         "any time.")
@@ -111,7 +116,7 @@ def signup_form(config: Config, action: str, email: str = "") -> str:
             f'value="{html.escape(email, quote=True)}" style="{_FIELD}"></p>\n'
             '  <p><label for="nl-first">Your first name (optional)</label><br>\n'
             '  <input id="nl-first" name="first_name" type="text" autocomplete="given-name" '
-            f'style="{_FIELD}"></p>\n'
+            f'value="{html.escape(first_name, quote=True)}" style="{_FIELD}"></p>\n'
             f'  <p style="position:absolute;left:-10000px;" aria-hidden="true"><label for="nl-{HONEYPOT}">Leave '
             f'this empty</label><input id="nl-{HONEYPOT}" name="{HONEYPOT}" type="text" tabindex="-1" '
             'autocomplete="off"></p>\n'
@@ -120,8 +125,8 @@ def signup_form(config: Config, action: str, email: str = "") -> str:
             f'<p class="small"><a href="{html.escape(config.archive_url, quote=True)}/">Read the past issues</a></p>')
 
 
-def _confirm_refused(config: Config, why: str) -> Any:
-    if why == "expired":
+def _confirm_refused(config: Config, why: LinkState) -> Any:
+    if why is LinkState.EXPIRED:
         return _page(config, "This link has expired", "<p>Confirmation links work for 7 days. Please "
                      f'<a href="{html.escape(config.base_url, quote=True)}/subscribe">sign up again</a>.</p>', 400)
     return _page(config, "This link is not valid", "<p>This confirmation link is incomplete or has been changed. "
@@ -135,40 +140,49 @@ def _invalid(state: WebState) -> Any:
 
 
 async def _read_limited(request: Any, limit: int) -> bytes | None:
+    """The request body, or None when it is over `limit` bytes (or the client went away while sending it)."""
+    from starlette.requests import ClientDisconnect
+
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         return None
     body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            return None
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                return None
+    except ClientDisconnect:  # dropped at the request deadline: nobody reads the answer
+        return None
     return body
 
 
 # -- sign-up (double opt-in): the page, the form's POST, the confirm link --------------------------------
-def _transport(config: Config) -> Any:
-    """SendGrid, when SENDGRID_API_KEY is set (None otherwise: the confirmation email cannot go out)."""
-    from .sendgrid import SendGridTransport, api_key_from_env
+FORM_PROBLEMS = {
+    FormProblem.ADDRESS: "That does not look like an email address. Please check it and try again.",
+    FormProblem.NAME: f"Please give just your first name: letters only, up to {MAX_FIRST_NAME} characters, or "
+                      "leave it empty.",
+}
+CHECK_INBOX = ("<p>If the address is right, an email is on its way with a button to confirm your subscription to "
+               "{name}. It can take a few minutes; look in the spam folder too.</p>")
 
-    if not env_set(API_KEY_ENV):
-        return None
-    return SendGridTransport(api_key_from_env(), timeout=config.sendgrid.timeout)
 
 async def _subscribe_page(request: Any) -> Any:
     state: WebState = request.app.state.newsletter
     config = state.config
     return _page(config, f"Subscribe to {config.name}", signup_form(config, action=f"{state.prefix}/subscribe"))
 
+
 async def _subscribe_post(request: Any) -> Any:
+    """Record the sign-up and answer: the same work and the same page whatever the address (new, pending,
+    subscribed, unsubscribed); the outbox worker decides the rest, after the answer."""
     from starlette.concurrency import run_in_threadpool
     from starlette.responses import PlainTextResponse
 
     from .signup import Request as SignupRequest
-    from .signup import SignupError, request_signup
 
     state: WebState = request.app.state.newsletter
-    config, prefix = state.config, state.prefix
+    config = state.config
     body = await _read_limited(request, MAX_FORM_BYTES)
     if body is None:
         return PlainTextResponse("request too large", status_code=413)
@@ -177,69 +191,73 @@ async def _subscribe_post(request: Any) -> Any:
                         source=request.headers.get("referer", "") or f"{config.base_url}/subscribe",
                         ip=request.client.host if request.client else "", honeypot=form.get(HONEYPOT, ""))
     try:
-        await run_in_threadpool(request_signup, state.root, config, state.secret, _transport(config), req)
-    except SignupError as exc:
-        if exc.status == 400:
-            return _page(config, f"Subscribe to {config.name}", f'<p class="error" role="alert">'
-                         f"{html.escape(exc.message)}.</p>" + signup_form(config, f"{prefix}/subscribe",
-                                                                          form.get("email", "")), 400)
-        log.error("sign-up not confirmed by email: %s", _loggable(_without_address(str(exc), req.email)))
-        return _page(config, "We could not send the confirmation",
-                     "<p>We could not send the confirmation email just now, please try again later.</p>", 503)
+        result = await run_in_threadpool(state.signups.request, req)
     except (NewsletterError, OSError) as exc:
-        log.error("sign-up not recorded: %s", _loggable(_without_address(str(exc), req.email)))
+        log.error("sign-up not recorded: %s", for_log(str(exc)))
         return _page(config, "We could not sign you up just now",
                      "<p>Something went wrong on our side and nothing was recorded. Please try again in a few "
                      "minutes.</p>", 503)
-    # The same answer whatever the address: new, pending, already subscribed or unsubscribed.
-    return _page(config, "Check your inbox",
-                 "<p>If the address is right, an email is on its way with a button to confirm your "
-                 f"subscription to {html.escape(config.name)}. It can take a minute; look in the spam folder "
-                 "too.</p>")
+    if result.outcome is SignupOutcome.RECORDED:
+        state.worker.nudge()
+    return _signup_answer(state, result, form)
+
+
+def _signup_answer(state: WebState, result: SignupResult, form: dict[str, str]) -> Any:
+    config = state.config
+    if result.outcome is SignupOutcome.INVALID and result.problem is not None:
+        return _page(config, f"Subscribe to {config.name}",
+                     f'<p class="error" role="alert">{html.escape(FORM_PROBLEMS[result.problem])}</p>'
+                     + signup_form(config, f"{state.prefix}/subscribe", form.get("email", ""),
+                                   form.get("first_name", "")), 400)
+    # RECORDED, TRAP, LIMITED: one answer, so the form tells nobody anything about an address.
+    return _page(config, "Check your inbox", CHECK_INBOX.format(name=html.escape(config.name)))
+
 
 async def _confirm_page(request: Any) -> Any:
     from .tokens import verify_confirm_token
 
     state: WebState = request.app.state.newsletter
     config = state.config
-    found = verify_confirm_token(state.secret, request.path_params["token"], time.time())
-    if isinstance(found, str):
-        return _confirm_refused(config, found)
+    link = verify_confirm_token(state.secret, request.path_params["token"], time.time())
+    if link.state is not LinkState.VALID:
+        return _confirm_refused(config, link.state)
     # A GET never changes anything: mail scanners open every link.
     action = html.escape(str(request.url.path), quote=True)
     return _page(config, f"Confirm your subscription to {config.name}",
                  f"<p>Press the button to start receiving {html.escape(config.name)} at "
-                 f"<strong>{html.escape(found[0])}</strong>.</p>"
+                 f"<strong>{html.escape(link.email)}</strong>.</p>"
                  f'<form method="post" action="{action}"><button type="submit">Confirm my subscription'
                  "</button></form>")
+
 
 async def _confirm_post(request: Any) -> Any:
     from starlette.concurrency import run_in_threadpool
 
-    from .signup import SignupError, confirm
+    from .signup import confirm
 
     state: WebState = request.app.state.newsletter
     config = state.config
     await _read_limited(request, MAX_FORM_BYTES)
     try:
-        done = await run_in_threadpool(confirm, state.root, config, state.secret, _transport(config),
-                                       request.path_params["token"], state.ledger)
-    except SignupError as exc:
-        return _confirm_refused(config, "expired" if "expired" in exc.message else "invalid")
+        done = await run_in_threadpool(confirm, state.signups, state.outbox, state.ledger,
+                                       request.path_params["token"])
     except (NewsletterError, OSError) as exc:
-        log.error("confirmation not recorded: %s", _loggable(str(exc)))
+        log.error("confirmation not recorded: %s", for_log(str(exc)))
         return _page(config, "We could not confirm you just now",
                      "<p>Something went wrong on our side and nothing was recorded. Please press the button "
                      "in the email again in a few minutes.</p>", 503)
+    if done.welcome is Welcome.QUEUED:
+        state.worker.nudge()
     return _confirmed_page(state, done)
 
 
-def _confirmed_page(state: WebState, done: Any) -> Any:
-    from .signup import ConfirmStatus
-
+def _confirmed_page(state: WebState, done: Confirmed) -> Any:
     config = state.config
-    if done.welcome_note:
-        log.warning("welcome email: %s", _loggable(_without_address(done.welcome_note, done.email)))
+    if done.status in (ConfirmStatus.INVALID, ConfirmStatus.EXPIRED):
+        return _confirm_refused(config, LinkState(done.status.value))
+    if done.note:
+        log.warning("%s: %s", "welcome email" if done.welcome is Welcome.NONE else "confirmation not finished",
+                    for_log(done.note))
     if done.status is ConfirmStatus.STALE:
         return _page(config, "This link is older than your unsubscribe",
                      "<p>You unsubscribed after asking for this link, so it cannot sign you up again. If you "
@@ -249,7 +267,7 @@ def _confirmed_page(state: WebState, done: Any) -> Any:
         return _page(config, "Almost there",
                      "<p>Your consent was recorded, but we could not add you to the list just now. Please press "
                      "the button in the email again in a few minutes to finish.</p>", 503)
-    title = "You are already subscribed" if done.already else "You are subscribed"
+    title = "You are already subscribed" if done.status is ConfirmStatus.ALREADY else "You are subscribed"
     return _page(config, title, f"<p>Welcome to {html.escape(config.name)}. The next letter will find you at "
                  f"<strong>{html.escape(done.email)}</strong>.</p>"
                  f'<p class="small"><a href="{html.escape(config.archive_url)}/">Read the past issues</a></p>')
@@ -274,9 +292,10 @@ async def _unsubscribe_page(request: Any) -> Any:
 
 def _record_unsubscribe(state: WebState, email: str, source: str) -> bool:
     """The ledger decides (a second POST writes nothing) and tells SendGrid after the answer, in the
-    background: the reader does not wait on SendGrid, and what fails waits in the ledger's queue."""
-    recording = state.ledger.record([Event(email, Kind.UNSUBSCRIBE, source=source)], what=f"a {source} unsubscribe")
-    return bool(recording.written)
+    background: the reader does not wait on SendGrid, and what fails waits in the ledger's queue. Concurrent
+    unsubscribes are recorded together, one fsync for all (state.unsubscribes)."""
+    (done,) = state.unsubscribes.submit([Event(email, Kind.UNSUBSCRIBE, source=source)])
+    return done.outcome is Outcome.RECORDED
 
 
 async def _unsubscribe_post(request: Any) -> Any:
@@ -301,7 +320,7 @@ async def _unsubscribe_post(request: Any) -> Any:
     except (NewsletterError, OSError) as exc:
         # Nothing was stored, so nothing is claimed: 503 makes a one-click client retry, and the reader
         # is told plainly. The log line names the cause, never the address.
-        log.error("unsubscribe not recorded: %s", _loggable(_without_address(str(exc), email)))
+        log.error("unsubscribe not recorded: %s", for_log(str(exc)))
         return _page(config, "We could not unsubscribe you just now",
                      "<p>Something went wrong on our side and your request was <strong>not</strong> recorded. "
                      "Please try again in a few minutes, or reply to any issue and ask to be removed: "
@@ -338,7 +357,7 @@ async def _webhook(request: Any) -> Any:
         result = await run_in_threadpool(_record_events, state, events)
     except (NewsletterError, OSError) as exc:
         # Not stored, so not acknowledged: SendGrid retries a batch that is not answered 2xx.
-        log.error("webhook batch not stored: %s", _loggable(str(exc)))
+        log.error("webhook batch not stored: %s", for_log(str(exc)))
         return JSONResponse({"error": "could not store the events; retry later"}, status_code=503)
     return JSONResponse({"received": len(events), "new": result.logged, "ledger": result.ledger,
                          "skipped": result.skipped})
@@ -377,8 +396,15 @@ def create_app(root: Path) -> Any:
     ledger = Ledger(ledger_path(root))
     pusher = BackgroundPusher(ledger)
     ledger.follow = pusher.follow  # every opt-out recorded here reaches SendGrid without a `sync`
+    signups, outbox = Signups(root, config, secret), Outbox(root)
+    roster = Roster(root)
+    _intake_roster(roster)  # read now, before the first sign-up: no request ever waits on a whole-list read
+    worker = OutboxWorker(outbox, Postman(root, config, secret),
+                          intake=lambda: _intake(signups, roster, ledger, outbox))
     state = WebState(root=root, config=config, secret=secret, public_key=env_value(PUBLIC_KEY_ENV),
-                     ledger=ledger, events=EventLog(root), lock=threading.Lock(),
+                     ledger=ledger, events=EventLog(root), lock=threading.Lock(), signups=signups, outbox=outbox,
+                     worker=worker, unsubscribes=GroupCommit(lambda events: ledger.record(
+                         events, what=f"{len(events)} unsubscribe(s)").results),
                      prefix=urlsplit(config.base_url).path.rstrip("/"))
     prefix = state.prefix
     routes = [
@@ -400,82 +426,38 @@ def create_app(root: Path) -> Any:
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> Any:
         pusher.start()
+        worker.start()
         try:
             yield
         finally:
+            worker.stop()
             pusher.stop()
 
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.newsletter = state
-    return AccessLog(app)
+    return AccessLog(SecurityHeaders(app))
 
 
-class AccessLog:
-    """ASGI middleware: one log line per request; tokens (which carry the address) never reach the log."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = {"code": 500}
-
-        async def capture(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, capture)
-        finally:
-            path = _loggable(_TOKEN_IN_PATH.sub("/unsubscribe/<token>", scope.get("path", "")))
-            log.info("%s %s %d %.1fms", _loggable(scope.get("method", "-")), path, status["code"],
-                     (time.perf_counter() - start) * 1000)
+def app_state(app: Any) -> WebState:
+    """The state behind an app made by create_app (under its middleware)."""
+    while not hasattr(app, "state"):
+        app = app.app
+    state: WebState = app.state.newsletter
+    return state
 
 
-HEADER_TIMEOUT = 10.0  # seconds a client has to finish a request's headers
+def _intake(signups: Signups, roster: Roster, ledger: Ledger, outbox: Outbox) -> None:
+    """The outbox worker's first step: decide what new sign-ups lead to (the list unreadable: decided without it,
+    so a reader on it may get a confirmation, never the other way round)."""
+    _intake_roster(roster)  # triage refreshes it too: this one says when the list cannot be read
+    signups.triage(roster, ledger, outbox)
 
 
-def _protocol_class() -> type:
-    """uvicorn's h11 protocol with a header-read deadline. uvicorn has none: a client that sends half a
-    request line and stops holds its connection (and a slot) for ever, so 1000 of them starve real readers.
-    Here a connection whose request headers are not complete within HEADER_TIMEOUT seconds of its start (or of
-    the previous response) is closed."""
-    import h11
-    from uvicorn.protocols.http.h11_impl import H11Protocol
-
-    class HeaderTimeoutProtocol(H11Protocol):  # type: ignore[misc]
-        _header_timer: asyncio.TimerHandle | None = None
-
-        def _arm(self) -> None:
-            if self._header_timer is not None:
-                self._header_timer.cancel()
-            self._header_timer = self.loop.call_later(HEADER_TIMEOUT, self._headers_late)
-
-        def _headers_late(self) -> None:
-            self._header_timer = None
-            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
-                self.transport.close()  # still no complete request line and headers: drop it
-
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._arm()
-
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            if not self.transport.is_closing():
-                self._arm()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            if self._header_timer is not None:
-                self._header_timer.cancel()
-                self._header_timer = None
-            super().connection_lost(exc)
-
-    return HeaderTimeoutProtocol
+def _intake_roster(roster: Roster) -> None:
+    known = roster.problem
+    roster.refresh()
+    if roster.problem and roster.problem != known:
+        log.warning("the list cannot be read, sign-ups are checked without it: %s", for_log(roster.problem))
 
 
 def serve(root: Path, host: str, port: int, ready: Any = None) -> None:
@@ -485,6 +467,9 @@ def serve(root: Path, host: str, port: int, ready: Any = None) -> None:
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(PrivateLog())
+    deadline = request_deadline()
     if not env_set(PUBLIC_KEY_ENV):
         log.warning("%s is not set: the event webhook will refuse every request (403)", PUBLIC_KEY_ENV)
     app = create_app(root)
@@ -505,5 +490,6 @@ def serve(root: Path, host: str, port: int, ready: Any = None) -> None:
     if ready:
         ready(f"http://{host}:{port}")
     # No limit_concurrency: uvicorn counts idle connections against it and answers 503 to real readers.
-    uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning", proxy_headers=True,
-                http=_protocol_class(), timeout_keep_alive=5, backlog=2048)
+    # log_config=None: uvicorn's own lines go through the root handler, and so through PrivateLog.
+    uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning", log_config=None,
+                proxy_headers=True, http=protocol_class(deadline), timeout_keep_alive=5, backlog=2048)
