@@ -211,7 +211,10 @@ class OptOuts(RuleBasedStateMachine):
             return
         expected = self.state()
         ledger = Ledger(ledger_path(self.root))
-        served = self.client.app.app.state.newsletter.ledger  # type: ignore[attr-defined]
+        app = self.client.app
+        while not hasattr(app, "state"):  # the middlewares around the Starlette app
+            app = app.app  # type: ignore[attr-defined]
+        served = app.state.newsletter.ledger  # type: ignore[attr-defined]
         served.refresh()
         for who in ADDRESSES:
             want = expected.get(who, (False, "", ""))[0]

@@ -60,6 +60,7 @@ def test_a_push_never_lifts_what_sendgrid_itself_recorded(letters: Path, fake: F
     signed_up = int(time.time()) - 60
     confirmed = app.post(f"/confirm/{make_confirm_token('test-secret-0123456789', 'ada@readers.net', signed_up)}")  # type: ignore[attr-defined]
     assert confirmed.status_code == 200, confirmed.text
+    wait_for(lambda: not len(waiting(letters)), what="the confirmation's lift to reach SendGrid")
     fake.group_suppressions.setdefault(str(GROUP), set()).add("ada@readers.net")
     _webhook(app, signer, {"email": "ada@readers.net", "event": "group_unsubscribe", "asm_group_id": GROUP})
     assert Ledger(ledger_path(letters)).is_suppressed("ada@readers.net")
