@@ -53,6 +53,17 @@ def test_a_link_to_the_subscriber_list_is_never_published(cli: Cli, project: Pat
     out = tmp_path / "published"
     publish_issue_images(folder, out)
     assert not out.exists() or not any(out.iterdir())
+    site = tmp_path / "site"
+    archived = cli("archive", "--out", str(site))
+    assert archived.exit_code == 1
+    assert f"a link or not a regular file in an issue folder: issues/{SEED_SLUG}/chart.svg" in archived.output
+    assert "nothing was published" in archived.output and not site.exists()
+    (folder / "chart.svg").unlink()
+    (folder / "photo.jpg").unlink()
+    (folder / "pipe.png").unlink()
+    (folder / "diagram.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg"/>')
+    assert cli("archive", "--out", str(site)).exit_code == 0
+    assert (site / SEED_SLUG / "diagram.svg").read_text().startswith("<svg")
 
 
 def test_linked_issue_files_and_folders_are_refused(project: Path) -> None:

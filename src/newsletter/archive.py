@@ -6,7 +6,6 @@ import datetime as dt
 import html
 import os
 import re
-import shutil
 import stat
 from dataclasses import dataclass
 from enum import StrEnum
@@ -15,15 +14,14 @@ from urllib.parse import urlsplit
 from xml.sax.saxutils import escape as xml_escape
 
 from .config import Config, load_config
+from .errors import IssueError
 from .files import write_atomic
-from .images import IMAGE_SUFFIXES as RASTER
 from .images import publish_issue_images
-from .issue import Issue, list_slugs, load_issue
+from .issue import Issue, issues_dir, list_slugs, load_issue, unsafe_files
 from .journal import journal_path, load_state
 from .markdown import inline_html
 from .render import brand_styles, fill, reader_substitutions, render_issue
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".svg", ".avif"}
 _UNSUB_LINK = re.compile(r"<a\b[^>]*/unsubscribe/[^>]*>.*?</a>", re.S | re.I)
 
 
@@ -65,17 +63,6 @@ def web_page(config: Config, issue: Issue) -> str:
             f"{html.escape(config.name)}</a> &middot; <a href=\"{html.escape(subscribe_url(config), quote=True)}\" "
             f'style="color:{accent};">Subscribe</a></p>')
     return re.sub(r"(<body\b[^>]*>)", lambda m: m.group(1) + back, page, count=1)
-
-
-def publish_images(issue_dir: Path, target: Path) -> list[str]:
-    """The issue's images at the URLs its email uses: photos re-encoded without EXIF (images.py), other
-    formats copied. Returns their names."""
-    publish_issue_images(issue_dir, target)
-    for asset in issue_dir.iterdir():
-        if asset.suffix.lower() in IMAGE_SUFFIXES - set(RASTER) and asset.is_file():
-            target.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(asset, target / asset.name)
-    return sorted(p.name for p in issue_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def _feed(config: Config, issues: list[Issue], feed_url: str) -> str:
@@ -143,15 +130,26 @@ def build_archive(root: Path, out_dir: Path) -> ArchiveResult:
     and the images of every issue at out_dir/<slug>/<name>: the URLs the emails load them from, so they must
     be published before the issue is sent, while its page stays private."""
     config = load_config(root)
+    _refuse_unsafe_files(root)
     issues = archived_issues(root, config)
     for slug in list_slugs(root):
-        publish_images(root / "issues" / slug, out_dir / slug)
+        publish_issue_images(root / "issues" / slug, out_dir / slug)
     for issue in issues:
         write_atomic(out_dir / issue.slug / "index.html", web_page(config, issue))
     write_atomic(out_dir / "index.html", _index(config, issues))
     feed = out_dir / "feed.xml"
     write_atomic(feed, _feed(config, issues, f"{config.archive_url}/feed.xml"))
     return ArchiveResult(out_dir, [i.slug for i in issues], feed)
+
+
+def _refuse_unsafe_files(root: Path) -> None:
+    """Nothing is published while an issue folder holds a link or anything but regular files: such a file (say
+    `chart.svg -> ../../subscribers/subscribers.csv`) would publish what it points at."""
+    found = [p for slug in list_slugs(root) for p in unsafe_files(issues_dir(root) / slug)]
+    if found:
+        names = ", ".join(str(p.relative_to(root)) for p in found[:5]) + (" ..." if len(found) > 5 else "")
+        raise IssueError(f"a link or not a regular file in an issue folder: {names}; nothing was published",
+                         path=found[0], hint="replace each link with the file itself, or remove it")
 
 
 # -- the archive as `newsletter serve` hosts it ------------------------------------------------------------------
@@ -177,7 +175,7 @@ def publish_hosted_images(root: Path, config: Config, issue: Issue) -> bool:
     requests them (the page itself stays private until the issue is sent). False when hosted elsewhere."""
     if hosted_path(config) is None:
         return False
-    publish_images(issue.dir, site_dir(root) / issue.slug)
+    publish_issue_images(issue.dir, site_dir(root) / issue.slug)
     return True
 
 

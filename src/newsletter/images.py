@@ -17,7 +17,9 @@ MAX_WIDTH = 1200
 COLUMN_WIDTH = 552  # the 600 px email minus the image's 24 px padding either side
 JPEG_QUALITY = 82
 HEAVY_BYTES = 1024 * 1024  # `check` warns above this, after re-encoding
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp")
+RASTER_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp")  # re-encoded (resized, EXIF dropped)
+COPIED_SUFFIXES = (".svg", ".avif")  # published as they are
+IMAGE_SUFFIXES = RASTER_SUFFIXES + COPIED_SUFFIXES
 _ROTATED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 _ORIENTATION = 0x0112
 
@@ -101,9 +103,20 @@ def image_cache(root: Path, slug: str) -> Path:
     return root / "build" / "images" / slug
 
 
-def publish_issue_images(issue_dir: Path, target: Path) -> dict[str, Published]:
-    """Every image beside the essay (regular files only: never a link), published into `target` under its name."""
+def publish_issue_images(issue_dir: Path, target: Path) -> list[str]:
+    """Every image beside the essay (regular files only: never a link), published into `target` under its name:
+    photos re-encoded, SVG and AVIF copied. Returns their names."""
     from .issue import issue_files
 
-    return {p.name: publish(p, target / p.name) for p in issue_files(issue_dir)
-            if p.suffix.lower() in IMAGE_SUFFIXES}
+    names = []
+    for p in issue_files(issue_dir):
+        suffix = p.suffix.lower()
+        if suffix in RASTER_SUFFIXES:
+            publish(p, target / p.name)
+        elif suffix in COPIED_SUFFIXES:
+            with atomic_path(target / p.name, what=f"the published copy of {p.name}") as tmp:
+                shutil.copyfile(p, tmp)
+        else:
+            continue
+        names.append(p.name)
+    return names
