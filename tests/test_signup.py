@@ -290,3 +290,38 @@ def test_a_failed_write_reaches_every_waiting_sign_up(ready_project: Path) -> No
     assert all("could not record" in a for a in answers), answers
     lock.rmdir()  # the IP windows were not charged for what was not recorded
     assert signups.request(Request("f0@readers.net", ip="10.0.0.0")).outcome is SignupOutcome.RECORDED
+
+
+# -- a full disk at each step of a confirmation: the page says what took effect -------------------------------
+@pytest.mark.parametrize("full_under", ["unsubscribes.csv", "outbox.jsonl"])
+def test_a_confirmation_on_a_full_disk_says_what_took_effect(ready_project: Path, tmp_path: Path,
+                                                            short_write_shim: Path, full_under: str) -> None:
+    from conftest import shim_env
+    from helpers import PREFIX, start_server, stop_server
+    from helpers import SECRET as SERVE_SECRET
+
+    full = tmp_path / "disk-is-full"
+    full.touch()
+    srv = start_server(ready_project, tmp_path, shim_env(short_write_shim, full_under, full_file=full))
+    token = make_confirm_token(SERVE_SECRET, "ada@readers.net", int(time.time()))
+    try:
+        status, page = srv.request("POST", f"{PREFIX}/confirm/{token}")
+        on_list = list_path(ready_project).exists() and "ada@readers.net" in list_path(ready_project).read_text()
+        ledger = ledger_path(ready_project)
+        consent = ledger.exists() and ",subscribe," in ledger.read_text()
+        if full_under == "unsubscribes.csv":  # the consent could not be written: nothing was, and it says so
+            assert status == 503 and "nothing was recorded" in page, page
+            assert not on_list and not consent
+        else:  # confirmed and on the list; only the welcome could not be queued yet
+            assert status == 200 and "You are subscribed" in page, page
+            assert on_list and consent
+        full.unlink()  # room again: pressing the button again finishes what was left
+        status, page = srv.request("POST", f"{PREFIX}/confirm/{token}")
+        assert status == 200 and "subscribed" in page, page
+        assert "ada@readers.net" in list_path(ready_project).read_text()
+        from newsletter.files import read_jsonl
+
+        queued = [r for r in read_jsonl(ready_project / "subscribers" / "outbox.jsonl") if r.get("t") == "queued"]
+        assert [r["id"] for r in queued] == ["welcome:ada@readers.net"]  # queued once, now (a torn try is no record)
+    finally:
+        stop_server(srv)

@@ -474,7 +474,9 @@ def confirm(signups: Signups, outbox: Outbox, ledger: Ledger, token: str, now: f
             ledger.refresh()
             if ledger.is_suppressed_key(email):  # confirmed, then an opt-out: it stands, the link is older than it
                 return Confirmed(email, ConfirmStatus.STALE)
-            return Confirmed(email, ConfirmStatus.ALREADY, Welcome.SENT_BEFORE)
+            # A welcome that could not be queued the first time is queued now; one queued before is not again.
+            first = str(signups.request_of(email, signed_up).get("first_name", ""))
+            return _welcome(signups, outbox, Confirmed(email, ConfirmStatus.ALREADY), first, now)
         request = signups.request_of(email, signed_up)
         first = str(request.get("first_name", ""))
         consent = Event(email, Kind.SUBSCRIBE, _iso(now), Source.SIGNUP,
@@ -497,7 +499,12 @@ def _welcome(signups: Signups, outbox: Outbox, done: Confirmed, first: str, now:
     elif why := welcome_missing(signups.root, signups.config):
         done.welcome, done.note = Welcome.NONE, why
     else:
-        outbox.enqueue([mail])
+        try:
+            outbox.enqueue([mail])
+        except (StorageError, OSError) as exc:  # the reader is confirmed all the same: the page says so
+            done.welcome, done.note = Welcome.NONE, f"the welcome could not be queued ({exc}); pressing the link " \
+                "again queues it"
+            return done
         done.welcome = Welcome.QUEUED
     return done
 
