@@ -164,3 +164,13 @@ def test_a_cancel_sendgrid_took_but_the_disk_could_not_record_is_found_again(
     assert again.exit_code == 0, again.output
     assert "cancelled at" in sender("status", "--issue", SEED_SLUG).output
     assert load_state(journal_path(sender.root, SEED_SLUG)).sent_readers == 0
+
+
+def test_scheduling_asks_and_reports_in_its_own_words(sender: Cli, fake: FakeSendGrid) -> None:
+    write_list(sender.root, readers(3))
+    when = dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)
+    result = sender("send", "--issue", SEED_SLUG, "--no-sync", "--at", when.isoformat(timespec="minutes"),
+                    input="y\n")
+    assert result.exit_code == 0, result.output
+    assert f"Schedule for {when.strftime('%a %-d %b %H:%M')} UTC? [y/N]" in result.output
+    assert "scheduled: 3 reader(s)" in result.output and "\nsent:" not in result.output

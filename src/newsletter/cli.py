@@ -465,6 +465,8 @@ def send(root: Path, slug: str | None, yes: bool, dry_run: bool, to: tuple[str, 
       newsletter send --issue micro-moments-of-connection --dry-run
       newsletter send --issue micro-moments-of-connection
     """
+    import datetime as dt
+
     from .issue import required_slug
     from .preflight import SendOptions, parse_at, prepare
     from .send import dispatch
@@ -498,8 +500,10 @@ def send(root: Path, slug: str | None, yes: bool, dry_run: bool, to: tuple[str, 
     if dry_run:
         click.echo("dry run: nothing will be sent")
     elif not (yes or to or p.nothing_to_send):
+        question = "Send now?" if at is None else \
+            f"Schedule for {at.astimezone(dt.UTC).strftime('%a %-d %b %H:%M')} UTC?"
         try:
-            confirmed = click.confirm("Send now?", default=False)
+            confirmed = click.confirm(question, default=False)
         except click.Abort:  # no terminal to answer on (cron, a pipe)
             confirmed = False
             click.echo("", err=True)
@@ -507,7 +511,7 @@ def send(root: Path, slug: str | None, yes: bool, dry_run: bool, to: tuple[str, 
             click.echo("not sent (pass --yes to send without being asked)")
             sys.exit(1)
     report = dispatch(p, _progress_printer() if not (to or dry_run) else None)
-    _print_report(report, dry_run=dry_run, test=bool(to))
+    _print_report(report, dry_run=dry_run, test=bool(to), scheduled=at is not None)
     if not report.ok:
         sys.exit(1)
 
@@ -548,13 +552,13 @@ def _progress_printer():  # type: ignore[no-untyped-def]
     return show
 
 
-def _print_report(r, *, dry_run: bool, test: bool) -> None:  # type: ignore[no-untyped-def]
+def _print_report(r, *, dry_run: bool, test: bool, scheduled: bool) -> None:  # type: ignore[no-untyped-def]
     for line in r.errors:
         click.secho(line, fg="red", err=True)
     if test:
         click.echo(f"test copy sent to {r.sent} address(es)")
         return
-    verb = "would send" if dry_run else "sent"
+    verb = "would send" if dry_run else "scheduled" if scheduled else "sent"  # SendGrid holds a scheduled send
     rate = r.sent / r.elapsed if r.elapsed else 0
     click.echo(f"{verb}: {r.sent} reader(s) in {r.sent_batches} batch(es)")
     click.echo(f"suppressed: {r.suppressed + r.suppressed_late}"
