@@ -53,31 +53,6 @@ def write_all(fd: int, data: bytes) -> None:
 
 
 @contextmanager
-def atomic_writer(path: Path, *, what: str = "the file", private: bool = False) -> Iterator[TextIO]:
-    """A text file that replaces `path` only once complete and fsynced: a crash or a full disk never leaves
-    half a file. `private` files are 0600; others follow the umask (mkstemp's 0600 would otherwise survive
-    the rename and hide a published page from the web server)."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    except OSError as exc:
-        raise StorageError.from_os(exc, path, what) from None
-    try:
-        os.fchmod(fd, PRIVATE if private else _umask_mode())
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            yield fh
-            fh.flush()  # BufferedWriter loops over short writes and raises on a full disk
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise StorageError.from_os(exc, path, what) from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-@contextmanager
 def atomic_path(path: Path, *, what: str = "the file", private: bool = False) -> Iterator[Path]:
     """A temporary path beside `path` for a writer that wants a file name (an image encoder): once the block
     ends, its content is fsynced and replaces `path` (0600 when `private`, else as the umask says)."""
@@ -102,6 +77,16 @@ def atomic_path(path: Path, *, what: str = "the file", private: bool = False) ->
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def atomic_writer(path: Path, *, what: str = "the file", private: bool = False) -> Iterator[TextIO]:
+    """A text file that replaces `path` only once complete and fsynced: a crash or a full disk never leaves
+    half a file. `private` files are 0600; others follow the umask (mkstemp's 0600 would otherwise survive
+    the rename and hide a published page from the web server)."""
+    with atomic_path(path, what=what, private=private) as tmp, \
+            open(tmp, "w", encoding="utf-8", newline="") as fh:  # closing flushes: a full disk raises there
+        yield fh
 
 
 def write_atomic(path: Path, data: str, *, what: str = "the file", private: bool = False) -> None:

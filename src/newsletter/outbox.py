@@ -29,6 +29,7 @@ from .config import API_KEY_ENV, Config, env_set
 from .errors import NewsletterError, TransportError
 from .files import append_jsonl, file_lock, tail_jsonl
 from .tokens import CONFIRM_DAYS, make_confirm_token
+from .worker import RetryingWorker
 
 OUTBOX_NAME = "outbox.jsonl"
 MAX_AGE = CONFIRM_DAYS * 86400  # a confirmation's link is dead by then; a welcome a week late is no welcome
@@ -320,38 +321,18 @@ def send_waiting(outbox: Outbox, deliver: Callable[[list[Mail]], Attempt], now: 
     return done
 
 
-class OutboxWorker:
+class OutboxWorker(RetryingWorker):
     """The thread inside `serve` that empties the outbox: woken by each sign-up and confirmation (and every
     `poll` seconds), it takes new sign-ups in (`intake`), sends what waits, and while something must wait (SendGrid
     down) tries again after `retry` seconds, doubling up to `max_retry`."""
 
+    name = "emails wait in the outbox"
+
     def __init__(self, outbox: Outbox, deliver: Callable[[list[Mail]], Attempt], *,
                  intake: Callable[[], Any] | None = None, retry: float = 5.0, max_retry: float = 300.0,
                  poll: float = 60.0) -> None:
+        super().__init__(retry=retry, max_retry=max_retry, poll=poll)
         self.outbox, self.deliver, self.intake = outbox, deliver, intake
-        self.retry, self.max_retry, self.poll = retry, max_retry, poll
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.rounds = 0
-
-    def nudge(self) -> None:
-        """Something new may wait: look now (the caller never waits for it)."""
-        self._wake.set()
-
-    def start(self) -> OutboxWorker:
-        """Start the thread; what waits from before a restart goes first."""
-        self._thread = threading.Thread(target=self._run, name="outbox", daemon=True)
-        self._thread.start()
-        self._wake.set()
-        return self
-
-    def stop(self) -> None:
-        """Stop the thread (what waits stays in the outbox)."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
 
     def run_once(self) -> Round:
         """One pass: intake, then send what waits."""
@@ -359,23 +340,9 @@ class OutboxWorker:
             self.intake()
         return send_waiting(self.outbox, self.deliver)
 
-    def _run(self) -> None:
-        delay = self.retry
-        while not self._stop.is_set():
-            self._wake.wait(self.poll)
-            self._wake.clear()
-            if self._stop.is_set():
-                return
-            try:
-                done = self.run_once()
-            except (NewsletterError, OSError) as exc:  # the outbox or the sign-ups cannot be written now
-                done = Round(waiting=1, why=str(exc))
-            self.rounds += 1
-            if not done.why:
-                delay = self.retry
-                continue
-            log.warning("%d email(s) wait in the outbox (%s); trying again in %.0f s", done.waiting,
-                        done.why, delay)
-            self._stop.wait(delay)
-            delay = min(delay * 2, self.max_retry)
-            self._wake.set()
+    def _round(self) -> str:
+        try:
+            done = self.run_once()
+        except (NewsletterError, OSError) as exc:  # the outbox or the sign-ups cannot be written now
+            done = Round(waiting=1, why=str(exc))
+        return f"{done.waiting} waiting ({done.why})" if done.why else ""

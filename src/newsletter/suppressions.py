@@ -17,8 +17,6 @@ nothing.
 from __future__ import annotations
 
 import json
-import logging
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +26,7 @@ from .errors import NewsletterError, TransportError
 from .files import file_lock, write_atomic
 from .ledger import Event, Kind, Ledger, Source, iso, load_ledger
 from .recipients import is_plausible, normalize
+from .worker import RetryingWorker
 
 PUSH_STATE_NAME = "sendgrid-push.json"
 PULL_STATE_NAME = "sync.json"
@@ -40,7 +39,6 @@ LISTS = {  # endpoint -> ledger event
     "suppression/invalid_emails": Kind.INVALID,
     "asm/suppressions": Kind.UNSUBSCRIBE,  # unsubscribe-group suppressions, every group
 }
-log = logging.getLogger("newsletter.suppressions")
 
 
 def push_state_path(root: Path) -> Path:
@@ -133,54 +131,26 @@ def open_ledger(root: Path, *, strict: bool = True) -> Ledger:
     return load_ledger(root, strict=strict, follow=push_now)
 
 
-class BackgroundPusher:
+class BackgroundPusher(RetryingWorker):
     """What follows a write inside `serve`: a thread pushes after each nudge, outside the request, and retries
     with backoff while something waits (SendGrid down), so an opt-out reaches SendGrid without a `sync`."""
 
+    name = "opt-outs not pushed to SendGrid yet"
+
     def __init__(self, ledger: Ledger, *, retry: float = 30.0, max_retry: float = 900.0) -> None:
+        super().__init__(retry=retry, max_retry=max_retry)
         self.ledger = ledger
-        self.retry, self.max_retry = retry, max_retry
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.pushed = 0
 
     def follow(self, ledger: Ledger) -> tuple[int, str]:
         """The Ledger follower: wake the thread; the request does not wait for SendGrid."""
-        self._wake.set()
+        self.nudge()
         return 0, ""
 
-    def start(self) -> BackgroundPusher:
-        """Start the thread (it pushes whatever waits from before, too)."""
-        self._thread = threading.Thread(target=self._run, name="sendgrid-push", daemon=True)
-        self._thread.start()
-        self._wake.set()
-        return self
-
-    def stop(self) -> None:
-        """Stop the thread (what waits stays in the ledger's queue)."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        delay = self.retry
-        while not self._stop.is_set():
-            self._wake.wait()
-            self._wake.clear()
-            if self._stop.is_set():
-                return
-            pushed, why = push_now(self.ledger)
-            self.pushed += pushed
-            if not why:
-                delay = self.retry
-                continue
-            log.warning("opt-outs not pushed to SendGrid yet (%s); retrying in %.0f s",
-                        "".join(c if c.isprintable() else "?" for c in why), delay)
-            self._stop.wait(delay)
-            delay = min(delay * 2, self.max_retry)
-            self._wake.set()
+    def _round(self) -> str:
+        pushed, why = push_now(self.ledger)
+        self.pushed += pushed
+        return why
 
 
 # -- pull ----------------------------------------------------------------------------------------------------
