@@ -22,7 +22,7 @@ from .message import MAX_PER_REQUEST, MessageBuilder
 from .recipients import Eligibility, eligible, is_plausible, normalize
 from .render import RenderedEmail, image_urls, view_url
 from .sendgrid import SendGridTransport, api_key_from_env
-from .subscribers import iter_subscribers
+from .subscribers import iter_subscribers, list_path
 from .tokens import secret_from_env
 
 SCHEDULE_LIMIT = dt.timedelta(hours=72)
@@ -70,8 +70,13 @@ class Prepared:
         the send lock). Suppression is checked again right before each batch leaves."""
         assert self.spool is not None
         journal, resend = self.journal, self.options.resend_in_doubt
+        if not journal.sent and (resend or not journal.doubt):  # a first run: nobody to skip
+            for line in self.spool:
+                key, name, first = line[:-1].split("\t")
+                yield key, name, first
+            return
         for line in self.spool:
-            key, name, first = line.rstrip("\n").split("\t")
+            key, name, first = line[:-1].split("\t")
             if not journal.is_sent_key(key) and (resend or not journal.in_doubt_key(key)):
                 yield key, name, first
 
@@ -169,7 +174,8 @@ def _prepare(root: Path, options: SendOptions, config: Config, issue: Issue, ren
     spool = tempfile.TemporaryFile(mode="w+", encoding="utf-8", newline="\n")  # noqa: SIM115 - 0600, deleted when closed (at exit at the latest)
     write = spool.write
     for key, name, first in eligible(iter_subscribers(root), ledger, prepared.journal,
-                                     resend_in_doubt=options.resend_in_doubt, tally=prepared.tally):
+                                     resend_in_doubt=options.resend_in_doubt, tally=prepared.tally,
+                                     reread=lambda: iter_subscribers(root), expected=_count_lines(list_path(root))):
         write(f"{key}\t{_one_line(name)}\t{_one_line(first)}\n")
     spool.seek(0)
     prepared.spool = spool
@@ -181,6 +187,15 @@ def _prepare(root: Path, options: SendOptions, config: Config, issue: Issue, ren
         prepared.warnings.append(f"warning: {t.invalid} address(es) in subscribers.csv are not valid and "
                                  f"will be skipped ({shown}); fix or remove them")
     return prepared
+
+
+def _count_lines(path: Path) -> int:
+    """About how many readers the list holds (its lines), read at disk speed: sizes the de-duplication table."""
+    try:
+        with open(path, "rb") as fh:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
+    except OSError:
+        return 0
 
 
 def _one_line(value: str) -> str:

@@ -10,7 +10,6 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
 from .build import load
 from .errors import LedgerError, SendError, StorageError, TransportError
@@ -179,7 +178,7 @@ class Dispatcher:
         readers = self._fresh_readers(readers)
         if not readers:
             return
-        body = self.builder.body(readers)
+        body = self.builder.encoded(readers)
         b = flight.b = self._next_id()
         assert self.journal is not None
         self.journal.batch(b, [r[0] for r in readers])
@@ -255,10 +254,10 @@ class Dispatcher:
             self.stop.set()
         self._done(len(readers))
 
-    def _send(self, body: dict[str, Any]) -> Accepted:
+    def _send(self, body: bytes) -> Accepted:
         if self.transport is None:  # dry run
             return Accepted(status=0, message_id="dry-run")
-        return self.transport.send(body)
+        return self.transport.send_encoded(body)
 
     def _done(self, readers: int) -> None:
         with self.report_lock:
@@ -271,9 +270,10 @@ class Dispatcher:
         """The eligible readers, streamed in batches."""
         batch: list[Reader] = []
         size = self.p.batch_size
+        root = self.p.root
         readers = self.p.readers_from_spool() if self.p.spool is not None else eligible(
-            iter_subscribers(self.p.root), self.ledger, self.p.journal,
-            resend_in_doubt=self.p.options.resend_in_doubt, tally=self.tally)
+            iter_subscribers(root), self.ledger, self.p.journal, resend_in_doubt=self.p.options.resend_in_doubt,
+            tally=self.tally, reread=lambda: iter_subscribers(root))
         for reader in readers:
             batch.append(reader)
             if len(batch) == size:
@@ -433,15 +433,12 @@ def unschedule(root: Path, slug: str) -> ScheduleInfo:
 
 def _dry_run(prepared: Prepared) -> SendReport:
     """Build every request body (so size and shape problems show) without journaling or sending."""
-    import json
-
     start = time.perf_counter()
     builder = prepared.builder()
     d = Dispatcher(prepared, None)
     report = SendReport(suppressed=prepared.tally.suppressed, already_sent=prepared.tally.already_sent)
     for batch in d.batches():
-        body = builder.body(batch)
-        report.bytes_sent += len(json.dumps(body, ensure_ascii=False).encode())
+        report.bytes_sent += len(builder.encoded(batch))
         report.sent += len(batch)
         report.sent_batches += 1
     report.in_doubt = prepared.journal.in_doubt_readers
@@ -474,7 +471,7 @@ def send_status(root: Path, slug: str) -> Status:
     state = load_state(journal_path(root, issue.slug))
     tally = Eligibility()
     pending = sum(1 for _ in eligible(iter_subscribers(root), load_ledger(root), state, resend_in_doubt=False,
-                                      tally=tally))
+                                      tally=tally, reread=lambda: iter_subscribers(root)))
     return Status(
         slug=issue.slug, runs=state.runs(), schedules=state.schedules, sent=state.sent_readers,
         sent_batches=state.sent_batches, pending=pending, suppressed=tally.suppressed,
