@@ -6,26 +6,27 @@ import datetime as dt
 import os
 import tempfile
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-from .check import check_slug
-from .config import Config
+from .config import Config, load_config
 from .errors import Level, Problem, SendError, TransportError, UsageError
-from .issue import Issue
+from .issue import Issue, load_issue
 from .journal import JournalState, journal_path, load_state
 from .ledger import Ledger, load_ledger
-from .message import MAX_PER_REQUEST, MessageBuilder
-from .recipients import Eligibility, eligible, is_plausible, normalize
-from .render import RenderedEmail, image_urls, view_url
-from .sendgrid import SendGridTransport, api_key_from_env
+from .recipients import Eligibility, Reader, eligible, is_plausible, normalize
 from .subscribers import iter_subscribers, list_path
-from .tokens import secret_from_env
+
+if TYPE_CHECKING:  # render, check and message bring Jinja2, MJML and Markdown: imported once needed
+    from .message import MessageBuilder
+    from .render import RenderedEmail
+    from .sendgrid import SendGridTransport
 
 SCHEDULE_LIMIT = dt.timedelta(hours=72)
+PREBUILT_BYTES = 48_000_000  # request bodies encoded while SpamAssassin scores, at most
 
 
 @dataclass
@@ -64,21 +65,47 @@ class Prepared:
     warnings: list[str] = field(default_factory=list)
     ledger: Ledger | None = None  # as read for the count; dispatch tails it rather than reading it again
     spool: IO[str] | None = None  # the eligible readers, `address<TAB>name<TAB>first name` a line
+    # The first batches of the spool with their request bodies, encoded while SpamAssassin was scoring.
+    prebuilt: list[tuple[list[Reader], bytes]] = field(default_factory=list)
 
-    def readers_from_spool(self) -> Iterator[tuple[str, str, str]]:
-        """The eligible readers as counted, less those another run sent since (the journal is re-read under
-        the send lock). Suppression is checked again right before each batch leaves."""
+    def readers_from_spool(self) -> Iterator[Reader]:
+        """The eligible readers as counted (beyond the prebuilt batches), less those another run sent since (the
+        journal is re-read under the send lock). Suppression is checked again right before each batch leaves."""
         assert self.spool is not None
-        journal, resend = self.journal, self.options.resend_in_doubt
-        if not journal.sent and (resend or not journal.doubt):  # a first run: nobody to skip
+        if self.nobody_sent:
             for line in self.spool:
                 key, name, first = line[:-1].split("\t")
                 yield key, name, first
             return
-        for line in self.spool:
-            key, name, first = line[:-1].split("\t")
+        yield from self.unsent(line[:-1].split("\t") for line in self.spool)  # type: ignore[misc]
+
+    @property
+    def nobody_sent(self) -> bool:
+        """Whether the journal names nobody to skip: a first run (or earlier runs sent nobody)."""
+        return not self.journal.sent and (self.options.resend_in_doubt or not self.journal.doubt)
+
+    def unsent(self, readers: Iterator[Reader] | list[Reader]) -> Iterator[Reader]:
+        """`readers` less those the journal says were sent, or are in doubt (unless they are to be re-sent)."""
+        journal, resend = self.journal, self.options.resend_in_doubt
+        for key, name, first in readers:
             if not journal.is_sent_key(key) and (resend or not journal.in_doubt_key(key)):
                 yield key, name, first
+
+    def prebuild(self, until: Future[Any]) -> None:
+        """Encode the first batches' request bodies until `until` is done (SpamAssassin scoring), within
+        PREBUILT_BYTES: the work a cold send waits on anyway. Dispatch checks each one's readers again (ledger,
+        journal) and builds it anew if any of them changed."""
+        if self.spool is None or self.options.at is not None or self.options.dry_run:
+            return
+        builder, size, used = self.builder(), self.batch_size, 0
+        while not until.done() and used < PREBUILT_BYTES:
+            batch = [tuple(line[:-1].split("\t")) for _, line in zip(range(size), self.spool, strict=False)]
+            if not batch:
+                return
+            readers: list[Reader] = batch  # type: ignore[assignment]
+            body = builder.encoded(readers)
+            self.prebuilt.append((readers, body))
+            used += len(body)
 
     @property
     def readers(self) -> int:
@@ -88,6 +115,8 @@ class Prepared:
     @property
     def batch_size(self) -> int:
         """Readers per request."""
+        from .message import MAX_PER_REQUEST
+
         return min(self.config.sendgrid.batch_size, MAX_PER_REQUEST)
 
     @property
@@ -97,6 +126,8 @@ class Prepared:
 
     def builder(self, batch_id: str = "") -> MessageBuilder:
         """The request builder for this send (scheduled under SendGrid's `batch_id` when given)."""
+        from .message import MessageBuilder
+
         return MessageBuilder(self.config, self.rendered, secret=self.secret, slug=self.issue.slug,
                               subject=self.subject, sandbox=self.options.sandbox, send_at=self.options.at,
                               batch_id=batch_id)
@@ -131,11 +162,35 @@ def parse_at(text: str, now: dt.datetime | None = None) -> dt.datetime:
 def prepare(root: Path, options: SendOptions) -> Prepared:
     """Pre-flight: check passes, secrets present, the key works; count readers. Sends nothing.
 
-    SpamAssassin (seconds, unless `check` already scored this very message) runs in a thread while the
-    images and the key are checked and the list and ledger are read."""
-    from .check import spam_problems
+    SpamAssassin (seconds, unless `check` already scored this very message) overlaps the rest: when the issue
+    changed since the last score, spamd starts first and loads its rules while the issue is rendered and
+    checked, the key checked and the list read; then the first request bodies are encoded until the score is
+    known."""
+    from .spam import stop_daemon
 
-    config, issue, rendered, problems = check_slug(root, options.slug, spam=False)
+    config = load_config(root)
+    issue = load_issue(root, options.slug, config)
+    _start_spam_early(config, issue)
+    try:
+        return _checked_and_counted(root, options, config, issue)
+    finally:
+        stop_daemon()  # it scored, or the score was cached after all, or the send was refused
+
+
+def _start_spam_early(config: Config, issue: Issue) -> None:
+    from .spam import scored_since, start_daemon
+
+    cache = config.root / "build" / ".cache" / "spam"
+    if config.check_spam and not scored_since(cache, [issue.dir, config.root / "layouts", config.path]):
+        start_daemon()
+
+
+def _checked_and_counted(root: Path, options: SendOptions, config: Config, issue: Issue) -> Prepared:
+    from .check import check_issue, spam_problems
+    from .render import render_issue
+
+    rendered = render_issue(config, issue)
+    problems = check_issue(config, issue, rendered, spam=False)
     if issue.welcome and not options.to:
         raise SendError(f"{issue.slug} is the welcome email (`welcome: true`): each new reader gets it when they "
                         "confirm their sign-up, so it is never sent to the list",
@@ -145,6 +200,7 @@ def prepare(root: Path, options: SendOptions) -> Prepared:
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="spam") as pool:
         spam = pool.submit(spam_problems, config, rendered)
         prepared = _prepare(root, options, config, issue, rendered)
+        prepared.prebuild(until=spam)
         _refuse_check_errors(spam.result(), issue.slug)
     return prepared
 
@@ -159,6 +215,9 @@ def _refuse_check_errors(problems: list[Problem], slug: str) -> None:
 
 
 def _prepare(root: Path, options: SendOptions, config: Config, issue: Issue, rendered: RenderedEmail) -> Prepared:
+    from .sendgrid import api_key_from_env
+    from .tokens import secret_from_env
+
     secret, _ = secret_from_env(required=True)
     api_key = "" if options.dry_run else api_key_from_env()
     warnings = [] if options.dry_run else _check_images(config, rendered, test=bool(options.to))
@@ -217,6 +276,7 @@ def _check_images(config: Config, rendered: RenderedEmail, *, test: bool) -> lis
     """Each image of the essay, requested once where the email loads it (HEAD, then GET): readers must not get
     a broken-image icon. Refuses the send when one is not there as an image; a test copy only warns."""
     from .links import check_links
+    from .render import image_urls, view_url
 
     prefix = view_url(config, rendered.issue)
     urls = sorted({u for u in image_urls(rendered.html) if u.startswith(prefix)})
@@ -235,6 +295,8 @@ def _check_images(config: Config, rendered: RenderedEmail, *, test: bool) -> lis
 
 def _check_key(root: Path, config: Config, api_key: str, options: SendOptions) -> list[str]:
     """The key works and may send (GET /v3/scopes); then SendGrid's suppressions are pulled in. Warnings."""
+    from .sendgrid import SendGridTransport
+
     transport = SendGridTransport(api_key, timeout=config.sendgrid.timeout)
     scopes_known = True
     try:

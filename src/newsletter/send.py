@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from .build import load
 from .errors import LedgerError, SendError, StorageError, TransportError
 from .journal import Journal, RunInfo, ScheduleInfo, journal_path, load_state, send_lock
 from .ledger import Ledger, load_ledger
@@ -148,17 +147,18 @@ class Dispatcher:
             self.p.journal.next_batch += 1
             return b
 
-    def run_batch(self, readers: list[Reader]) -> None:
+    def run_batch(self, readers: list[Reader], body: bytes | None = None) -> None:
         """Send one batch (splitting it on 413), recording everything; never raises TransportError. When the
         journal cannot be written (a full disk) or the ledger cannot be read, the run stops: a request whose
-        `attempt` record is not whole never leaves."""
+        `attempt` record is not whole never leaves. `body` is the batch's request encoded beforehand, used when
+        nobody in it unsubscribed since."""
         if self.stop.is_set():
             with self.report_lock:
                 self.report.not_attempted += len(readers)
             return
         flight = _Flight()
         try:
-            self._run_batch(readers, flight)
+            self._run_batch(readers, flight, body)
         except (StorageError, LedgerError) as exc:
             self.stop.set()
             with self.report_lock:
@@ -174,11 +174,13 @@ class Dispatcher:
                     self.report.in_doubt_batches += 1
             self._done(len(readers))
 
-    def _run_batch(self, readers: list[Reader], flight: _Flight) -> None:
-        readers = self._fresh_readers(readers)
-        if not readers:
+    def _run_batch(self, readers: list[Reader], flight: _Flight, body: bytes | None) -> None:
+        fresh = self._fresh_readers(readers)
+        if not fresh:
             return
-        body = self.builder.encoded(readers)
+        if body is None or len(fresh) != len(readers):
+            body = self.builder.encoded(fresh)
+        readers = fresh
         b = flight.b = self._next_id()
         assert self.journal is not None
         self.journal.batch(b, [r[0] for r in readers])
@@ -266,21 +268,29 @@ class Dispatcher:
             self.progress(Progress(self.readers_done, self.p.readers, self.batches_done, self.p.batches))
 
     # -- the whole run -------------------------------------------------------------------------------
-    def batches(self) -> Iterator[list[Reader]]:
-        """The eligible readers, streamed in batches."""
+    def batches(self) -> Iterator[tuple[list[Reader], bytes | None]]:
+        """The eligible readers, streamed in batches, each with its request body when it was encoded already."""
+        while self.p.prebuilt:  # handed over one by one: a body sent is a body freed
+            ready, body = self.p.prebuilt.pop(0)
+            if self.p.nobody_sent:
+                yield ready, body
+            else:  # another run sent some of them since they were counted
+                unsent = list(self.p.unsent(ready))
+                if unsent:
+                    yield unsent, body if len(unsent) == len(ready) else None
         batch: list[Reader] = []
         size = self.p.batch_size
         root = self.p.root
-        readers = self.p.readers_from_spool() if self.p.spool is not None else eligible(
+        stream = self.p.readers_from_spool() if self.p.spool is not None else eligible(
             iter_subscribers(root), self.ledger, self.p.journal, resend_in_doubt=self.p.options.resend_in_doubt,
             tally=self.tally, reread=lambda: iter_subscribers(root))
-        for reader in readers:
+        for reader in stream:
             batch.append(reader)
             if len(batch) == size:
-                yield batch
+                yield batch, None
                 batch = []
         if batch:
-            yield batch
+            yield batch, None
 
     def run(self) -> SendReport:
         """Send every batch; returns the report (exit status is the caller's)."""
@@ -320,7 +330,7 @@ class Dispatcher:
     def _feed(self, pool: ThreadPoolExecutor, workers: int) -> None:
         pending: set[Future[None]] = set()
         try:
-            for batch in self.batches():
+            for batch, body in self.batches():
                 if self.stop.is_set():
                     with self.report_lock:
                         self.report.not_attempted += len(batch)
@@ -330,7 +340,7 @@ class Dispatcher:
                     done, pending = wait(pending, return_when=FIRST_COMPLETED)
                     for f in done:
                         f.result()
-                pending.add(pool.submit(self.run_batch, batch))
+                pending.add(pool.submit(self.run_batch, batch, body))
         except KeyboardInterrupt:
             self.stop.set()
             self.report.stopped = "interrupted"
@@ -404,6 +414,7 @@ def unschedule(root: Path, slug: str) -> ScheduleInfo:
     """Cancel the issue's pending scheduled send at SendGrid and journal it; its readers count as not sent."""
     from filelock import Timeout
 
+    from .build import load
     from .sendgrid import api_key_from_env
 
     config, issue = load(root, slug)
@@ -437,7 +448,7 @@ def _dry_run(prepared: Prepared) -> SendReport:
     builder = prepared.builder()
     d = Dispatcher(prepared, None)
     report = SendReport(suppressed=prepared.tally.suppressed, already_sent=prepared.tally.already_sent)
-    for batch in d.batches():
+    for batch, _ in d.batches():
         report.bytes_sent += len(builder.encoded(batch))
         report.sent += len(batch)
         report.sent_batches += 1
@@ -467,6 +478,8 @@ class Status:
 
 def send_status(root: Path, slug: str) -> Status:
     """What has been sent, what is pending, failed or in doubt."""
+    from .build import load
+
     _, issue = load(root, slug)
     state = load_state(journal_path(root, issue.slug))
     tally = Eligibility()
