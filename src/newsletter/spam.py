@@ -29,9 +29,9 @@ WARN_AT = 2.0
 _SCORE = re.compile(r"Content analysis details:\s+\((-?[\d.]+) points?, (-?[\d.]+) required\)")
 _RULE = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s+([A-Z0-9_]+)\s+(.*)$")
 MAX_MESSAGE = 4_000_000  # spamc's own limit is 500 KB: above it, it would answer without scoring
-# spamd runs under a small shell that stops it when our end of its stdin closes: when this process exits,
-# however it exits (kill -9 included), no daemon is left behind.
-_WATCHED = 'spamd "$@" & pid=$!; read -r _; kill -TERM "$pid" 2>/dev/null; wait "$pid"'
+# spamd runs under a small shell that stops it, and removes its folder, when our end of the shell's stdin closes:
+# when this process exits, however it exits (kill -9 included), no daemon is left behind.
+_WATCHED = 'dir=$1; shift; spamd "$@" & pid=$!; read -r _; kill -TERM "$pid" 2>/dev/null; wait "$pid"; rm -rf "$dir"'
 
 
 @dataclass
@@ -135,7 +135,7 @@ class SpamDaemon:
         self.socket = os.path.join(self.folder, "spamd.sock")
         args = ["-L", "-x", f"--socketpath={self.socket}", "--min-children=1", "--max-children=1",
                 "--syslog=stderr"]
-        self.proc = subprocess.Popen(["sh", "-c", _WATCHED, "sh", *args], stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen(["sh", "-c", _WATCHED, "sh", self.folder, *args], stdin=subprocess.PIPE,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
     def score(self, message: bytes, timeout: float) -> bytes:
