@@ -231,11 +231,16 @@ def _prepare(root: Path, options: SendOptions, config: Config, issue: Issue, ren
     ledger.check_readable()
     # The list is read once: who is eligible goes to a private temporary spool that the dispatch streams.
     spool = tempfile.TemporaryFile(mode="w+", encoding="utf-8", newline="\n")  # noqa: SIM115 - 0600, deleted when closed (at exit at the latest)
-    write = spool.write
+    lines: list[str] = []
+    add = lines.append
     for key, name, first in eligible(iter_subscribers(root), ledger, prepared.journal,
                                      resend_in_doubt=options.resend_in_doubt, tally=prepared.tally,
                                      reread=lambda: iter_subscribers(root), expected=_count_lines(list_path(root))):
-        write(f"{key}\t{_one_line(name)}\t{_one_line(first)}\n")
+        add(f"{key}\t{_one_line(name)}\t{_one_line(first)}\n")
+        if len(lines) == 4096:  # a write per line costs more than the line (a read-write text file)
+            spool.write("".join(lines))
+            lines.clear()
+    spool.write("".join(lines))
     spool.seek(0)
     prepared.spool = spool
     prepared.ledger = ledger

@@ -138,32 +138,36 @@ Reader = tuple[str, str, str]  # (normalised address, name, first name) of a rea
 
 
 def unique(rows: Iterable[Row], tally: Eligibility | None = None, *,
-           reread: Callable[[], Iterable[Row]] | None = None, key_hash: Callable[[str], int] = hash,
-           ) -> Iterator[tuple[str, str, str, str]]:
+           reread: Callable[[], Iterable[Row]] | None = None, expected: int = 0,
+           key_hash: Callable[[str], int] = hash) -> Iterator[tuple[str, str, str, str]]:
     """(key, email, name, first name) of each reader once, streamed: `key` is the normalised address; a later
-    row with the same key is skipped and counted. Memory: 8 to 16 bytes a reader (see `Distinct`).
+    row with the same key is skipped and counted. Memory: 8 to 16 bytes a reader (see `Distinct`; `expected`
+    readers sizes its table at once).
 
     Two distinct addresses that share a 64-bit hash are told apart by reading the rows again (`reread`, or the
     rows themselves when they are a list or tuple): the second is then yielded at the end. A one-shot iterator
     without `reread` cannot be read again, and such a pair (odds about n^2 / 2^65: 3e-8 for a million readers)
     would count as one: only counting and listing use it so; a send goes through `eligible`, which is exact."""
-    seen = Distinct()
+    add, norm = Distinct(expected).add, normalize
     doubtful: set[int] = set()
     dups = 0
-    for email, name, first in rows:
-        key = normalize(email)
-        if not seen.add(key_hash(key)):
-            dups += 1
-            doubtful.add(key_hash(key))
-            continue
-        yield key, email, name, first
-    again = _rereader(rows, reread)
-    if doubtful and again is not None:
-        for key, email, name, first in _collided(again(), doubtful, key_hash):
-            dups -= 1
-            yield key, email, name, first
-    if tally is not None:
-        tally.duplicates += dups
+    try:
+        for email, name, first in rows:
+            key = norm(email)
+            h = key_hash(key)  # str caches its hash: callers hashing `key` again pay nothing
+            if add(h):
+                yield key, email, name, first
+            else:
+                dups += 1
+                doubtful.add(h)
+        again = _rereader(rows, reread)
+        if doubtful and again is not None:  # duplicates, or (rarely) two readers sharing a hash: rows tell which
+            for found in _collided(again(), doubtful, key_hash):
+                dups -= 1
+                yield found
+    finally:
+        if tally is not None:
+            tally.duplicates += dups
 
 
 def eligible(rows: Iterable[Row], ledger: _Suppressions, journal: _Sent, *, resend_in_doubt: bool,
@@ -173,70 +177,37 @@ def eligible(rows: Iterable[Row], ledger: _Suppressions, journal: _Sent, *, rese
     they were left out: suppressed in the ledger, malformed (one bad address makes SendGrid refuse a whole
     request), already sent, or in doubt.
 
-    Exactly once, in 8 to 16 bytes a reader (`expected` readers sizes the table at once): a reader whose
-    64-bit hash was seen before is a duplicate unless the rows, read again (`reread`, or the rows themselves
-    when they are a list or tuple), show two distinct addresses with that hash; the second is then sent too,
-    after the others. Raises TypeError for a one-shot iterator without `reread`: it could not be exact."""
-    again = _rereader(rows, reread)
-    if again is None:
+    Exactly once (`unique`), in 8 to 16 bytes a reader: two distinct readers who share a 64-bit hash are told
+    apart by reading the rows again (`reread`, or the rows themselves when they are a list or tuple). Raises
+    TypeError for a one-shot iterator without `reread`: it could not be exact."""
+    if _rereader(rows, reread) is None:
         raise TypeError("eligible() needs `reread` (or a list of rows) to settle a hash shared by two readers")
-    keep = _Keep(ledger, journal, resend_in_doubt, tally)
     # Names bound once and counts kept in locals: this loop runs a million times for a large list. The tally
     # is complete once the stream is (readers counts as it goes).
-    norm, add, classify = normalize, Distinct(expected).add, keep.classify
-    doubtful: set[int] = set()
+    suppressed, sent, doubt, plausible = ledger.is_suppressed_key, journal.is_sent_key, journal.in_doubt_key, \
+        _PLAUSIBLE.match
+    total = n_suppressed = n_sent = n_doubt = 0
     try:
-        for email, name, first in rows:
-            key = norm(email)
-            h = key_hash(key)
-            if not add(h):
-                keep.duplicates += 1
-                doubtful.add(h)
-            elif classify(key, email):
+        for key, email, name, first in unique(rows, tally, reread=reread, expected=expected, key_hash=key_hash):
+            total += 1
+            if suppressed(key):
+                n_suppressed += 1
+            elif len(key) > MAX_LENGTH or not plausible(key):
+                tally.invalid += 1
+                if len(tally.invalid_examples) < 5:
+                    tally.invalid_examples.append(email)
+            elif sent(key):
+                n_sent += 1
+            elif not resend_in_doubt and doubt(key):
+                n_doubt += 1
+            else:
+                tally.readers += 1
                 yield key, name, first
-        if doubtful:  # duplicates, or (rarely) two readers sharing a hash: the rows tell which
-            for key, email, name, first in _collided(again(), doubtful, key_hash):
-                keep.duplicates -= 1
-                if classify(key, email):
-                    yield key, name, first
     finally:
-        keep.close()
-
-
-class _Keep:
-    """Whether a distinct reader is sent now, and the tally of why not (counts kept here, added at the end)."""
-
-    def __init__(self, ledger: _Suppressions, journal: _Sent, resend_in_doubt: bool, tally: Eligibility) -> None:
-        self.suppressed, self.sent, self.doubt = ledger.is_suppressed_key, journal.is_sent_key, journal.in_doubt_key
-        self.resend_in_doubt, self.tally = resend_in_doubt, tally
-        self.total = self.n_suppressed = self.n_sent = self.n_doubt = self.duplicates = 0
-        self.plausible = _PLAUSIBLE.match
-
-    def classify(self, key: str, email: str) -> bool:
-        """True when the reader `key` (written `email` on the list) is to be sent now; else counted."""
-        self.total += 1
-        if self.suppressed(key):
-            self.n_suppressed += 1
-        elif len(key) > MAX_LENGTH or not self.plausible(key):
-            self.tally.invalid += 1
-            if len(self.tally.invalid_examples) < 5:
-                self.tally.invalid_examples.append(email)
-        elif self.sent(key):
-            self.n_sent += 1
-        elif not self.resend_in_doubt and self.doubt(key):
-            self.n_doubt += 1
-        else:
-            self.tally.readers += 1
-            return True
-        return False
-
-    def close(self) -> None:
-        t = self.tally
-        t.total += self.total
-        t.suppressed += self.n_suppressed
-        t.already_sent += self.n_sent
-        t.in_doubt += self.n_doubt
-        t.duplicates += self.duplicates
+        tally.total += total
+        tally.suppressed += n_suppressed
+        tally.already_sent += n_sent
+        tally.in_doubt += n_doubt
 
 
 def _rereader(rows: Iterable[Row], reread: Callable[[], Iterable[Row]] | None) -> Callable[[], Iterable[Row]] | None:
