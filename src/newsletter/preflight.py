@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import tempfile
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -18,9 +16,11 @@ from .issue import Issue, load_issue
 from .journal import JournalState, journal_path, load_state
 from .ledger import Ledger, load_ledger
 from .recipients import Eligibility, Reader, eligible, is_plausible, normalize
-from .subscribers import iter_subscribers, list_path
 
-if TYPE_CHECKING:  # render, check and message bring Jinja2, MJML and Markdown: imported once needed
+if TYPE_CHECKING:  # render, check and message bring Jinja2, MJML and Markdown: imported once needed (and
+    # a cold send starts SpamAssassin before it imports the rest)
+    from concurrent.futures import Future
+
     from .message import MessageBuilder
     from .render import RenderedEmail
     from .sendgrid import SendGridTransport
@@ -186,6 +186,8 @@ def _start_spam_early(config: Config, issue: Issue) -> None:
 
 
 def _checked_and_counted(root: Path, options: SendOptions, config: Config, issue: Issue) -> Prepared:
+    from concurrent.futures import ThreadPoolExecutor
+
     from .check import check_issue, spam_problems
     from .render import render_issue
 
@@ -215,7 +217,10 @@ def _refuse_check_errors(problems: list[Problem], slug: str) -> None:
 
 
 def _prepare(root: Path, options: SendOptions, config: Config, issue: Issue, rendered: RenderedEmail) -> Prepared:
+    import tempfile
+
     from .sendgrid import api_key_from_env
+    from .subscribers import iter_subscribers, list_path
     from .tokens import secret_from_env
 
     secret, _ = secret_from_env(required=True)

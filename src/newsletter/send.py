@@ -6,18 +6,21 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import LedgerError, SendError, StorageError, TransportError
 from .journal import Journal, RunInfo, ScheduleInfo, journal_path, load_state, send_lock
 from .ledger import Ledger, load_ledger
 from .preflight import Prepared
 from .recipients import Eligibility, Reader, eligible, unique
-from .sendgrid import Accepted, SendGridTransport, error_messages
-from .subscribers import iter_subscribers
+
+if TYPE_CHECKING:  # imported where used: a cold send starts SpamAssassin before it imports the rest
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    from .sendgrid import Accepted, SendGridTransport
 
 MAX_BACKOFF = 30.0
 MAX_RATE_LIMIT_WAIT = 300.0
@@ -257,6 +260,8 @@ class Dispatcher:
         self._done(len(readers))
 
     def _send(self, body: bytes) -> Accepted:
+        from .sendgrid import Accepted
+
         if self.transport is None:  # dry run
             return Accepted(status=0, message_id="dry-run")
         return self.transport.send_encoded(body)
@@ -280,6 +285,8 @@ class Dispatcher:
                     yield unsent, body if len(unsent) == len(ready) else None
         batch: list[Reader] = []
         size = self.p.batch_size
+        from .subscribers import iter_subscribers
+
         root = self.p.root
         stream = self.p.readers_from_spool() if self.p.spool is not None else eligible(
             iter_subscribers(root), self.ledger, self.p.journal, resend_in_doubt=self.p.options.resend_in_doubt,
@@ -302,6 +309,8 @@ class Dispatcher:
             if self.batch_id and self.p.options.at is not None:
                 journal.schedule(self.batch_id, self.p.options.at)
             journal.run(self.p.readers, self.p.options.resend_in_doubt, self.batch_id)
+            from concurrent.futures import ThreadPoolExecutor
+
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="send") as pool:
                 self._feed(pool, workers)
             try:
@@ -328,6 +337,8 @@ class Dispatcher:
         return self.report
 
     def _feed(self, pool: ThreadPoolExecutor, workers: int) -> None:
+        from concurrent.futures import FIRST_COMPLETED, wait
+
         pending: set[Future[None]] = set()
         try:
             for batch, body in self.batches():
@@ -349,6 +360,8 @@ class Dispatcher:
 
 
 def _failure_lines(b: int, readers: int, exc: TransportError) -> list[str]:
+    from .sendgrid import error_messages
+
     if exc.status == 400:
         return [f"batch {b}: SendGrid refused the request (400):"] + [
             f"  {m}" for m in error_messages(exc.body) or [str(exc)]]
@@ -362,7 +375,7 @@ def send_test_copies(prepared: Prepared, transport: SendGridTransport | None) ->
     """--to: one request, one personalization per address, "[Test]" subject; not journaled."""
     start = time.perf_counter()
     builder = prepared.builder()
-    readers = [(key, "", "") for key, *_ in unique((a, "", "") for a in prepared.options.to)]
+    readers = [(key, "", "") for key, *_ in unique([(a, "", "") for a in prepared.options.to])]
     report = SendReport()
     body = builder.body(readers)
     if transport is not None:
@@ -378,6 +391,8 @@ def send_test_copies(prepared: Prepared, transport: SendGridTransport | None) ->
 def dispatch(prepared: Prepared, progress: Callable[[Progress], None] | None = None) -> SendReport:
     """Send (or, with --dry-run, go through the motions); holds the per-issue lock throughout."""
     from filelock import Timeout
+
+    from .sendgrid import SendGridTransport
 
     transport = None if prepared.options.dry_run else SendGridTransport(
         prepared.api_key, timeout=prepared.config.sendgrid.timeout)
@@ -415,7 +430,7 @@ def unschedule(root: Path, slug: str) -> ScheduleInfo:
     from filelock import Timeout
 
     from .build import load
-    from .sendgrid import api_key_from_env
+    from .sendgrid import SendGridTransport, api_key_from_env
 
     config, issue = load(root, slug)
     path = journal_path(root, issue.slug)
@@ -479,6 +494,7 @@ class Status:
 def send_status(root: Path, slug: str) -> Status:
     """What has been sent, what is pending, failed or in doubt."""
     from .build import load
+    from .subscribers import iter_subscribers
 
     _, issue = load(root, slug)
     state = load_state(journal_path(root, issue.slug))
