@@ -669,3 +669,17 @@ def test_a_connection_the_server_closed_while_idle_is_not_a_request_in_doubt() -
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_list_that_cannot_be_read_stops_a_real_send_with_its_message(sender: Cli, fake: FakeSendGrid) -> None:
+    """A real `newsletter send` reads the list in a child process while it checks the issue: what the child
+    finds wrong is told by the command as usual, and nothing is sent."""
+    write_list(sender.root, readers(3))
+    path = sender.root / "subscribers" / "subscribers.csv"
+    path.write_bytes(path.read_text().encode("utf-16"))
+    exe = str(Path(sys.executable).parent / "newsletter")
+    result = subprocess.run([exe, "send", "--root", str(sender.root), "--issue", SEED_SLUG, "--yes", "--no-sync"],
+                            capture_output=True, text=True, timeout=120, env=os.environ.copy())
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "subscribers.csv:1: not UTF-8 text" in result.stderr and "Traceback" not in result.stderr
+    assert not fake.requests

@@ -14,13 +14,14 @@ from .config import Config, load_config
 from .errors import Level, Problem, SendError, TransportError, UsageError
 from .issue import Issue, load_issue
 from .journal import JournalState, journal_path, load_state
-from .ledger import Ledger, load_ledger
-from .recipients import Eligibility, Reader, eligible, is_plausible, normalize
+from .ledger import Ledger
+from .recipients import Eligibility, Reader, is_plausible, normalize
 
 if TYPE_CHECKING:  # render, check and message bring Jinja2, MJML and Markdown: imported once needed (and
     # a cold send starts SpamAssassin before it imports the rest)
     from concurrent.futures import Future
 
+    from .counting import Count
     from .message import MessageBuilder
     from .render import RenderedEmail
     from .sendgrid import SendGridTransport
@@ -160,16 +161,20 @@ def parse_at(text: str, now: dt.datetime | None = None) -> dt.datetime:
 
 
 def prepare(root: Path, options: SendOptions) -> Prepared:
-    """Pre-flight: check passes, secrets present, the key works; count readers. Sends nothing.
+    """Pre-flight: secrets present, the key works, check passes; count readers. Sends nothing.
 
-    SpamAssassin (seconds, unless `check` already scored this very message) overlaps the rest: when the issue
-    changed since the last score, spamd starts first and loads its rules while the issue is rendered and
-    checked, the key checked and the list read; then the first request bodies are encoded until the score is
-    known."""
+    The slow parts overlap. SpamAssassin (seconds, unless `check` already scored this very message): when the
+    issue changed since the last score, spamd starts first and loads its rules meanwhile, and the first request
+    bodies are encoded while it scores. The list is read against the ledger (once SendGrid's suppressions are
+    pulled in) in a child process while the issue is rendered and checked."""
     from .spam import stop_daemon
 
     config = load_config(root)
     issue = load_issue(root, options.slug, config)
+    if issue.welcome and not options.to:
+        raise SendError(f"{issue.slug} is the welcome email (`welcome: true`): each new reader gets it when they "
+                        "confirm their sign-up, so it is never sent to the list",
+                        hint=f"to see it in your inbox: newsletter send --issue {issue.slug} --to you@your.address")
     _start_spam_early(config, issue)
     try:
         return _checked_and_counted(root, options, config, issue)
@@ -189,22 +194,34 @@ def _checked_and_counted(root: Path, options: SendOptions, config: Config, issue
     from concurrent.futures import ThreadPoolExecutor
 
     from .check import check_issue, spam_problems
+    from .counting import Count
     from .render import render_issue
+    from .sendgrid import api_key_from_env
+    from .tokens import secret_from_env
 
-    rendered = render_issue(config, issue)
-    problems = check_issue(config, issue, rendered, spam=False)
-    if issue.welcome and not options.to:
-        raise SendError(f"{issue.slug} is the welcome email (`welcome: true`): each new reader gets it when they "
-                        "confirm their sign-up, so it is never sent to the list",
-                        hint=f"to see it in your inbox: newsletter send --issue {issue.slug} --to you@your.address")
-    _refuse_check_errors(problems, issue.slug)
     _require_secrets(options)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="spam") as pool:
-        spam = pool.submit(spam_problems, config, rendered)
-        prepared = _prepare(root, options, config, issue, rendered)
-        prepared.prebuild(until=spam)
-        _refuse_check_errors(spam.result(), issue.slug)
-    return prepared
+    secret, _ = secret_from_env(required=True)
+    api_key = "" if options.dry_run else api_key_from_env()
+    warnings = [] if options.dry_run else _check_key(root, config, api_key, options)  # and sync: ledger first
+    journal = load_state(journal_path(root, issue.slug))
+    count = None if options.to else Count(root, journal, resend_in_doubt=options.resend_in_doubt)
+    try:
+        rendered = render_issue(config, issue)
+        _refuse_check_errors(check_issue(config, issue, rendered, spam=False), issue.slug)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="spam") as pool:
+            spam = pool.submit(spam_problems, config, rendered)
+            warnings[:0] = [] if options.dry_run else _check_images(config, rendered, test=bool(options.to))
+            prepared = Prepared(root=root, config=config, issue=issue, rendered=rendered, options=options,
+                                secret=secret, api_key=api_key, journal=journal, warnings=warnings,
+                                subject=f"[Test] {rendered.subject}" if options.to else rendered.subject)
+            if count is not None:
+                _counted(prepared, count)
+            prepared.prebuild(until=spam)
+            _refuse_check_errors(spam.result(), issue.slug)
+        return prepared
+    finally:
+        if count is not None:
+            count.abandon()
 
 
 def _refuse_check_errors(problems: list[Problem], slug: str) -> None:
@@ -216,59 +233,16 @@ def _refuse_check_errors(problems: list[Problem], slug: str) -> None:
                         hint=f"fix them, then run `newsletter check --issue {slug}`")
 
 
-def _prepare(root: Path, options: SendOptions, config: Config, issue: Issue, rendered: RenderedEmail) -> Prepared:
-    import tempfile
-
-    from .sendgrid import api_key_from_env
-    from .subscribers import iter_subscribers, list_path
-    from .tokens import secret_from_env
-
-    secret, _ = secret_from_env(required=True)
-    api_key = "" if options.dry_run else api_key_from_env()
-    warnings = [] if options.dry_run else _check_images(config, rendered, test=bool(options.to))
-    warnings += [] if options.dry_run else _check_key(root, config, api_key, options)
-    prepared = Prepared(root=root, config=config, issue=issue, rendered=rendered, options=options, secret=secret,
-                        api_key=api_key, subject=f"[Test] {rendered.subject}" if options.to else rendered.subject,
-                        journal=load_state(journal_path(root, issue.slug)), warnings=warnings)
-    if options.to:
-        return prepared
-    ledger = load_ledger(root)
-    ledger.check_readable()
-    # The list is read once: who is eligible goes to a private temporary spool that the dispatch streams.
-    spool = tempfile.TemporaryFile(mode="w+", encoding="utf-8", newline="\n")  # noqa: SIM115 - 0600, deleted when closed (at exit at the latest)
-    lines: list[str] = []
-    add = lines.append
-    for key, name, first in eligible(iter_subscribers(root), ledger, prepared.journal,
-                                     resend_in_doubt=options.resend_in_doubt, tally=prepared.tally,
-                                     reread=lambda: iter_subscribers(root), expected=_count_lines(list_path(root))):
-        add(f"{key}\t{_one_line(name)}\t{_one_line(first)}\n")
-        if len(lines) == 4096:  # a write per line costs more than the line (a read-write text file)
-            spool.write("".join(lines))
-            lines.clear()
-    spool.write("".join(lines))
-    spool.seek(0)
-    prepared.spool = spool
-    prepared.ledger = ledger
-    prepared.warnings[:0] = [str(p) for p in ledger.problems]
+def _counted(prepared: Prepared, count: Count) -> None:
+    """The count's spool, tally and ledger into `prepared`, with what the ledger and the list warn about."""
+    prepared.spool, prepared.tally = count.finish()
+    prepared.ledger = count.ledger
+    prepared.warnings[:0] = [str(p) for p in count.ledger.problems]
     t = prepared.tally
     if t.invalid:
         shown = ", ".join(repr(e) for e in t.invalid_examples)
         prepared.warnings.append(f"warning: {t.invalid} address(es) in subscribers.csv are not valid and "
                                  f"will be skipped ({shown}); fix or remove them")
-    return prepared
-
-
-def _count_lines(path: Path) -> int:
-    """About how many readers the list holds (its lines), read at disk speed: sizes the de-duplication table."""
-    try:
-        with open(path, "rb") as fh:
-            return sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
-    except OSError:
-        return 0
-
-
-def _one_line(value: str) -> str:
-    return " ".join(value.split()) if ("\t" in value or "\n" in value or "\r" in value) else value
 
 
 def _require_secrets(options: SendOptions) -> None:

@@ -170,12 +170,12 @@ def unique(rows: Iterable[Row], tally: Eligibility | None = None, *,
             tally.duplicates += dups
 
 
-def eligible(rows: Iterable[Row], ledger: _Suppressions, journal: _Sent, *, resend_in_doubt: bool,
+def eligible(rows: Iterable[Row], ledger: _Suppressions, journal: _Sent | None, *, resend_in_doubt: bool,
              tally: Eligibility, reread: Callable[[], Iterable[Row]] | None = None, expected: int = 0,
              key_hash: Callable[[str], int] = hash) -> Iterator[Reader]:
     """(address, name, first name) of each reader to send to now, streamed; `tally` counts everyone and why
     they were left out: suppressed in the ledger, malformed (one bad address makes SendGrid refuse a whole
-    request), already sent, or in doubt.
+    request), already sent, or in doubt (`journal` None: nobody was sent this issue yet).
 
     Exactly once (`unique`), in 8 to 16 bytes a reader: two distinct readers who share a 64-bit hash are told
     apart by reading the rows again (`reread`, or the rows themselves when they are a list or tuple). Raises
@@ -184,8 +184,8 @@ def eligible(rows: Iterable[Row], ledger: _Suppressions, journal: _Sent, *, rese
         raise TypeError("eligible() needs `reread` (or a list of rows) to settle a hash shared by two readers")
     # Names bound once and counts kept in locals: this loop runs a million times for a large list. The tally
     # is complete once the stream is (readers counts as it goes).
-    suppressed, sent, doubt, plausible = ledger.is_suppressed_key, journal.is_sent_key, journal.in_doubt_key, \
-        _PLAUSIBLE.match
+    suppressed, plausible = ledger.is_suppressed_key, _PLAUSIBLE.match
+    sent, doubt = (journal.is_sent_key, journal.in_doubt_key) if journal is not None else (None, None)
     total = n_suppressed = n_sent = n_doubt = 0
     try:
         for key, email, name, first in unique(rows, tally, reread=reread, expected=expected, key_hash=key_hash):
@@ -196,9 +196,9 @@ def eligible(rows: Iterable[Row], ledger: _Suppressions, journal: _Sent, *, rese
                 tally.invalid += 1
                 if len(tally.invalid_examples) < 5:
                     tally.invalid_examples.append(email)
-            elif sent(key):
+            elif sent is not None and sent(key):
                 n_sent += 1
-            elif not resend_in_doubt and doubt(key):
+            elif doubt is not None and not resend_in_doubt and doubt(key):
                 n_doubt += 1
             else:
                 tally.readers += 1
