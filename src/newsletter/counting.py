@@ -19,7 +19,7 @@ from typing import IO
 
 from .files import write_all
 from .journal import JournalState
-from .ledger import load_ledger
+from .ledger import ledger_path, load_ledger
 from .recipients import Eligibility, eligible
 from .subscribers import iter_subscribers, list_path
 
@@ -28,18 +28,30 @@ class Count:
     """A count under way: `finish` waits for it and gives the spool (at its start) and the tally."""
 
     def __init__(self, root: Path, journal: JournalState, *, resend_in_doubt: bool) -> None:
+        # A first run looks nobody up in the journal.
+        sent = journal if journal.sent or (journal.doubt and not resend_in_doubt) else None
+        self._args = (root, sent, resend_in_doubt)
+        self._pid, self._pipe = 0, -1
+        self._start()
+
+    def _start(self) -> None:
+        root = self._args[0]
+        self._ledger_size = _size(ledger_path(root))  # before reading it: a line appended meanwhile shows
         self.ledger = load_ledger(root)
         self.ledger.check_readable()  # a line nobody can read may be an opt-out: refuse before counting
         self.spool: IO[str] = tempfile.TemporaryFile(mode="w+", encoding="utf-8", newline="\n")  # noqa: SIM115 - 0600, deleted when closed
         self.tally = Eligibility()
-        self._pid, self._pipe = 0, -1
-        # A first run looks nobody up in the journal.
-        sent = journal if journal.sent or (journal.doubt and not resend_in_doubt) else None
-        self._args = (root, sent, resend_in_doubt)
         if hasattr(os, "fork") and threading.active_count() == 1:
             self._fork()
         else:
             self._count(self.spool)
+
+    def again_if_changed(self) -> None:
+        """Count again if the ledger changed since the count read it (`newsletter sync`, an unsubscribe)."""
+        if _size(ledger_path(self._args[0])) != self._ledger_size:
+            self.abandon()
+            self.spool.close()
+            self._start()
 
     def _count(self, out: IO[str]) -> None:
         root, journal, resend = self._args
@@ -110,6 +122,13 @@ class Count:
         os.close(self._pipe)
         os.waitpid(self._pid, 0)
         self._pid, self._pipe = 0, -1
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return -1
 
 
 def _count_lines(path: Path) -> int:

@@ -163,10 +163,12 @@ def parse_at(text: str, now: dt.datetime | None = None) -> dt.datetime:
 def prepare(root: Path, options: SendOptions) -> Prepared:
     """Pre-flight: secrets present, the key works, check passes; count readers. Sends nothing.
 
-    The slow parts overlap. SpamAssassin (seconds, unless `check` already scored this very message): when the
-    issue changed since the last score, spamd starts first and loads its rules meanwhile, and the first request
-    bodies are encoded while it scores. The list is read against the ledger (once SendGrid's suppressions are
-    pulled in) in a child process while the issue is rendered and checked."""
+    The slow parts overlap. The list is read against the ledger and the journal in a child process from the
+    start (read again if SendGrid's suppressions, pulled in meanwhile, changed the ledger). SpamAssassin (seconds,
+    unless `check` already scored this very message): when the issue changed since the last score, spamd starts
+    at once and loads its rules while the issue is rendered and checked, and the first request bodies are
+    encoded while it scores."""
+    from .counting import Count
     from .spam import stop_daemon
 
     config = load_config(root)
@@ -175,10 +177,14 @@ def prepare(root: Path, options: SendOptions) -> Prepared:
         raise SendError(f"{issue.slug} is the welcome email (`welcome: true`): each new reader gets it when they "
                         "confirm their sign-up, so it is never sent to the list",
                         hint=f"to see it in your inbox: newsletter send --issue {issue.slug} --to you@your.address")
-    _start_spam_early(config, issue)
+    journal = load_state(journal_path(root, issue.slug))
+    count = None if options.to else Count(root, journal, resend_in_doubt=options.resend_in_doubt)
     try:
-        return _checked_and_counted(root, options, config, issue)
+        _start_spam_early(config, issue)
+        return _checked_and_counted(root, options, config, issue, journal, count)
     finally:
+        if count is not None:
+            count.abandon()  # the send was refused before the count was needed
         stop_daemon()  # it scored, or the score was cached after all, or the send was refused
 
 
@@ -190,11 +196,11 @@ def _start_spam_early(config: Config, issue: Issue) -> None:
         start_daemon()
 
 
-def _checked_and_counted(root: Path, options: SendOptions, config: Config, issue: Issue) -> Prepared:
+def _checked_and_counted(root: Path, options: SendOptions, config: Config, issue: Issue, journal: JournalState,
+                         count: Count | None) -> Prepared:
     from concurrent.futures import ThreadPoolExecutor
 
     from .check import check_issue, spam_problems
-    from .counting import Count
     from .render import render_issue
     from .sendgrid import api_key_from_env
     from .tokens import secret_from_env
@@ -202,26 +208,22 @@ def _checked_and_counted(root: Path, options: SendOptions, config: Config, issue
     _require_secrets(options)
     secret, _ = secret_from_env(required=True)
     api_key = "" if options.dry_run else api_key_from_env()
-    warnings = [] if options.dry_run else _check_key(root, config, api_key, options)  # and sync: ledger first
-    journal = load_state(journal_path(root, issue.slug))
-    count = None if options.to else Count(root, journal, resend_in_doubt=options.resend_in_doubt)
-    try:
-        rendered = render_issue(config, issue)
-        _refuse_check_errors(check_issue(config, issue, rendered, spam=False), issue.slug)
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="spam") as pool:
-            spam = pool.submit(spam_problems, config, rendered)
-            warnings[:0] = [] if options.dry_run else _check_images(config, rendered, test=bool(options.to))
-            prepared = Prepared(root=root, config=config, issue=issue, rendered=rendered, options=options,
-                                secret=secret, api_key=api_key, journal=journal, warnings=warnings,
-                                subject=f"[Test] {rendered.subject}" if options.to else rendered.subject)
-            if count is not None:
-                _counted(prepared, count)
-            prepared.prebuild(until=spam)
-            _refuse_check_errors(spam.result(), issue.slug)
-        return prepared
-    finally:
+    warnings = [] if options.dry_run else _check_key(root, config, api_key, options)
+    if count is not None:
+        count.again_if_changed()  # the sync may have added opt-outs to the ledger: the count must see them
+    rendered = render_issue(config, issue)
+    _refuse_check_errors(check_issue(config, issue, rendered, spam=False), issue.slug)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="spam") as pool:
+        spam = pool.submit(spam_problems, config, rendered)
+        warnings[:0] = [] if options.dry_run else _check_images(config, rendered, test=bool(options.to))
+        prepared = Prepared(root=root, config=config, issue=issue, rendered=rendered, options=options,
+                            secret=secret, api_key=api_key, journal=journal, warnings=warnings,
+                            subject=f"[Test] {rendered.subject}" if options.to else rendered.subject)
         if count is not None:
-            count.abandon()
+            _counted(prepared, count)
+        prepared.prebuild(until=spam)
+        _refuse_check_errors(spam.result(), issue.slug)
+    return prepared
 
 
 def _refuse_check_errors(problems: list[Problem], slug: str) -> None:
