@@ -245,21 +245,26 @@ class Distinct:
         while size < 2 * expected:
             size *= 2
         self._table = array("q", bytes(8 * size))
+        self._mask = size - 1
         self._room = size // 2  # insertions left before the table doubles
 
     def add(self, h: int) -> bool:
         """Record `h`; False when it was recorded before."""
         h = h or 1  # 0 marks a free slot: hash 0 shares a slot with 1, and is settled like any shared hash
         table = self._table
-        mask = len(table) - 1
-        i = h & mask
-        while True:
-            held = table[i]
+        i = h & self._mask
+        held = table[i]
+        if held:  # most slots are free at the first look: the loop is the exception
             if held == h:
                 return False
-            if not held:
-                break
-            i = (i + 1) & mask  # linear probing: the hash is SipHash, its low bits are as good as any
+            mask = self._mask
+            while True:
+                i = (i + 1) & mask  # linear probing: the hash is SipHash, its low bits are as good as any
+                held = table[i]
+                if not held:
+                    break
+                if held == h:
+                    return False
         table[i] = h
         self._room -= 1
         if not self._room:
@@ -269,7 +274,7 @@ class Distinct:
     def _grow(self) -> None:
         old = self._table
         table = self._table = array("q", bytes(16 * len(old)))
-        mask = len(table) - 1
+        mask = self._mask = len(table) - 1
         for h in old:
             if h:
                 i = h & mask
