@@ -33,7 +33,7 @@ def seed(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, RenderedEmai
     return config, render_issue(config, issue)
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(readers=st.lists(st.tuples(st.sampled_from(["ada@readers.net", "zoë@exämple.net", "b+c@x.org"]), NAMES,
                                   NAMES), min_size=1, max_size=12),
        greeting=st.sampled_from(["Dear {first_name},", "Hello {name}!", "Hi,", "Dear {first_name} ({name}),"]),
