@@ -1,8 +1,11 @@
-"""Render speed: in-process render of the seed issue, the whole `newsletter render` process, and npm mjml.
+"""Render speed: in-process render of the seed issue, the whole `newsletter render` process against npm mjml on
+the same MJML, and `newsletter --help` (the cost of starting the command line at all).
 
 Run: .venv/bin/python benchmarks/render.py [--mjml PATH/TO/node_modules/.bin/mjml] [--runs N]
-Targets: in-process render under 5 ms; the whole process at most half the time npm `mjml`
-takes to compile the produced email.mjml alone.
+Processes run with bytecode caching on (PYTHONDONTWRITEBYTECODE removed), as an installed package does; each
+figure is the median of N runs after one warm-up.
+Targets: in-process render under 5 ms; the whole `newsletter render` process at most 0.25x the time npm `mjml`
+takes to compile the produced email.mjml alone; `newsletter --help` under 150 ms.
 """
 
 from __future__ import annotations
@@ -55,8 +58,13 @@ def main() -> None:
           f"  [target < 5 ms: {'ok' if in_process < 5 else 'MISSED'}]")
 
     exe = shutil.which("newsletter", path=str(Path(sys.executable).parent)) or "newsletter"
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "src" / "newsletter")], check=True)
     with tempfile.TemporaryDirectory() as out:
         env = dict(os.environ, NEWSLETTER_ROOT=str(REPO))
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        helped = timed_runs([exe, "--help"], args.runs, env)
+        print(f"`newsletter --help`, median of {args.runs}: {helped:.1f} ms"
+              f"  [target < 150 ms: {'ok' if helped < 150 else 'MISSED'}]")
         process = timed_runs([exe, "render", "--out", out], args.runs, env)
         print(f"whole process `newsletter render`, median of {args.runs}: {process:.1f} ms")
         mjml_file = Path(out) / SLUG / "email.mjml"
@@ -70,7 +78,8 @@ def main() -> None:
         reference = timed_runs([npm, str(mjml_file), "-s"], args.runs)
         ratio = process / reference
         print(f"npm mjml {' '.join(version)} compiling email.mjml alone, median of {args.runs}: {reference:.1f} ms")
-        print(f"ratio newsletter render / npm mjml: {ratio:.2f}  [target <= 0.5: {'ok' if ratio <= 0.5 else 'MISSED'}]")
+        verdict = "ok" if ratio <= 0.25 else "MISSED"
+        print(f"ratio newsletter render / npm mjml: {ratio:.2f}  [target <= 0.25: {verdict}]")
 
 
 if __name__ == "__main__":

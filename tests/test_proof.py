@@ -262,3 +262,46 @@ def test_preview_page_renders_and_follows_edits(browser, ready_project: Path) ->
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_a_killed_check_leaves_no_spamd_behind(ready_project: Path, tmp_path: Path) -> None:
+    """`check` starts a private spamd to score the message; killed with -9 mid-score, it leaves no daemon
+    running and no socket folder behind."""
+    import os
+    import signal
+
+    spam_on(ready_project)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "newsletter"), "check", "--root", str(ready_project)],
+                            env={**os.environ, "TMPDIR": str(tmp)}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        folder = _wait_for(lambda: next(tmp.glob("newsletter-spamd-*"), None), "spamd's folder")
+        _wait_for(lambda: _processes_naming(str(folder)), "spamd")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    _wait_for(lambda: not _processes_naming(str(folder)) and not folder.exists(), "spamd to stop")
+
+
+def _wait_for(condition, what: str, timeout: float = 30.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _processes_naming(text: str) -> list[str]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in args:
+            found.append(args)
+    return found

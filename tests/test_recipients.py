@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from newsletter.recipients import Address, Eligibility, eligible, first_name_of, unique
+from newsletter.recipients import Address, Distinct, Eligibility, eligible, first_name_of, unique
 
 
 @pytest.mark.parametrize("raw", ["ada@readers.net", " Ada@Readers.NET ", "a.b+c@mail.readers.co.uk",
@@ -103,3 +105,60 @@ def test_the_fast_path_agrees_with_email_validator() -> None:
         assert ours == reference, address
         fast += bool(_PLAIN.fullmatch(address))
     assert fast > 1000  # the fast path was exercised
+
+
+def _exact(rows: list[tuple[str, str, str]], suppressed: set[str]) -> tuple[list[tuple[str, str, str]], int]:
+    """What eligible() must yield, worked out with a plain set of addresses: (readers, duplicates)."""
+    seen: set[str] = set()
+    out, dups = [], 0
+    for email, name, first in rows:
+        key = Address.normalize(email)
+        if key in seen:
+            dups += 1
+            continue
+        seen.add(key)
+        if key not in suppressed and Address.plausible(key):
+            out.append((key, name, first))
+    return out, dups
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["ada", "bob", "cy", "dee", "eve", "flo", "gus", "hal"]),
+                          st.sampled_from(["r.net", "R.NET", "x.org"]), st.sampled_from(["", "N", "Zoë"])),
+                max_size=40),
+       st.sets(st.sampled_from(["ada@r.net", "eve@x.org", "hal@r.net"])))
+def test_readers_sharing_a_hash_are_each_sent_once(local_parts, suppressed) -> None:
+    """A weak hash (the address's length) makes most distinct readers share a hash: each is still yielded
+    exactly once, and only true duplicates are counted as such."""
+    rows = [(f"{local}@{domain}", name, "") for local, domain, name in local_parts]
+    expected, dups = _exact(rows, suppressed)
+    tally = Eligibility()
+    got = list(eligible(rows, _Ledger(suppressed), _Journal(set(), set()), resend_in_doubt=False, tally=tally,
+                        key_hash=len))
+    assert sorted(got) == sorted(expected) and len(got) == len(set(got))
+    assert tally.duplicates == dups and tally.readers == len(expected)
+    assert tally.total == len({Address.normalize(r[0]) for r in rows})
+    assert sorted(k for k, *_ in unique(rows, key_hash=len)) == sorted({Address.normalize(r[0]) for r in rows})
+
+
+def test_eligible_needs_a_way_to_read_the_rows_again() -> None:
+    with pytest.raises(TypeError):
+        list(eligible(iter([("a@r.net", "", "")]), _Ledger(set()), _Journal(set(), set()), resend_in_doubt=False,
+                      tally=Eligibility()))
+    rows = [("a@r.net", "", ""), ("b@r.net", "", "")]
+    got = list(eligible(iter(rows), _Ledger(set()), _Journal(set(), set()), resend_in_doubt=False,
+                        tally=Eligibility(), reread=lambda: iter(rows), key_hash=lambda _: 7))
+    assert got == [("a@r.net", "", ""), ("b@r.net", "", "")]  # the second shares the hash: sent after a re-read
+
+
+def test_distinct_grows_and_forgets_nothing() -> None:
+    import random
+
+    rng = random.Random(3)
+    values = [rng.getrandbits(64) - 2**63 for _ in range(5000)] + [0, 1, -1]
+    seen = Distinct()
+    assert all(seen.add(v) for v in values[:-2])
+    assert not seen.add(1)  # 0 is kept as 1: a hash shared, for the caller to settle against the addresses
+    assert seen.add(-1)
+    assert not any(seen.add(v) for v in values)
+    assert len(seen._table) >= 2 * len(values) - 4  # at most half full

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -605,3 +606,82 @@ def test_a_413_split_mails_each_reader_once_and_journals_the_replacement(sender:
 
     state = load_state(journal_path(sender.root, SEED_SLUG))
     assert state.sent_readers == 8 and state.in_doubt_readers == 0 and not state.failed_batches
+
+
+def test_bodies_encoded_ahead_leave_out_a_reader_who_unsubscribed_since(sender: Cli, fake: FakeSendGrid) -> None:
+    """A cold send encodes its first bodies while SpamAssassin scores: a reader who unsubscribes after that is
+    still left out, since each batch is checked against the ledger right before it leaves."""
+    from concurrent.futures import Future
+
+    from newsletter.preflight import SendOptions, prepare
+    from newsletter.send import dispatch
+
+    configure(sender.root, batch_size=10, concurrency=1)
+    write_list(sender.root, readers(30))
+    prepared = prepare(sender.root, SendOptions(slug=SEED_SLUG, sync=False))
+    prepared.prebuild(until=Future())  # a score that never comes: every batch is encoded ahead
+    assert [len(r) for r, _ in prepared.prebuilt] == [10, 10, 10]
+    record(ledger_path(sender.root), "Reader15@readers.net", "unsubscribe")
+    report = dispatch(prepared)
+    assert report.ok and report.sent == 29 and report.suppressed_late == 1
+    assert sorted(len(b["personalizations"]) for b in fake.requests) == [9, 10, 10]
+    assert "reader15@readers.net" not in recipients(fake) and len(set(recipients(fake))) == 29
+
+
+def test_a_connection_the_server_closed_while_idle_is_not_a_request_in_doubt() -> None:
+    """The bulk path keeps its connection alive between requests; one that SendGrid closed while idle is
+    replaced before the next request, which then goes out and is answered (not reported in doubt)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from newsletter.sendgrid import SendGridTransport
+
+    ports: list[int] = []
+    closed = threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            ports.append(self.client_address[1])
+            self.send_response(202)
+            self.send_header("Content-Length", "0")
+            self.send_header("X-Message-Id", f"m{len(ports)}")
+            self.end_headers()
+            self.close_connection = len(ports) == 3  # then drop it, as an idle timeout would, without saying so
+
+    class Server(ThreadingHTTPServer):
+        def shutdown_request(self, request: object) -> None:
+            super().shutdown_request(request)  # type: ignore[arg-type]
+            closed.set()
+
+    server = Server(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        transport = SendGridTransport(API_KEY, base_url=f"http://127.0.0.1:{server.server_address[1]}", timeout=5)
+        for n in range(1, 4):
+            assert transport.send_encoded(b'{"personalizations":[]}').message_id == f"m{n}"
+        assert len(set(ports)) == 1  # one connection for three requests
+        assert closed.wait(5)
+        assert transport.send_encoded(b"{}").message_id == "m4"
+        assert len(set(ports)) == 2
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_list_that_cannot_be_read_stops_a_real_send_with_its_message(sender: Cli, fake: FakeSendGrid) -> None:
+    """A real `newsletter send` reads the list in a child process while it checks the issue: what the child
+    finds wrong is told by the command as usual, and nothing is sent."""
+    write_list(sender.root, readers(3))
+    path = sender.root / "subscribers" / "subscribers.csv"
+    path.write_bytes(path.read_text().encode("utf-16"))
+    exe = str(Path(sys.executable).parent / "newsletter")
+    result = subprocess.run([exe, "send", "--root", str(sender.root), "--issue", SEED_SLUG, "--yes", "--no-sync"],
+                            capture_output=True, text=True, timeout=120, env=os.environ.copy())
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "subscribers.csv:1: not UTF-8 text" in result.stderr and "Traceback" not in result.stderr
+    assert not fake.requests

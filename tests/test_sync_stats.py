@@ -74,3 +74,22 @@ def test_send_syncs_first_unless_told_not_to(ready_project: Path, fake: FakeSend
     result = Cli(ready_project)("send", "--issue", SEED_SLUG, "--yes")
     assert result.exit_code == 0, result.output
     assert set(fake.delivered) == {"a@readers.net"}
+    # counted after the sync: suppressed before the send, not "unsubscribed during the send"
+    assert "readers:    1 (after suppression)" in result.output and "suppressed: 1\n" in result.output
+
+
+def test_a_real_send_counts_its_readers_after_the_sync(ready_project: Path, fake: FakeSendGrid) -> None:
+    """A real `newsletter send` starts counting at once, in a child process; the sync then adds an opt-out to
+    the ledger, and the readers are counted again against it."""
+    import os
+    import subprocess
+    import sys
+
+    (ready_project / "subscribers" / "subscribers.csv").write_text("email\na@readers.net\nb@readers.net\n")
+    fake.suppressions = {"/v3/suppression/bounces": [{"email": "B@readers.net", "created": int(time.time())}]}
+    result = subprocess.run([str(Path(sys.executable).parent / "newsletter"), "send", "--root", str(ready_project),
+                             "--issue", SEED_SLUG, "--yes"], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "NEWSLETTER_SECRET": "s"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert set(fake.delivered) == {"a@readers.net"}
+    assert "readers:    1 (after suppression)" in result.stdout and "suppressed: 1\n" in result.stdout

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import os
 import threading
 from collections.abc import Iterator
@@ -35,6 +34,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from .errors import SendError, StorageError
 from .files import open_for_append, read_jsonl, write_all
@@ -406,7 +407,9 @@ class Journal:
         request leaves; the batch's reader list goes with it), `run` and `end`. An outcome (`ok`, `retry`...)
         is synced with the next of those: lost to a power cut, it leaves its batch in doubt, never re-sent.
         One fsync per batch instead of three keeps a million-reader send from waiting on the disk."""
-        data = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+        # orjson writes what json.dumps(ensure_ascii=False, separators=(",", ":")) would, ten times faster: a
+        # batch record holds a thousand addresses.
+        data = orjson.dumps(record) + b"\n"
         try:
             with self._lock:
                 if self._fd is None:

@@ -3,29 +3,31 @@
 from __future__ import annotations
 
 import datetime as dt
-import tempfile
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-from .check import check_slug
-from .config import API_KEY_ENV, SECRET_ENV, Config, env_set, env_value
+from .config import API_KEY_ENV, SECRET_ENV, Config, env_set, env_value, load_config
 from .errors import Level, Problem, SendError, TransportError, UsageError
-from .issue import Issue
+from .issue import Issue, load_issue
 from .journal import JournalState, journal_path, load_state
-from .ledger import Ledger, load_ledger
-from .message import MAX_PER_REQUEST, MessageBuilder
-from .recipients import Eligibility, eligible, is_plausible, normalize
-from .render import RenderedEmail, image_urls, view_url
+from .ledger import Ledger
+from .recipients import Eligibility, Reader, is_plausible, normalize
 from .schedule import schedule_warning
-from .sendgrid import SendGridTransport, api_key_from_env
-from .subscribers import iter_subscribers
-from .tokens import secret_from_env
+
+if TYPE_CHECKING:  # render, check and message bring Jinja2, MJML and Markdown: imported once needed (and
+    # a cold send starts SpamAssassin before it imports the rest)
+    from concurrent.futures import Future
+
+    from .counting import Count
+    from .message import MessageBuilder
+    from .render import RenderedEmail
+    from .sendgrid import SendGridTransport
 
 SCHEDULE_LIMIT = dt.timedelta(hours=72)
+PREBUILT_BYTES = 48_000_000  # request bodies encoded while SpamAssassin scores, at most
 
 
 @dataclass
@@ -64,16 +66,47 @@ class Prepared:
     warnings: list[str] = field(default_factory=list)
     ledger: Ledger | None = None  # as read for the count; dispatch tails it rather than reading it again
     spool: IO[str] | None = None  # the eligible readers, `address<TAB>name<TAB>first name` a line
+    # The first batches of the spool with their request bodies, encoded while SpamAssassin was scoring.
+    prebuilt: list[tuple[list[Reader], bytes]] = field(default_factory=list)
 
-    def readers_from_spool(self) -> Iterator[tuple[str, str, str]]:
-        """The eligible readers as counted, less those another run sent since (the journal is re-read under
-        the send lock). Suppression is checked again right before each batch leaves."""
+    def readers_from_spool(self) -> Iterator[Reader]:
+        """The eligible readers as counted (beyond the prebuilt batches), less those another run sent since (the
+        journal is re-read under the send lock). Suppression is checked again right before each batch leaves."""
         assert self.spool is not None
+        if self.nobody_sent:
+            for line in self.spool:
+                key, name, first = line[:-1].split("\t")
+                yield key, name, first
+            return
+        yield from self.unsent(line[:-1].split("\t") for line in self.spool)  # type: ignore[misc]
+
+    @property
+    def nobody_sent(self) -> bool:
+        """Whether the journal names nobody to skip: a first run (or earlier runs sent nobody)."""
+        return not self.journal.sent and (self.options.resend_in_doubt or not self.journal.doubt)
+
+    def unsent(self, readers: Iterator[Reader] | list[Reader]) -> Iterator[Reader]:
+        """`readers` less those the journal says were sent, or are in doubt (unless they are to be re-sent)."""
         journal, resend = self.journal, self.options.resend_in_doubt
-        for line in self.spool:
-            key, name, first = line.rstrip("\n").split("\t")
+        for key, name, first in readers:
             if not journal.is_sent_key(key) and (resend or not journal.in_doubt_key(key)):
                 yield key, name, first
+
+    def prebuild(self, until: Future[Any]) -> None:
+        """Encode the first batches' request bodies until `until` is done (SpamAssassin scoring), within
+        PREBUILT_BYTES: the work a cold send waits on anyway. Dispatch checks each one's readers again (ledger,
+        journal) and builds it anew if any of them changed."""
+        if self.spool is None or self.options.at is not None or self.options.dry_run:
+            return
+        builder, size, used = self.builder(), self.batch_size, 0
+        while not until.done() and used < PREBUILT_BYTES:
+            batch = [tuple(line[:-1].split("\t")) for _, line in zip(range(size), self.spool, strict=False)]
+            if not batch:
+                return
+            readers: list[Reader] = batch  # type: ignore[assignment]
+            body = builder.encoded(readers)
+            self.prebuilt.append((readers, body))
+            used += len(body)
 
     @property
     def readers(self) -> int:
@@ -83,6 +116,8 @@ class Prepared:
     @property
     def batch_size(self) -> int:
         """Readers per request."""
+        from .message import MAX_PER_REQUEST
+
         return min(self.config.sendgrid.batch_size, MAX_PER_REQUEST)
 
     @property
@@ -92,6 +127,8 @@ class Prepared:
 
     def builder(self, batch_id: str = "") -> MessageBuilder:
         """The request builder for this send (scheduled under SendGrid's `batch_id` when given)."""
+        from .message import MessageBuilder
+
         return MessageBuilder(self.config, self.rendered, secret=self.secret, slug=self.issue.slug,
                               subject=self.subject, sandbox=self.options.sandbox, send_at=self.options.at,
                               batch_id=batch_id)
@@ -124,25 +161,71 @@ def parse_at(text: str, now: dt.datetime | None = None) -> dt.datetime:
 
 
 def prepare(root: Path, options: SendOptions) -> Prepared:
-    """Pre-flight: check passes, secrets present, the key works; count readers. Sends nothing.
+    """Pre-flight: secrets present, the key works, check passes; count readers. Sends nothing.
 
-    SpamAssassin (seconds, unless `check` already scored this very message) runs in a thread while the
-    images and the key are checked and the list and ledger are read."""
-    from .check import spam_problems
+    The slow parts overlap. The list is read against the ledger and the journal in a child process from the
+    start (read again if SendGrid's suppressions, pulled in meanwhile, changed the ledger). SpamAssassin (seconds,
+    unless `check` already scored this very message): when the issue changed since the last score, spamd starts
+    at once and loads its rules while the issue is rendered and checked, and the first request bodies are
+    encoded while it scores."""
+    from .counting import Count
+    from .spam import stop_daemon
 
-    config, issue, rendered, problems = check_slug(root, options.slug, spam=False)
+    config = load_config(root)
+    issue = load_issue(root, options.slug, config)
     if issue.welcome and not options.to:
         raise SendError(f"{issue.slug} is the welcome email (`welcome: true`): each new reader gets it when they "
                         "confirm their sign-up, so it is never sent to the list",
                         hint=f"to see it in your inbox: newsletter send --issue {issue.slug} --to you@your.address")
-    _refuse_check_errors(problems, issue.slug)
+    journal = load_state(journal_path(root, issue.slug))
+    count = None if options.to else Count(root, journal, resend_in_doubt=options.resend_in_doubt)
+    try:
+        _start_spam_early(config, issue)
+        prepared = _checked_and_counted(root, options, config, issue, journal, count)
+        if options.at is not None and (late := schedule_warning(options.at)):
+            prepared.warnings.append(late)
+        return prepared
+    finally:
+        if count is not None:
+            count.abandon()  # the send was refused before the count was needed
+        stop_daemon()  # it scored, or the score was cached after all, or the send was refused
+
+
+def _start_spam_early(config: Config, issue: Issue) -> None:
+    from .spam import scored_since, start_daemon
+
+    cache = config.root / "build" / ".cache" / "spam"
+    if config.check_spam and not scored_since(cache, [issue.dir, config.root / "layouts", config.path]):
+        start_daemon()
+
+
+def _checked_and_counted(root: Path, options: SendOptions, config: Config, issue: Issue, journal: JournalState,
+                         count: Count | None) -> Prepared:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .check import check_issue, spam_problems
+    from .render import render_issue
+    from .sendgrid import api_key_from_env
+    from .tokens import secret_from_env
+
     _require_secrets(options)
+    secret, _ = secret_from_env(required=True)
+    api_key = "" if options.dry_run else api_key_from_env()
+    warnings = [] if options.dry_run else _check_key(root, config, api_key, options)
+    if count is not None:
+        count.again_if_changed()  # the sync may have added opt-outs to the ledger: the count must see them
+    rendered = render_issue(config, issue)
+    _refuse_check_errors(check_issue(config, issue, rendered, spam=False), issue.slug)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="spam") as pool:
         spam = pool.submit(spam_problems, config, rendered)
-        prepared = _prepare(root, options, config, issue, rendered)
+        warnings[:0] = [] if options.dry_run else _check_images(root, config, rendered, test=bool(options.to))
+        prepared = Prepared(root=root, config=config, issue=issue, rendered=rendered, options=options,
+                            secret=secret, api_key=api_key, journal=journal, warnings=warnings,
+                            subject=f"[Test] {rendered.subject}" if options.to else rendered.subject)
+        if count is not None:
+            _counted(prepared, count)
+        prepared.prebuild(until=spam)
         _refuse_check_errors(spam.result(), issue.slug)
-    if options.at is not None and (late := schedule_warning(options.at)):
-        prepared.warnings.append(late)
     return prepared
 
 
@@ -155,38 +238,16 @@ def _refuse_check_errors(problems: list[Problem], slug: str) -> None:
                         hint=f"fix them, then run `newsletter check --issue {slug}`")
 
 
-def _prepare(root: Path, options: SendOptions, config: Config, issue: Issue, rendered: RenderedEmail) -> Prepared:
-    secret, _ = secret_from_env(required=True)
-    api_key = "" if options.dry_run else api_key_from_env()
-    warnings = [] if options.dry_run else _check_images(root, config, rendered, test=bool(options.to))
-    warnings += [] if options.dry_run else _check_key(root, config, api_key, options)
-    prepared = Prepared(root=root, config=config, issue=issue, rendered=rendered, options=options, secret=secret,
-                        api_key=api_key, subject=f"[Test] {rendered.subject}" if options.to else rendered.subject,
-                        journal=load_state(journal_path(root, issue.slug)), warnings=warnings)
-    if options.to:
-        return prepared
-    ledger = load_ledger(root, strict=False)
-    ledger.check_readable("nothing was sent")
-    # The list is read once: who is eligible goes to a private temporary spool that the dispatch streams.
-    spool = tempfile.TemporaryFile(mode="w+", encoding="utf-8", newline="\n")  # noqa: SIM115 - 0600, deleted when closed (at exit at the latest)
-    write = spool.write
-    for key, name, first in eligible(iter_subscribers(root), ledger, prepared.journal,
-                                     resend_in_doubt=options.resend_in_doubt, tally=prepared.tally):
-        write(f"{key}\t{_one_line(name)}\t{_one_line(first)}\n")
-    spool.seek(0)
-    prepared.spool = spool
-    prepared.ledger = ledger
-    prepared.warnings[:0] = [str(p) for p in ledger.problems]
+def _counted(prepared: Prepared, count: Count) -> None:
+    """The count's spool, tally and ledger into `prepared`, with what the ledger and the list warn about."""
+    prepared.spool, prepared.tally = count.finish()
+    prepared.ledger = count.ledger
+    prepared.warnings[:0] = [str(p) for p in count.ledger.problems]
     t = prepared.tally
     if t.invalid:
         shown = ", ".join(repr(e) for e in t.invalid_examples)
         prepared.warnings.append(f"warning: {t.invalid} address(es) in subscribers.csv are not valid and "
                                  f"will be skipped ({shown}); fix or remove them")
-    return prepared
-
-
-def _one_line(value: str) -> str:
-    return " ".join(value.split()) if ("\t" in value or "\n" in value or "\r" in value) else value
 
 
 def _require_secrets(options: SendOptions) -> None:
@@ -205,6 +266,7 @@ def _check_images(root: Path, config: Config, rendered: RenderedEmail, *, test: 
     a broken-image icon. Refuses the send when one is not there as an image; a test copy only warns."""
     from .archive import publish_hosted_images
     from .links import check_links
+    from .render import image_urls, view_url
 
     # When `serve` hosts the archive, the images go into build/site first: `serve` on this machine has them.
     hosted = publish_hosted_images(root, config, rendered.issue)
@@ -226,6 +288,8 @@ def _check_images(root: Path, config: Config, rendered: RenderedEmail, *, test: 
 
 def _check_key(root: Path, config: Config, api_key: str, options: SendOptions) -> list[str]:
     """The key works and may send (GET /v3/scopes); then SendGrid's suppressions are pulled in. Warnings."""
+    from .sendgrid import SendGridTransport
+
     transport = SendGridTransport(api_key, timeout=config.sendgrid.timeout)
     scopes_known = True
     try:

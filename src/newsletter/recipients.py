@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable, Iterator
+from array import array
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -152,42 +153,58 @@ Row = tuple[str, str, str]  # (address as written, name, first name) of one line
 Reader = tuple[str, str, str]  # (normalised address, name, first name) of a reader to mail
 
 
-def unique(rows: Iterable[Row], tally: Eligibility | None = None,
-           ) -> Iterator[tuple[str, str, str, str]]:
+def unique(rows: Iterable[Row], tally: Eligibility | None = None, *,
+           reread: Callable[[], Iterable[Row]] | None = None, expected: int = 0,
+           key_hash: Callable[[str], int] = hash) -> Iterator[tuple[str, str, str, str]]:
     """(key, email, name, first name) of each reader once, streamed: `key` is the normalised address; a later
-    row with the same key is skipped and counted. Memory: one hash per reader."""
-    seen: set[int] = set()
-    for email, name, first in rows:
-        key = normalize(email)
-        h = hash(key)  # str caches its hash: callers hashing `key` again pay nothing
-        if h in seen:
-            if tally is not None:
-                tally.duplicates += 1
-            continue
-        seen.add(h)
-        yield key, email, name, first
+    row with the same key is skipped and counted. Memory: 8 to 16 bytes a reader (see `Distinct`; `expected`
+    readers sizes its table at once).
 
-
-def eligible(rows: Iterable[Row], ledger: _Suppressions, journal: _Sent, *, resend_in_doubt: bool,
-             tally: Eligibility) -> Iterator[Reader]:
-    """(address, name, first name) of each reader to send to now, streamed; `tally` counts everyone and why
-    they were left out: suppressed in the ledger, malformed (one bad address makes SendGrid refuse a whole
-    request), already sent, or in doubt."""
-    # Names bound once and counts kept in locals: this loop runs a million times for a large list. The tally
-    # is complete once the stream is (readers counts as it goes).
-    suppressed, sent, doubt, plausible = ledger.is_suppressed_key, journal.is_sent_key, journal.in_doubt_key, \
-        _PLAUSIBLE.match
-    norm = normalize
-    seen: set[int] = set()
-    total = n_suppressed = n_sent = n_doubt = n_dups = 0
+    Two distinct addresses that share a 64-bit hash are told apart by reading the rows again (`reread`, or the
+    rows themselves when they are a list or tuple): the second is then yielded at the end. A one-shot iterator
+    without `reread` cannot be read again, and such a pair (odds about n^2 / 2^65: 3e-8 for a million readers)
+    would count as one: only counting and listing use it so; a send goes through `eligible`, which is exact."""
+    add, norm = Distinct(expected).add, normalize
+    doubtful: set[int] = set()
+    dups = 0
     try:
         for email, name, first in rows:
             key = norm(email)
-            h = hash(key)
-            if h in seen:
-                n_dups += 1
-                continue
-            seen.add(h)
+            h = key_hash(key)  # str caches its hash: callers hashing `key` again pay nothing
+            if add(h):
+                yield key, email, name, first
+            else:
+                dups += 1
+                doubtful.add(h)
+        again = _rereader(rows, reread)
+        if doubtful and again is not None:  # duplicates, or (rarely) two readers sharing a hash: rows tell which
+            for found in _collided(again(), doubtful, key_hash):
+                dups -= 1
+                yield found
+    finally:
+        if tally is not None:
+            tally.duplicates += dups
+
+
+def eligible(rows: Iterable[Row], ledger: _Suppressions, journal: _Sent | None, *, resend_in_doubt: bool,
+             tally: Eligibility, reread: Callable[[], Iterable[Row]] | None = None, expected: int = 0,
+             key_hash: Callable[[str], int] = hash) -> Iterator[Reader]:
+    """(address, name, first name) of each reader to send to now, streamed; `tally` counts everyone and why
+    they were left out: suppressed in the ledger, malformed (one bad address makes SendGrid refuse a whole
+    request), already sent, or in doubt (`journal` None: nobody was sent this issue yet).
+
+    Exactly once (`unique`), in 8 to 16 bytes a reader: two distinct readers who share a 64-bit hash are told
+    apart by reading the rows again (`reread`, or the rows themselves when they are a list or tuple). Raises
+    TypeError for a one-shot iterator without `reread`: it could not be exact."""
+    if _rereader(rows, reread) is None:
+        raise TypeError("eligible() needs `reread` (or a list of rows) to settle a hash shared by two readers")
+    # Names bound once and counts kept in locals: this loop runs a million times for a large list. The tally
+    # is complete once the stream is (readers counts as it goes).
+    suppressed, plausible = ledger.is_suppressed_key, _PLAUSIBLE.match
+    sent, doubt = (journal.is_sent_key, journal.in_doubt_key) if journal is not None else (None, None)
+    total = n_suppressed = n_sent = n_doubt = 0
+    try:
+        for key, email, name, first in unique(rows, tally, reread=reread, expected=expected, key_hash=key_hash):
             total += 1
             if suppressed(key):
                 n_suppressed += 1
@@ -195,9 +212,9 @@ def eligible(rows: Iterable[Row], ledger: _Suppressions, journal: _Sent, *, rese
                 tally.invalid += 1
                 if len(tally.invalid_examples) < 5:
                     tally.invalid_examples.append(email)
-            elif sent(key):
+            elif sent is not None and sent(key):
                 n_sent += 1
-            elif not resend_in_doubt and doubt(key):
+            elif doubt is not None and not resend_in_doubt and doubt(key):
                 n_doubt += 1
             else:
                 tally.readers += 1
@@ -207,4 +224,77 @@ def eligible(rows: Iterable[Row], ledger: _Suppressions, journal: _Sent, *, rese
         tally.suppressed += n_suppressed
         tally.already_sent += n_sent
         tally.in_doubt += n_doubt
-        tally.duplicates += n_dups
+
+
+def _rereader(rows: Iterable[Row], reread: Callable[[], Iterable[Row]] | None) -> Callable[[], Iterable[Row]] | None:
+    if reread is not None:
+        return reread
+    if isinstance(rows, (list, tuple)):
+        return lambda: rows
+    return None
+
+
+def _collided(rows: Iterable[Row], doubtful: set[int], key_hash: Callable[[str], int],
+              ) -> Iterator[tuple[str, str, str, str]]:
+    """Among rows whose hash was seen twice, the first row of each address that is not the first address with
+    its hash: distinct readers that a shared hash made look like duplicates."""
+    first: dict[int, str] = {}  # doubtful hash -> the address that holds it in the table
+    found: set[str] = set()
+    for email, name, first_name in rows:
+        key = normalize(email)
+        h = key_hash(key)
+        if h not in doubtful:
+            continue
+        holder = first.setdefault(h, key)
+        if key != holder and key not in found:
+            found.add(key)
+            yield key, email, name, first_name
+
+
+class Distinct:
+    """Which 64-bit hashes have been seen: an open-addressing table in an `array` of 8-byte slots, at most half
+    full, so 8 to 16 bytes a reader (a `set` of ints costs about 60). A hash is not an address: callers settle
+    a repeated hash against the addresses themselves (`unique`, `eligible`)."""
+
+    def __init__(self, expected: int = 0) -> None:
+        size = 1024
+        while size < 2 * expected:
+            size *= 2
+        self._table = array("q", bytes(8 * size))
+        self._mask = size - 1
+        self._room = size // 2  # insertions left before the table doubles
+
+    def add(self, h: int) -> bool:
+        """Record `h`; False when it was recorded before."""
+        h = h or 1  # 0 marks a free slot: hash 0 shares a slot with 1, and is settled like any shared hash
+        table = self._table
+        i = h & self._mask
+        held = table[i]
+        if held:  # most slots are free at the first look: the loop is the exception
+            if held == h:
+                return False
+            mask = self._mask
+            while True:
+                i = (i + 1) & mask  # linear probing: the hash is SipHash, its low bits are as good as any
+                held = table[i]
+                if not held:
+                    break
+                if held == h:
+                    return False
+        table[i] = h
+        self._room -= 1
+        if not self._room:
+            self._grow()
+        return True
+
+    def _grow(self) -> None:
+        old = self._table
+        table = self._table = array("q", bytes(16 * len(old)))
+        mask = self._mask = len(table) - 1
+        for h in old:
+            if h:
+                i = h & mask
+                while table[i]:
+                    i = (i + 1) & mask
+                table[i] = h
+        self._room = len(table) // 2 - len(old) // 2
