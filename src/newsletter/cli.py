@@ -478,23 +478,7 @@ def send(root: Path, slug: str | None, yes: bool, dry_run: bool, to: tuple[str, 
     p = prepare(root, options)
     for warning in p.warnings:
         click.secho(warning, fg="yellow", err=True)
-    t = p.tally
-    click.echo(f"issue:      {p.issue.slug}")
-    click.echo(f"subject:    {p.subject}")
-    click.echo(f"from:       {p.config.sender.name} <{p.config.sender.email}>")
-    if to:
-        click.echo(f"test copy:  {', '.join(to)}")
-    else:
-        click.echo(f"readers:    {p.readers} (after suppression)")
-        click.echo(f"suppressed: {t.suppressed}")
-        if t.already_sent:
-            click.echo(f"already sent earlier: {t.already_sent} (this run continues where the last stopped)")
-        if t.in_doubt:
-            click.echo(f"in doubt:   {t.in_doubt} reader(s) from an earlier run, not re-sent "
-                       "(--resend-in-doubt to send them again)")
-        click.echo(f"batches:    {p.batches} (up to {p.batch_size} readers each)")
-    if at:
-        click.echo(f"scheduled:  {at.isoformat(timespec='minutes')}")
+    _print_summary(p, to, at)
     if p.nothing_to_send:
         click.echo(p.nothing_to_send)
     if dry_run:
@@ -514,6 +498,27 @@ def send(root: Path, slug: str | None, yes: bool, dry_run: bool, to: tuple[str, 
     _print_report(report, dry_run=dry_run, test=bool(to), scheduled=at is not None)
     if not report.ok:
         sys.exit(1)
+
+
+def _print_summary(p, to: tuple[str, ...], at) -> None:  # type: ignore[no-untyped-def]
+    """What a send is about to do: the issue, who gets it, who does not and why."""
+    t = p.tally
+    click.echo(f"issue:      {p.issue.slug}")
+    click.echo(f"subject:    {p.subject}")
+    click.echo(f"from:       {p.config.sender.name} <{p.config.sender.email}>")
+    if to:
+        click.echo(f"test copy:  {', '.join(to)}")
+    else:
+        click.echo(f"readers:    {p.readers} (after suppression)")
+        click.echo(f"suppressed: {t.suppressed}")
+        if t.already_sent:
+            click.echo(f"already sent earlier: {t.already_sent} (this run continues where the last stopped)")
+        if t.in_doubt:
+            click.echo(f"in doubt:   {t.in_doubt} reader(s) from an earlier run, not re-sent "
+                       "(--resend-in-doubt to send them again)")
+        click.echo(f"batches:    {p.batches} (up to {p.batch_size} readers each)")
+    if at:
+        click.echo(f"scheduled:  {at.isoformat(timespec='minutes')}")
 
 
 def _progress_printer():  # type: ignore[no-untyped-def]
