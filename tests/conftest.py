@@ -22,6 +22,7 @@ SEED_SLUG = "micro-moments-of-connection"
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--update-golden", action="store_true", help="Rewrite tests/golden/ from the current output.")
+    parser.addoption("--cpu-report", action="store_true", help="List the tests that spend the most CPU.")
 
 
 @pytest.fixture(autouse=True)
@@ -246,3 +247,39 @@ def wait_for(condition: Callable[[], object], timeout: float = 10.0, what: str =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.01)
+
+
+# -- the suite's own cost: `pytest --cpu-report` lists the tests that spend the most CPU (theirs and their
+# children's), since the suite has a CPU budget (README) ----------------------------------------------------
+_CPU: list[tuple[float, str]] = []
+
+
+def _cpu_now() -> float:
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    if not item.config.getoption("--cpu-report"):
+        yield
+        return
+    start = _cpu_now()
+    yield
+    _CPU.append((_cpu_now() - start, item.nodeid))
+
+
+def pytest_terminal_summary(terminalreporter: object, exitstatus: int, config: pytest.Config) -> None:
+    if not config.getoption("--cpu-report") or not _CPU:
+        return
+    by_file: dict[str, float] = {}
+    for cpu, nodeid in _CPU:
+        by_file[nodeid.split("::")[0]] = by_file.get(nodeid.split("::")[0], 0.0) + cpu
+    write = terminalreporter.write_line  # type: ignore[attr-defined]
+    write(f"CPU in tests: {sum(c for c, _ in _CPU):.1f} s (collection and start-up not included)")
+    for name, cpu in sorted(by_file.items(), key=lambda x: -x[1])[:15]:
+        write(f"  {name:<55} {cpu:6.1f} s")
+    for cpu, nodeid in sorted(_CPU, reverse=True)[:25]:
+        write(f"  {cpu:6.2f} s  {nodeid}")
