@@ -174,3 +174,17 @@ def test_scheduling_asks_and_reports_in_its_own_words(sender: Cli, fake: FakeSen
     assert result.exit_code == 0, result.output
     assert f"Schedule for {when.strftime('%a %-d %b %H:%M')} UTC? [y/N]" in result.output
     assert "scheduled: 3 reader(s)" in result.output and "\nsent:" not in result.output
+
+
+def test_a_finished_send_is_not_quietly_sent_to_new_readers(sender: Cli, fake: FakeSendGrid) -> None:
+    write_list(sender.root, readers(3))
+    assert sender("send", "--issue", SEED_SLUG, "--yes", "--no-sync").exit_code == 0
+    write_list(sender.root, readers(5))  # two readers joined since
+    again = sender("send", "--issue", SEED_SLUG, "--yes", "--no-sync")
+    assert again.exit_code == 0, again.output
+    assert f"nothing to send: {SEED_SLUG} went out on 20" in again.output
+    assert "2 reader(s) joined since: `--include-new-readers` sends it to exactly them" in again.output
+    assert sum(fake.delivered.values()) == 3
+    new = sender("send", "--issue", SEED_SLUG, "--yes", "--no-sync", "--include-new-readers")
+    assert new.exit_code == 0 and "sent: 2 reader(s)" in new.output, new.output
+    assert dict(fake.delivered) == {e: 1 for e, _ in readers(5)}

@@ -102,7 +102,7 @@ def test_awkward_names_are_escaped_per_part(sender: Cli, fake: FakeSendGrid) -> 
         root.read_text() + 'greeting: "Dear {name},"\n')
     fake.requests.clear()
     write_list(sender.root, [("odd2@readers.net", 'Ann <b>&, "Jr"; PhD')])
-    assert sender("send", "--issue", SEED_SLUG, "--yes").exit_code == 0
+    assert sender("send", "--issue", SEED_SLUG, "--yes", "--include-new-readers").exit_code == 0
     subs = fake.requests[0]["personalizations"][0]["substitutions"]
     assert subs["%%nl_greeting_text%%"] == 'Dear Ann <b>&, "Jr"; PhD,'
     assert subs["%%nl_greeting_html%%"] == html.escape('Dear Ann <b>&, "Jr"; PhD,', quote=True)
@@ -147,7 +147,10 @@ def test_rerun_sends_nothing_twice(sender: Cli, fake: FakeSendGrid) -> None:
     write_list(sender.root, readers(1200))
     assert sender("send", "--issue", SEED_SLUG, "--yes").exit_code == 0
     write_list(sender.root, readers(1300))  # 100 new readers since
-    second = sender("send", "--issue", SEED_SLUG, "--yes")
+    quiet = sender("send", "--issue", SEED_SLUG, "--yes")  # the send finished: nobody new is mailed unasked
+    assert quiet.exit_code == 0 and "100 reader(s) joined since" in quiet.output, quiet.output
+    assert len(fake.delivered) == 1200
+    second = sender("send", "--issue", SEED_SLUG, "--yes", "--include-new-readers")
     assert second.exit_code == 0, second.output
     assert "already sent earlier: 1200" in second.output
     assert len(fake.delivered) == 1300 and max(fake.delivered.values()) == 1

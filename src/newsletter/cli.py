@@ -448,16 +448,21 @@ def resubscribe(root: Path, addresses: tuple[str, ...], note: str) -> None:
               help="Schedule through SendGrid (send_at), e.g. 2026-12-01T07:53 local time; within 72 h.")
 @click.option("--resend-in-doubt", is_flag=True,
               help="Also re-send batches whose fate is unknown (request sent, no answer recorded).")
+@click.option("--include-new-readers", is_flag=True,
+              help="After a finished send: mail the readers who joined since (a plain re-run mails nobody new).")
 @click.option("--sandbox", is_flag=True, help="SendGrid sandbox mode: validated by SendGrid, delivered to no one.")
 @click.option("--concurrency", type=click.IntRange(1, 16), help="Requests in flight (default from newsletter.yaml).")
 @click.option("--no-sync", is_flag=True, help="Do not pull SendGrid's suppression lists into the ledger first.")
 @command_options
 def send(root: Path, slug: str | None, yes: bool, dry_run: bool, to: tuple[str, ...], at_text: str | None,
-         resend_in_doubt: bool, sandbox: bool, concurrency: int | None, no_sync: bool) -> None:
+         resend_in_doubt: bool, include_new_readers: bool, sandbox: bool, concurrency: int | None,
+         no_sync: bool) -> None:
     """Send an issue to every reader who has not unsubscribed, in batches through SendGrid.
 
     Safe to re-run: the send journal (subscribers/sends/<slug>.jsonl) makes a second run continue where
-    the first stopped, and never re-send an acknowledged batch. Needs SENDGRID_API_KEY and NEWSLETTER_SECRET.
+    the first stopped, and never re-send an acknowledged batch. Once a send has finished, a re-run mails nobody
+    new: it says how many readers joined since, and --include-new-readers mails exactly them. Needs
+    SENDGRID_API_KEY and NEWSLETTER_SECRET.
 
     \b
     Examples:
@@ -474,7 +479,8 @@ def send(root: Path, slug: str | None, yes: bool, dry_run: bool, to: tuple[str, 
     slug = required_slug(root, slug, Path.cwd())
     at = parse_at(at_text) if at_text else None
     options = SendOptions(slug=slug, dry_run=dry_run, to=to, at=at, resend_in_doubt=resend_in_doubt,
-                          sandbox=sandbox, concurrency=concurrency, sync=not no_sync)
+                          sandbox=sandbox, concurrency=concurrency, sync=not no_sync,
+                          include_new_readers=include_new_readers)
     p = prepare(root, options)
     for warning in p.warnings:
         click.secho(warning, fg="yellow", err=True)

@@ -120,6 +120,7 @@ class RunInfo:
     started: str
     ended: str = ""
     readers: int = 0
+    schedule: str = ""  # the SendGrid batch id it was scheduled under, if it was
 
 
 @dataclass
@@ -159,6 +160,15 @@ class JournalState:
     def runs(self) -> list[RunInfo]:
         """Every run, oldest first."""
         return list(self.run_list)
+
+    def finished_run(self) -> RunInfo | None:
+        """The last run, when it ended and left nobody failed or in doubt (and was not a cancelled schedule): the
+        issue went out. A re-run then mails nobody new unless asked to; any other run is continued instead."""
+        last = self.run_list[-1] if self.run_list else None
+        if last is None or not last.ended or self.failed_batches or self.doubt_batches:
+            return None
+        cancelled = {s.batch_id for s in self.schedules if s.cancelled_at}
+        return None if last.schedule in cancelled else last
 
     def first_sent_at(self) -> dt.datetime | None:
         """When the first run started (None before any)."""
@@ -253,7 +263,8 @@ def _apply_run(state: JournalState, scheduled: dict[str, tuple[set[int], int]], 
                kind: Any, rec: dict[str, Any], schedule: str) -> str:
     """A run, end, schedule or cancel record; returns the schedule the following batches belong to."""
     if kind == _RUN:
-        state.run_list.append(RunInfo(str(rec.get("at", "")), readers=int(rec.get("readers", 0) or 0)))
+        state.run_list.append(RunInfo(str(rec.get("at", "")), readers=int(rec.get("readers", 0) or 0),
+                                      schedule=str(rec.get("batch_id") or "")))
         return str(rec.get("batch_id") or "")
     if kind == _END:
         if state.run_list:

@@ -42,6 +42,7 @@ class SendOptions:
     sandbox: bool = False
     concurrency: int | None = None
     sync: bool = True
+    include_new_readers: bool = False  # after a finished send: mail the readers who joined since
 
     def __post_init__(self) -> None:
         bad = [a for a in self.to if not is_plausible(normalize(a))]
@@ -68,6 +69,9 @@ class Prepared:
     spool: IO[str] | None = None  # the eligible readers, `address<TAB>name<TAB>first name` a line
     # The first batches of the spool with their request bodies, encoded while SpamAssassin was scoring.
     prebuilt: list[tuple[list[Reader], bytes]] = field(default_factory=list)
+    # Readers who joined since this issue's send finished: held back unless --include-new-readers.
+    held_back: int = 0
+    finished_at: str = ""
 
     def readers_from_spool(self) -> Iterator[Reader]:
         """The eligible readers as counted (beyond the prebuilt batches), less those another run sent since (the
@@ -138,6 +142,9 @@ class Prepared:
         """Why this run has nobody to send to ("" when it has someone)."""
         if self.options.to or self.readers:
             return ""
+        if self.held_back:
+            return (f"nothing to send: {self.issue.slug} went out on {self.finished_at[:10]} (that send finished); "
+                    f"{self.held_back} reader(s) joined since: `--include-new-readers` sends it to exactly them")
         t = self.tally
         if t.already_sent or t.suppressed or t.in_doubt:
             return "nothing to send: every reader on the list has been sent this issue, is suppressed, or is in doubt"
@@ -242,6 +249,16 @@ def _counted(prepared: Prepared, count: Count) -> None:
     """The count's spool, tally and ledger into `prepared`, with what the ledger and the list warn about."""
     prepared.spool, prepared.tally = count.finish()
     prepared.ledger = count.ledger
+    done = prepared.journal.finished_run()
+    if done is not None and prepared.tally.readers and not prepared.options.include_new_readers:
+        # A finished send is not quietly sent again to whoever joined since: the writer decides.
+        import io
+
+        prepared.held_back, prepared.finished_at = prepared.tally.readers, done.ended or done.started
+        prepared.tally.readers = 0
+        if prepared.spool is not None:
+            prepared.spool.close()
+        prepared.spool = io.StringIO("")
     prepared.warnings[:0] = [str(p) for p in count.ledger.problems]
     t = prepared.tally
     if t.invalid:
