@@ -174,6 +174,9 @@ def test_scheduling_asks_and_reports_in_its_own_words(sender: Cli, fake: FakeSen
     assert result.exit_code == 0, result.output
     assert f"Schedule for {when.strftime('%a %-d %b %H:%M')} UTC? [y/N]" in result.output
     assert "scheduled: 3 reader(s)" in result.output and "\nsent:" not in result.output
+    status = sender("status", "--issue", SEED_SLUG).output
+    assert "scheduled:  3 reader(s), held by SendGrid until the send time" in status
+    assert "sent:       0 reader(s)" in status
 
 
 def test_a_finished_send_is_not_quietly_sent_to_new_readers(sender: Cli, fake: FakeSendGrid) -> None:

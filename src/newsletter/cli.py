@@ -624,7 +624,10 @@ def status(root: Path, slug: str | None, show_readers: bool) -> None:
         else:
             click.echo(f"  scheduled for {sched.send_at} (batch {sched.batch_id})"
                        + (f"; SendGrid refused to cancel it: {sched.cancel_refused}" if sched.cancel_refused else ""))
-    click.echo(f"sent:       {s.sent} reader(s) in {s.sent_batches} batch(es)")
+    if s.scheduled:
+        click.echo(f"scheduled:  {s.scheduled} reader(s), held by SendGrid until the send time")
+    click.echo(f"sent:       {s.sent - s.scheduled} reader(s)" + ("" if s.scheduled else
+                                                              f" in {s.sent_batches} batch(es)"))
     click.echo(f"pending:    {s.pending} reader(s) not sent yet")
     click.echo(f"suppressed: {s.suppressed}")
     click.echo(f"failed:     {s.failed_readers} reader(s) in {s.failed_batches} batch(es) (a re-run sends them)")

@@ -135,6 +135,11 @@ class JournalState:
     next_batch: int = 1
     run_list: list[RunInfo] = field(default_factory=list)
     schedules: list[ScheduleInfo] = field(default_factory=list)
+    scheduled_readers: dict[str, int] = field(default_factory=dict)  # batch id -> readers SendGrid holds for it
+
+    def waiting_readers(self) -> int:
+        """Readers handed to SendGrid for a scheduled send that has not gone out yet (counted as sent)."""
+        return sum(self.scheduled_readers.get(s.batch_id, 0) for s in self.schedules if s.pending())
 
     def pending_schedule(self) -> ScheduleInfo | None:
         """The scheduled send that can still be cancelled, if any."""
@@ -244,9 +249,10 @@ def load_state(path: Path) -> JournalState:
         batch = open_batches.get(b)
         if batch is not None:
             _apply(state, open_batches, b, batch, kind, rec, scheduled)
-    for accepted, batches in scheduled.values():  # scheduled and not cancelled: as good as sent
+    for batch_id, (accepted, batches) in scheduled.items():  # scheduled and not cancelled: as good as sent
         state.sent |= accepted
         state.sent_batches += batches
+        state.scheduled_readers[batch_id] = len(accepted)
     for b, batch in open_batches.items():
         if batch.state is BatchFate.DOUBT:  # the request went out (or may have) and no answer was recorded
             state.doubt.update(hash(e) for e in batch.emails)

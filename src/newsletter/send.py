@@ -496,6 +496,7 @@ class Status:
     runs: list[RunInfo]
     schedules: list[ScheduleInfo]
     sent: int
+    scheduled: int  # of `sent`: held by SendGrid for a scheduled send that has not gone out yet
     sent_batches: int
     pending: int
     suppressed: int
@@ -518,6 +519,7 @@ def send_status(root: Path, slug: str) -> Status:
                                       tally=tally, reread=lambda: iter_subscribers(root)))
     return Status(
         slug=issue.slug, runs=state.runs(), schedules=state.schedules, sent=state.sent_readers,
+        scheduled=state.waiting_readers(),
         sent_batches=state.sent_batches, pending=pending, suppressed=tally.suppressed,
         failed_batches=len(state.failed_batches),
         failed_readers=sum(b.readers for b in state.failed_batches.values()),
