@@ -143,3 +143,15 @@ def test_a_failed_rebuild_is_a_warning_not_a_failed_send(sender: Cli, fake: obje
     assert sent.exit_code == 0, sent.output
     assert "sent: 2 reader(s)" in sent.output
     assert "warning: the archive was not rebuilt" in sent.output and "run `newsletter archive`" in sent.output
+
+
+def test_an_archive_page_was_sent_to_nobody_and_fits_a_phone(ready_project: Path) -> None:
+    from newsletter.archive import web_page
+
+    config = load_config(ready_project)
+    issue = load_issue(ready_project, SEED_SLUG, config)
+    page = web_page(config, issue)
+    assert "You are receiving this because you signed up" not in page  # nobody received the web copy
+    assert "You are receiving this because you signed up" in render_issue(config, issue).html  # the email says so
+    top = page[page.index("<body"):][:1000]
+    assert "All issues of" in top and "padding:0 16px" in top  # the top links keep off a phone's edge

@@ -58,8 +58,10 @@ def web_page(config: Config, issue: Issue) -> str:
     # a token nor a tag.
     page = _UNSUB_LINK.sub("", fill(rendered.html, reader_substitutions("", "")))
     accent = config.colors["accent"]
-    back = (f'<p style="max-width:600px;margin:16px auto;font-family:{html.escape(config.fonts["body"])};'
-            f'font-size:16px;"><a href="../" style="color:{accent};">&larr; All issues of '
+    # padded on the sides: on a phone the links would otherwise touch the screen's edge
+    back = (f'<p style="max-width:600px;margin:16px auto;padding:0 16px;box-sizing:border-box;'
+            f'font-family:{html.escape(config.fonts["body"])};font-size:16px;line-height:2;">'
+            f'<a href="../" style="color:{accent};">&larr; All issues of '
             f"{html.escape(config.name)}</a> &middot; <a href=\"{html.escape(subscribe_url(config), quote=True)}\" "
             f'style="color:{accent};">Subscribe</a></p>')
     return re.sub(r"(<body\b[^>]*>)", lambda m: m.group(1) + back, page, count=1)
