@@ -89,9 +89,20 @@ def _environment(folder: str) -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
+        bytecode_cache=_bytecode_cache(Path(folder).parent / "build" / ".cache" / "jinja"),
     )
     env.filters["css"] = css_filter
     return env
+
+
+def _bytecode_cache(folder: Path) -> jinja2.BytecodeCache | None:
+    """Compiled layouts kept between runs (keyed by each layout's source, so an edit compiles anew): compiling
+    them is most of a `newsletter render` after Python's own start-up. None where the folder cannot be made."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return jinja2.FileSystemBytecodeCache(str(folder))
 
 
 def fill(text: str, values: dict[str, str]) -> str:
