@@ -81,6 +81,7 @@ for i in range(start, start + count):
 """
 
 
+@pytest.mark.process
 def test_concurrent_writers_never_interleave(project: Path) -> None:
     path = ledger_path(project)
     procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(i * 200), "200"]) for i in range(6)]
@@ -92,6 +93,7 @@ def test_concurrent_writers_never_interleave(project: Path) -> None:
     assert all(ledger.is_suppressed(f"reader{i}@example.net") for i in range(1200))
 
 
+@pytest.mark.process
 def test_concurrent_cli_unsubscribes_after_a_torn_line(project: Path) -> None:
     path = ledger_path(project)
     path.parent.mkdir(exist_ok=True)
@@ -191,6 +193,7 @@ def test_a_line_that_becomes_unreadable_mid_send_stops_the_send(project: Path) -
 
 
 # -- a full disk: the command says so and exits 1 ---------------------------------------------------------
+@pytest.mark.process
 def test_unsubscribe_on_a_full_disk_fails_then_succeeds_with_room(project: Path, short_write_shim: Path) -> None:
     import os
 
