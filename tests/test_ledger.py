@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import Cli, record
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
