@@ -80,6 +80,8 @@ def test_the_per_ip_limit_is_an_hour_and_holds_across_a_restart(ready_project: P
     outcomes = [signups.request(Request(f"r{i}@readers.net", ip="10.1.1.1"), now=NOW + i).outcome for i in range(3)]
     assert outcomes == [SignupOutcome.RECORDED, SignupOutcome.RECORDED, SignupOutcome.LIMITED]
     assert signups.request(Request("x@readers.net", ip="10.9.9.9"), now=NOW).outcome is SignupOutcome.RECORDED
+    # the same process an hour less a second later: the window the first request opened still counts both
+    assert signups.request(Request("z@readers.net", ip="10.1.1.1"), now=NOW + 3599).outcome is SignupOutcome.LIMITED
     again, *_ = _desk(ready_project)  # a restart: the windows are read back from the file
     assert again.request(Request("y@readers.net", ip="10.1.1.1"), now=NOW + 120).outcome is SignupOutcome.LIMITED
     assert again.request(Request("y@readers.net", ip="10.1.1.1"), now=NOW + 3599).outcome is SignupOutcome.LIMITED
@@ -184,6 +186,17 @@ def test_confirming_records_consent_then_the_list_then_one_welcome(ready_project
     assert (done.status, done.welcome) == (ConfirmStatus.CONFIRMED, Welcome.SENT_BEFORE)
     assert not Ledger(ledger_path(ready_project)).is_suppressed("nora@readers.net")
     assert len([m for m in outbox.waiting() if m.kind is Letter.WELCOME]) == 1
+
+
+def test_a_reader_welcomed_before_the_outbox_is_never_welcomed_again(ready_project: Path) -> None:
+    token = _signed_up(ready_project, "early@readers.net", NOW + 86400, first="Early")
+    with open(signups_path(ready_project), "a", encoding="utf-8") as fh:  # what the code before the outbox wrote
+        fh.write(json.dumps({"t": "welcomed", "email": "early@readers.net", "at": int(NOW)}) + "\n")
+    signups, outbox, ledger, _ = _desk(ready_project)
+    done = confirm(signups, outbox, ledger, token, now=NOW + 86400 + 60)
+    assert (done.status, done.welcome) == (ConfirmStatus.CONFIRMED, Welcome.SENT_BEFORE)
+    assert [m.kind for m in outbox.waiting()] == [Letter.CONFIRM]  # her sign-up's confirmation, and no welcome
+    assert "early@readers.net,Early" in list_path(ready_project).read_text()
 
 
 def test_an_old_link_never_lifts_a_later_opt_out_and_bad_links_are_typed(ready_project: Path) -> None:

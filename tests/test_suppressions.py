@@ -11,6 +11,7 @@ import pytest
 from conftest import Cli, WebhookSigner, configure, record, wait_for, write_list
 from fake_sendgrid import API_KEY, FakeSendGrid
 
+from newsletter.errors import TransportError
 from newsletter.ledger import Kind, Ledger, Source, ledger_path
 from newsletter.sendgrid import SendGridTransport
 from newsletter.suppressions import open_ledger, plan, push, sync, waiting
@@ -73,8 +74,9 @@ def test_a_push_never_lifts_what_sendgrid_itself_recorded(letters: Path, fake: F
 
 
 def test_a_confirmed_sign_up_lifts_the_suppression_at_sendgrid(letters: Path, fake: FakeSendGrid, app: object) -> None:
-    open_ledger(letters).record([ledger_event("bob@readers.net", Kind.UNSUBSCRIBE, at="2026-01-05T10:00:00Z")])
-    assert fake.suppressed("bob@readers.net", GROUP)
+    recording = open_ledger(letters).record([ledger_event("bob@readers.net", Kind.UNSUBSCRIBE,
+                                                          at="2026-01-05T10:00:00Z")])
+    assert fake.suppressed("bob@readers.net", GROUP), (recording, fake.suppression_requests)
     token = make_confirm_token("test-secret-0123456789", "bob@readers.net", int(time.time()))  # signed up since
     answer = app.post(f"/confirm/{token}")  # type: ignore[attr-defined]
     assert answer.status_code == 200 and "You are subscribed" in answer.text
@@ -103,6 +105,23 @@ def test_what_cannot_be_pushed_waits_in_the_ledger_until_sendgrid_is_back(letter
     synced = cli("sync")
     assert synced.exit_code == 0 and "pushed 1 address(es)" in synced.output
     assert fake.suppressed("ada@readers.net", GROUP) and not len(waiting(letters))
+
+
+def test_a_lift_sendgrid_could_not_hear_waits_for_the_next_push(letters: Path, fake: FakeSendGrid) -> None:
+    ledger = open_ledger(letters)
+    assert ledger.record([ledger_event("ada@readers.net", Kind.UNSUBSCRIBE)]).pushed == 1
+    fake.suppressions_down = True  # SendGrid answers 500 to every add and delete
+    recording = ledger.record([ledger_event("ada@readers.net", Kind.RESUBSCRIBE)])
+    assert recording.pushed == 0 and "SendGrid answered 500" in recording.waiting
+    with pytest.raises(TransportError):
+        push(ledger, _transport(), GROUP)
+    assert fake.suppressed("ada@readers.net", GROUP) and waiting(letters).remove == ["ada@readers.net"]
+    fake.suppressions_down = False
+    assert push(ledger, _transport(), GROUP) == 1  # the offset stayed: the lift is told now
+    assert not fake.suppressed("ada@readers.net", GROUP) and not len(waiting(letters))
+    deletes = [p for m, p, _ in fake.suppression_requests if m == "DELETE"]
+    assert deletes == [f"/v3/asm/groups/{GROUP}/suppressions/ada@readers.net",
+                       "/v3/asm/suppressions/global/ada@readers.net"]
 
 
 def test_an_address_the_ledger_suppresses_is_never_deleted_there(letters: Path, fake: FakeSendGrid) -> None:
