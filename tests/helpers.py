@@ -116,3 +116,14 @@ def wait_for_log(srv: Server, text: str, timeout: float = 10.0) -> str:
     """serve's log once it holds `text`."""
     wait_for(lambda: text in srv.log_path.read_text(errors="replace"), timeout, f"{text!r} in the log")
     return srv.log_path.read_text(errors="replace")
+
+
+def run_python(code: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`code` in a Python child that imports the very `newsletter` package this test imported (PYTHONPATH), so
+    under mutmut the child runs the mutant too; `env` adds to the environment (an LD_PRELOAD shim, say)."""
+    import newsletter
+
+    package_root = str(Path(newsletter.__file__).resolve().parents[1])
+    full_env = {**os.environ, **(env or {})}
+    full_env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p)
+    return subprocess.run([sys.executable, "-c", code], env=full_env, capture_output=True, text=True, timeout=60)

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 from conftest import shim_env, wait_for
 from filelock import Timeout
+from helpers import run_python
 
-import newsletter
 from newsletter.errors import StorageError
 from newsletter.files import (
     LOCK_TIMEOUT,
@@ -271,13 +269,6 @@ def test_a_failed_group_write_reaches_every_waiter_and_the_next_write_goes_on(tm
 
 
 # -- faults only the OS can make (the shim, in a child process) -------------------------------------------------
-def _child(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """Run `code` in a Python child that imports this very `newsletter` (under mutmut: the mutated one)."""
-    package_root = str(Path(newsletter.__file__).resolve().parents[1])
-    full_env = {**os.environ, **env, "PYTHONPATH": os.pathsep.join([package_root, os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-c", code], env=full_env, capture_output=True, text=True, timeout=60)
-
-
 WRITES = """
 from pathlib import Path
 from newsletter.files import append_durably, append_jsonl, atomic_path, write_atomic
@@ -295,7 +286,7 @@ def test_every_write_is_fsynced_after_its_bytes(tmp_path: Path, short_write_shim
     traced.mkdir()
     plain.mkdir()
     trace = tmp_path / "trace"
-    done = _child(WRITES.format(folder=str(traced)), {**shim_env(short_write_shim, str(traced)),
+    done = run_python(WRITES.format(folder=str(traced)), {**shim_env(short_write_shim, str(traced)),
                                                       "SHIM_TRACE": str(trace)})
     assert done.returncode == 0, done.stderr
     # the header and the line, then their fsync; each record; the temporary file's bytes, then its fsync
@@ -324,7 +315,7 @@ def test_a_short_write_is_an_error_and_the_torn_line_is_closed_by_the_next_appen
     append_jsonl(path, [{"n": 1}], what="a record")
     start = tail_jsonl(path, 0)
     # The child's disk fills in the middle of the write: the kernel takes part of it and returns a short count.
-    full = _child(TORN.replace("sys.argv[1]", repr(str(path))), shim_env(short_write_shim, "outbox.jsonl",
+    full = run_python(TORN.replace("sys.argv[1]", repr(str(path))), shim_env(short_write_shim, "outbox.jsonl",
                                                                           tear='"who":"vic'))
     assert full.returncode == 3, full.stdout + full.stderr
     assert full.stdout.startswith(f"disk full: could not record two records in {path}")
