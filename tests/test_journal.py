@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import re
 from pathlib import Path
 
 import pytest
+from conftest import shim_env
+from helpers import run_python
 
-from newsletter.journal import BatchFate, Journal, first_run_at, load_state
+from newsletter.errors import SendError, StorageError
+from newsletter.journal import (
+    BatchFate,
+    Journal,
+    ScheduleInfo,
+    first_run_at,
+    iter_sent_addresses,
+    journal_path,
+    load_state,
+    send_lock,
+    sends_dir,
+)
 
 A, B = "ada@readers.net", "bob@readers.net"
 
@@ -94,3 +109,244 @@ def test_only_the_journal_spells_record_types() -> None:
             text = f.read_text()
             for kind in ("batch", "attempt", "retry", "replaced", "doubt"):
                 assert f'"t": "{kind}"' not in text and f"'t': '{kind}'" not in text, (f.name, kind)
+
+
+# -- what each record says, and which are fsynced -----------------------------------------------------------------
+ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00")
+
+
+def test_each_record_is_one_compact_line_as_the_format_says(tmp_path: Path) -> None:
+    path = tmp_path / "sends" / "issue.jsonl"  # its folder is made
+    with Journal(path) as j:
+        j.run(readers=3, resend_in_doubt=True, batch_id="B-1")
+        j.schedule("B-1", dt.datetime(2027, 1, 2, 9, 30, tzinfo=dt.timezone(dt.timedelta(hours=2))))
+        j.batch(4, [A, "josé@readers.net"])
+        j.attempt(4, 2)
+        j.retry(4, 500, "boom")
+        j.retry(4, None, "timed out")
+        j.ok(4, 202, "msg-1")
+        j.failed(5, 400, "bad from")
+        j.replaced(6, "413: split")
+        j.doubt(7, "no answer")
+        j.cancel_asked("B-1")
+        j.cancel_refused("B-1", "x" * 400)
+        j.cancel("B-1")
+        j.end()
+    raw = path.read_bytes()
+    assert "josé".encode() in raw and b'{"t":"batch","b":4,' in raw  # UTF-8 as it is, no spaces
+    records = [json.loads(line) for line in raw.decode().splitlines()]
+    stamps = [r.pop("at") for r in records if "at" in r]
+    assert len(stamps) == 6 and all(ISO.fullmatch(s) for s in stamps), stamps
+    assert records == [
+        {"t": "run", "readers": 3, "resend_in_doubt": True, "batch_id": "B-1"},
+        {"t": "schedule", "batch_id": "B-1", "send_at": "2027-01-02T07:30:00+00:00"},
+        {"t": "batch", "b": 4, "emails": [A, "josé@readers.net"]},
+        {"t": "attempt", "b": 4, "n": 2},
+        {"t": "retry", "b": 4, "status": 500, "error": "boom"},
+        {"t": "retry", "b": 4, "status": None, "error": "timed out"},
+        {"t": "ok", "b": 4, "status": 202, "id": "msg-1"},
+        {"t": "failed", "b": 5, "status": 400, "error": "bad from"},
+        {"t": "replaced", "b": 6, "why": "413: split"},
+        {"t": "doubt", "b": 7, "error": "no answer"},
+        {"t": "cancel_asked", "batch_id": "B-1"},
+        {"t": "cancel_refused", "batch_id": "B-1", "error": "x" * 300},
+        {"t": "cancel", "batch_id": "B-1"},
+        {"t": "end"},
+    ]
+    with Journal(path) as j:
+        j.run(readers=1, resend_in_doubt=False)  # no batch id: none written
+    assert json.loads(path.read_text().splitlines()[-1]).keys() == {"t", "at", "readers", "resend_in_doubt"}
+
+
+SYNCS = """
+from pathlib import Path
+from newsletter.journal import Journal
+with Journal(Path({path!r})) as j:
+    j.run(readers=2, resend_in_doubt=False)
+    j.batch(1, ["ada@readers.net"])
+    j.attempt(1, 1)
+    j.ok(1, 202, "m")
+    j.retry(1, 500, "e")
+    j.failed(1, 500, "e")
+    j.replaced(1, "e")
+    j.doubt(1, "e")
+    j.sync()
+    j.end()
+    j.schedule("B", __import__("datetime").datetime(2027, 1, 1, tzinfo=__import__("datetime").UTC))
+    j.cancel_asked("B")
+    j.cancel_refused("B", "e")
+    j.cancel("B")
+"""
+
+
+def test_the_records_that_announce_something_are_fsynced_the_outcomes_with_the_next(tmp_path: Path,
+                                                                                   short_write_shim: Path) -> None:
+    path, trace = tmp_path / "sends" / "issue.jsonl", tmp_path / "trace"
+    done = run_python(SYNCS.format(path=str(path)), {**shim_env(short_write_shim, "issue.jsonl"),
+                                                     "SHIM_TRACE": str(trace)})
+    assert done.returncode == 0, done.stderr
+    marks = ["s" if line == "s" else "w" for line in trace.read_text().splitlines()]
+    # run, batch, attempt (synced: the request leaves after it), five outcomes, sync(), end, four schedule
+    # records, and the fsync of the outcomes written since at close
+    assert marks == ["w", "s", "w", "w", "s", "w", "w", "w", "w", "w", "s", "w", "s",
+                     "w", "s", "w", "s", "w", "s", "w", "s", "s"]
+
+
+TORN_ATTEMPT = """
+import sys
+from pathlib import Path
+from newsletter.errors import StorageError
+from newsletter.journal import Journal
+flag = Path({flag!r})
+with Journal(Path({path!r})) as j:
+    j.run(readers=2, resend_in_doubt=False)
+    j.batch(1, ["ada@readers.net"])
+    flag.touch()  # the disk fills in the middle of the attempt record
+    try:
+        j.attempt(1, 1)
+    except StorageError as exc:
+        print(exc)
+    flag.unlink()  # room again
+    j.retry(1, 500, "after the full disk")
+"""
+
+
+def test_a_record_torn_by_a_full_disk_is_an_error_and_the_next_starts_on_a_fresh_line(tmp_path: Path,
+                                                                                     short_write_shim: Path) -> None:
+    path, flag = tmp_path / "issue.jsonl", tmp_path / "disk-is-full"
+    done = run_python(TORN_ATTEMPT.format(path=str(path), flag=str(flag)),
+                      shim_env(short_write_shim, "issue.jsonl", tear='"attempt","b"', full_file=flag))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"disk full: could not record the `attempt` record of batch 1 in {path}")
+    lines = path.read_text().splitlines()
+    assert lines[-2] == '{"t":"attempt","b"' and json.loads(lines[-1])["t"] == "retry"
+    state = load_state(path)
+    assert not state.in_doubt(A) and not state.is_sent(A)  # the torn attempt never counted: no request left
+
+
+def test_a_journal_not_open_or_that_cannot_be_opened_is_an_error(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "issue.jsonl")
+    with pytest.raises(SendError, match="the journal is not open"):
+        j.attempt(1, 1)
+    j.sync()  # nothing to sync: nothing happens
+    with j:
+        j.run(readers=1, resend_in_doubt=False)
+    with pytest.raises(SendError, match="the journal is not open"):  # closed again
+        j.end()
+    (tmp_path / "blocker").write_text("a file where the sends folder should be")
+    with pytest.raises(StorageError, match="could not record the start of this send"), \
+            Journal(tmp_path / "blocker" / "issue.jsonl"):
+        pass
+
+
+# -- replaying ----------------------------------------------------------------------------------------------------
+def _write(tmp_path: Path, *records: dict) -> Path:
+    path = tmp_path / "issue.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_runs_batches_and_failures_replay_with_their_details(tmp_path: Path) -> None:
+    path = _write(tmp_path,
+                  {"t": "end", "at": "orphan"},  # an end before any run changes nothing
+                  {"t": "run", "at": "2027-01-01T08:00:00+00:00", "readers": None},
+                  {"t": "batch", "b": 1, "emails": [A]}, {"t": "attempt", "b": 1},
+                  {"t": "batch", "b": 2, "emails": [B, "cy@readers.net"]}, {"t": "attempt", "b": 2},
+                  {"t": "failed", "b": 2, "error": "gave up"},
+                  {"t": "batch", "b": "x"}, {"t": "ok", "b": None},  # unreadable batch numbers are skipped
+                  {"t": "ok", "b": 9},  # an outcome of a batch never defined changes nothing
+                  {"t": "end", "at": "2027-01-01T08:05:00+00:00"},
+                  {"t": "run", "at": "2027-01-02T08:00:00+00:00", "readers": 2},
+                  {"t": "batch", "b": 3, "emails": [B]}, {"t": "attempt", "b": 3}, {"t": "ok", "b": 3},
+                  {"t": "batch", "b": 4, "emails": ["dan@readers.net"]}, {"t": "attempt", "b": 4},
+                  {"t": "doubt", "b": 4, "error": "timed out"})
+    state = load_state(path)
+    assert [(r.started, r.ended, r.readers) for r in state.runs()] == [
+        ("2027-01-01T08:00:00+00:00", "2027-01-01T08:05:00+00:00", 0), ("2027-01-02T08:00:00+00:00", "", 2)]
+    assert state.first_sent_at() == dt.datetime(2027, 1, 1, 8, tzinfo=dt.UTC) == first_run_at(path)
+    assert state.next_batch == 10 and state.sent_batches == 1 and state.sent_readers == 1
+    assert state.doubt_batches[1].error == "no answer recorded" and state.doubt_batches[4].error == "timed out"
+    assert state.doubt_batches[1].readers == 1 and state.doubt_batches[1].emails == [A]
+    assert state.in_doubt_readers == 2 and state.doubt_batch_count() == 2
+    failed = state.failed_batches[2]  # cy was never delivered: the failure stands, without the addresses
+    assert (failed.readers, failed.state, failed.error, failed.emails) == (2, BatchFate.FAILED, "gave up", [])
+
+
+def test_a_doubt_settled_by_a_later_acceptance_no_longer_counts(tmp_path: Path) -> None:
+    path = _write(tmp_path, {"t": "run", "at": "x"},
+                  {"t": "batch", "b": 1, "emails": [A, B]}, {"t": "attempt", "b": 1},
+                  {"t": "batch", "b": 2, "emails": [A]}, {"t": "attempt", "b": 2}, {"t": "ok", "b": 2})
+    state = load_state(path)
+    assert state.in_doubt(B) and not state.in_doubt(A) and state.in_doubt_readers == 1
+    assert state.doubt_batch_count() == 1  # B is not settled yet
+    path.write_text(path.read_text() + '{"t":"batch","b":3,"emails":["bob@readers.net"]}\n{"t":"ok","b":3}\n')
+    state = load_state(path)
+    assert state.doubt_batch_count() == 0 and state.in_doubt_readers == 0 and len(state.doubt_batches) == 1
+    assert state.first_sent_at() is None and first_run_at(path) is None  # "x" is no time
+    assert first_run_at(_write(tmp_path, {"t": "batch", "b": 1})) is None
+    assert first_run_at(_write(tmp_path, {"t": "run"}, {"t": "run", "at": "2027-01-01T00:00:00+00:00"})) is None
+
+
+def test_iter_sent_addresses_streams_accepted_batches_in_order(tmp_path: Path) -> None:
+    path = _write(tmp_path, {"t": "batch", "b": 1, "emails": [A]}, {"t": "batch", "b": 2, "emails": [B]},
+                  {"t": "batch", "b": 3, "emails": ["cy@readers.net"]}, {"t": "replaced", "b": 3},
+                  {"t": "ok", "b": 3}, {"t": "ok", "b": 2}, {"t": "failed", "b": 1}, {"t": "ok", "b": 1},
+                  {"t": "batch", "emails": ["nobody@readers.net"]}, {"t": "ok"})
+    assert list(iter_sent_addresses(path)) == [B, "nobody@readers.net"]
+
+
+def test_a_schedule_counts_as_sent_until_its_cancel_is_recorded(tmp_path: Path) -> None:
+    now = dt.datetime(2027, 1, 1, 8, 0, tzinfo=dt.UTC)
+    records = [{"t": "run", "at": "r1", "batch_id": "B-1"},
+               {"t": "schedule", "batch_id": "B-1", "send_at": "2027-01-01T09:00:00+00:00"},
+               {"t": "batch", "b": 1, "emails": [A]}, {"t": "attempt", "b": 1}, {"t": "ok", "b": 1},
+               {"t": "batch", "b": 2, "emails": [B]}, {"t": "attempt", "b": 2}, {"t": "ok", "b": 2},
+               {"t": "batch", "b": 3, "emails": ["cy@readers.net"]}, {"t": "attempt", "b": 3}]
+    state = load_state(_write(tmp_path, *records))
+    assert state.is_sent(A) and state.is_sent(B) and state.sent_batches == 2 and state.in_doubt("cy@readers.net")
+    pending = state.pending_schedule()
+    assert pending is not None and pending.batch_id == "B-1" and pending.pending(now)
+    assert pending.minutes_left(now) == 60.0 and not pending.cancel_unknown
+    assert not pending.pending(now + dt.timedelta(hours=2)) and pending.minutes_left(now + dt.timedelta(hours=2)) == -60
+    asked = [*records, {"t": "cancel_asked", "batch_id": "B-1", "at": "t1"}]
+    info = load_state(_write(tmp_path, *asked)).schedules[0]
+    assert (info.cancel_asked_at, info.cancel_refused, info.cancel_unknown) == ("t1", "", True)
+    refused = [*asked, {"t": "cancel_refused", "batch_id": "B-1", "error": ""}, {"t": "cancel_asked", "batch_id": "X"}]
+    state = load_state(_write(tmp_path, *refused))
+    info = state.schedules[0]
+    assert (info.cancel_refused, info.cancel_unknown) == ("refused", False) and state.is_sent(A)
+    cancelled = [*refused, {"t": "cancel", "batch_id": "B-1", "at": "t2"},
+                 {"t": "batch", "b": 4, "emails": ["dan@readers.net"]}, {"t": "attempt", "b": 4}, {"t": "ok", "b": 4}]
+    state = load_state(_write(tmp_path, *cancelled))
+    info = state.schedules[0]
+    assert info.cancelled_at == "t2" and not info.pending(now) and state.pending_schedule() is None
+    assert not state.is_sent(A) and not state.in_doubt("cy@readers.net")  # SendGrid discards the whole batch
+    assert state.sent_batches == 1 and state.is_sent("dan@readers.net")  # sent after the cancel: not scheduled
+    bad = ScheduleInfo("B-2", "not a time")
+    assert bad.minutes_left(now) == -1.0 and not bad.pending(now)
+
+
+def test_a_scheduled_run_that_cancels_another_keeps_its_own_schedule(tmp_path: Path) -> None:
+    state = load_state(_write(tmp_path,
+                              {"t": "schedule", "batch_id": "OLD", "send_at": "2027-01-01T09:00:00+00:00"},
+                              {"t": "schedule", "batch_id": "NEW", "send_at": "2027-01-01T10:00:00+00:00"},
+                              {"t": "cancel", "batch_id": "OLD", "at": "t"},
+                              {"t": "batch", "b": 1, "emails": [A]}, {"t": "ok", "b": 1},
+                              {"t": "cancel", "batch_id": "NEW", "at": "t"},
+                              {"t": "batch", "b": 2, "emails": [B]}, {"t": "ok", "b": 2}))
+    assert not state.is_sent(A) and state.is_sent(B) and state.sent_batches == 1
+    assert [(s.batch_id, s.cancelled_at) for s in state.schedules] == [("OLD", "t"), ("NEW", "t")]
+
+
+def test_the_send_lock_is_one_per_issue_and_never_waits(tmp_path: Path) -> None:
+    from filelock import Timeout
+
+    assert sends_dir(tmp_path) == tmp_path / "subscribers" / "sends"
+    assert journal_path(tmp_path, "issue") == tmp_path / "subscribers" / "sends" / "issue.jsonl"
+    lock = send_lock(tmp_path, "issue")
+    assert lock.lock_file == str(tmp_path / "subscribers" / "sends" / "issue.lock") and lock.timeout == 0
+    with lock:
+        with pytest.raises(Timeout):
+            send_lock(tmp_path, "issue").acquire()
+        with send_lock(tmp_path, "other"):  # another issue sends meanwhile
+            pass
