@@ -190,6 +190,11 @@ def test_the_records_that_announce_something_are_fsynced_the_outcomes_with_the_n
     # records, and the fsync of the outcomes written since at close
     assert marks == ["w", "s", "w", "w", "s", "w", "w", "w", "w", "w", "s", "w", "s",
                      "w", "s", "w", "s", "w", "s", "w", "s", "s"]
+    # The same records written here, without the shim, are the same bytes (and tell mutmut what this test runs).
+    plain = tmp_path / "plain" / "issue.jsonl"
+    exec(SYNCS.format(path=str(plain)), {})
+    assert [json.loads(line)["t"] for line in plain.read_text().splitlines()] == [
+        json.loads(line)["t"] for line in path.read_text().splitlines()]
 
 
 TORN_ATTEMPT = """
@@ -222,6 +227,9 @@ def test_a_record_torn_by_a_full_disk_is_an_error_and_the_next_starts_on_a_fresh
     assert lines[-2] == '{"t":"attempt","b"' and json.loads(lines[-1])["t"] == "retry"
     state = load_state(path)
     assert not state.in_doubt(A) and not state.is_sent(A)  # the torn attempt never counted: no request left
+    plain = tmp_path / "plain.jsonl"  # with room on the disk (and so mutmut sees what this test runs)
+    exec(TORN_ATTEMPT.format(path=str(plain), flag=str(flag)), {})
+    assert [json.loads(line)["t"] for line in plain.read_text().splitlines()] == ["run", "batch", "attempt", "retry"]
 
 
 def test_a_journal_not_open_or_that_cannot_be_opened_is_an_error(tmp_path: Path) -> None:
@@ -322,6 +330,8 @@ def test_a_schedule_counts_as_sent_until_its_cancel_is_recorded(tmp_path: Path) 
     assert info.cancelled_at == "t2" and not info.pending(now) and state.pending_schedule() is None
     assert not state.is_sent(A) and not state.in_doubt("cy@readers.net")  # SendGrid discards the whole batch
     assert state.sent_batches == 1 and state.is_sent("dan@readers.net")  # sent after the cancel: not scheduled
+    assert not pending.pending(now + dt.timedelta(hours=1))  # at send_at it is going out: too late
+    assert pending.minutes_left() < 0 and ScheduleInfo("B-3", "2999-01-01T00:00:00+00:00").minutes_left() > 0
     bad = ScheduleInfo("B-2", "not a time")
     assert bad.minutes_left(now) == -1.0 and not bad.pending(now)
 
@@ -350,3 +360,53 @@ def test_the_send_lock_is_one_per_issue_and_never_waits(tmp_path: Path) -> None:
             send_lock(tmp_path, "issue").acquire()
         with send_lock(tmp_path, "other"):  # another issue sends meanwhile
             pass
+
+
+def test_records_missing_their_fields_replay_as_empty_never_as_none(tmp_path: Path) -> None:
+    state = load_state(_write(tmp_path, {"t": "run"}, {"t": "end"}, {"t": "schedule", "batch_id": "B"},
+                              {"t": "cancel_asked", "batch_id": "B"}, {"t": "cancel_refused", "batch_id": "B"},
+                              {"t": "batch", "emails": [A]}, {"t": "attempt"}, {"t": "failed"},
+                              {"t": "batch", "b": 2}, {"t": "schedule"}, {"t": "cancel", "batch_id": "B"}))
+    assert [(r.started, r.ended, r.readers) for r in state.runs()] == [("", "", 0)]
+    first, second = state.schedules
+    assert (first.batch_id, first.send_at, first.cancel_asked_at, first.cancel_refused, first.cancelled_at) == (
+        "B", "", "", "refused", "")
+    assert (second.batch_id, second.send_at) == ("", "")
+    assert state.failed_batches[0].error == "" and state.failed_batches[0].readers == 1
+    assert state.next_batch == 3 and not state.doubt_batches  # batch 2 named nobody, and was never attempted
+
+
+def test_a_run_scheduled_under_a_batch_id_is_cancelled_with_it(tmp_path: Path) -> None:
+    # The run record carries the batch id: its batches belong to the schedule even before `schedule` is read.
+    state = load_state(_write(tmp_path, {"t": "run", "batch_id": "B"}, {"t": "batch", "b": 1, "emails": [A]},
+                              {"t": "attempt", "b": 1}, {"t": "cancel", "batch_id": "B"},
+                              {"t": "run"}, {"t": "batch", "b": 2, "emails": [B]}, {"t": "attempt", "b": 2},
+                              {"t": "cancel", "batch_id": "B"}))
+    assert not state.in_doubt(A)  # cancelled with its schedule
+    assert state.in_doubt(B)  # the next run was not scheduled: a later cancel of "B" leaves it
+    state = load_state(_write(tmp_path, {"t": "schedule", "batch_id": "B", "send_at": "2027-01-01T09:00:00+00:00"},
+                              {"t": "cancel_refused", "batch_id": "OTHER", "error": "no such batch"},
+                              {"t": "batch", "b": 1, "emails": [A]}, {"t": "ok", "b": 1},
+                              {"t": "batch", "b": 2, "emails": [B]}, {"t": "ok", "b": 2}))
+    assert state.schedules[0].cancel_refused == "" and state.sent_batches == 2 and state.sent_readers == 2
+    state = load_state(_write(tmp_path, {"t": "batch", "b": 1, "emails": [A]}, {"t": "ok", "b": 1},
+                              {"t": "schedule", "batch_id": "B", "send_at": "2027-01-01T09:00:00+00:00"},
+                              {"t": "batch", "b": 2, "emails": [B]}, {"t": "ok", "b": 2},
+                              {"t": "batch", "b": 3, "emails": ["cy@readers.net"]}, {"t": "attempt", "b": 3},
+                              {"t": "retry", "b": 3}))
+    assert state.is_sent(A) and state.is_sent(B) and state.sent_batches == 2  # sent, and scheduled: both count
+    assert not state.in_doubt("cy@readers.net") and 3 not in state.doubt_batches  # answered: not in doubt
+
+
+def test_send_at_is_written_in_utc_whatever_the_local_zone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        with Journal(tmp_path / "issue.jsonl") as j:
+            j.schedule("B", dt.datetime(2027, 1, 2, 7, 30, tzinfo=dt.UTC))
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert json.loads((tmp_path / "issue.jsonl").read_text())["send_at"] == "2027-01-02T07:30:00+00:00"
