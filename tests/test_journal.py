@@ -331,7 +331,8 @@ def test_a_schedule_counts_as_sent_until_its_cancel_is_recorded(tmp_path: Path) 
     assert not state.is_sent(A) and not state.in_doubt("cy@readers.net")  # SendGrid discards the whole batch
     assert state.sent_batches == 1 and state.is_sent("dan@readers.net")  # sent after the cancel: not scheduled
     assert not pending.pending(now + dt.timedelta(hours=1))  # at send_at it is going out: too late
-    assert pending.minutes_left() < 0 and ScheduleInfo("B-3", "2999-01-01T00:00:00+00:00").minutes_left() > 0
+    assert ScheduleInfo("B-0", "2000-01-01T00:00:00+00:00").minutes_left() < 0  # against the clock, when not given
+    assert ScheduleInfo("B-3", "2999-01-01T00:00:00+00:00").minutes_left() > 0
     bad = ScheduleInfo("B-2", "not a time")
     assert bad.minutes_left(now) == -1.0 and not bad.pending(now)
 
