@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from newsletter.recipients import Address, Distinct, Eligibility, eligible, first_name_of, unique
+from newsletter.recipients import Address, Distinct, Eligibility, eligible, first_name_of, mailbox_key, unique
 
 
 @pytest.mark.parametrize("raw", ["ada@readers.net", " Ada@Readers.NET ", "a.b+c@mail.readers.co.uk",
@@ -162,3 +162,46 @@ def test_distinct_grows_and_forgets_nothing() -> None:
     assert seen.add(-1)
     assert not any(seen.add(v) for v in values)
     assert len(seen._table) >= 2 * len(values) - 4  # at most half full
+
+
+def test_the_tally_adds_up_across_streams_and_keeps_five_invalid_examples() -> None:
+    long_one = "a" * 310 + "@readers.net"  # plausible in form, longer than an address may be
+    rows = [(f"bad{i}@", "", "") for i in range(7)] + [(long_one, "", ""), ("ok@r.net", "Ok", "O"),
+                                                        ("OK@r.net", "", ""), ("s@r.net", "", ""),
+                                                        ("t@r.net", "", ""), ("u@r.net", "", "")]
+    tally = Eligibility()
+    ledger, journal = _Ledger({"s@r.net"}), _Journal({"t@r.net"}, {"u@r.net"})
+    assert list(eligible(rows, ledger, journal, resend_in_doubt=False, tally=tally)) == [("ok@r.net", "Ok", "O")]
+    assert tally.invalid == 8 and tally.invalid_examples == [f"bad{i}@" for i in range(5)]
+    stream = eligible([("v@r.net", "", ""), ("V@r.net", "", ""), ("w@r.net", "", "")], ledger, journal,
+                      resend_in_doubt=False, tally=tally)
+    assert next(stream) == ("v@r.net", "", "")
+    stream.close()  # a send that stops early: what was read is counted all the same
+    assert (tally.readers, tally.suppressed, tally.already_sent, tally.in_doubt, tally.invalid, tally.duplicates,
+            tally.total) == (2, 1, 1, 1, 8, 1, 13)
+    list(eligible([("s@r.net", "", ""), ("t@r.net", "", ""), ("u@r.net", "", ""), ("u@r.net", "", "")],
+                  ledger, journal, resend_in_doubt=False, tally=tally))
+    assert (tally.suppressed, tally.already_sent, tally.in_doubt, tally.duplicates, tally.total) == (2, 2, 2, 2, 16)
+
+
+def test_unique_counts_the_rows_it_skips() -> None:
+    tally = Eligibility()
+    rows = [("X@r.net", "Xa", "X"), ("x@r.net", "", ""), (" x@R.NET", "", ""), ("y@r.net", "Y", "")]
+    assert list(unique(rows, tally)) == [("x@r.net", "X@r.net", "Xa", "X"), ("y@r.net", "y@r.net", "Y", "")]
+    assert tally.duplicates == 2 and tally.total == 0
+
+
+@pytest.mark.parametrize(("address", "key"), [
+    ("Ada+News@Readers.net", "ada@readers.net"), ("a.d.a+x@googlemail.com", "ada@gmail.com"),
+    ("a.da@gmail.com", "ada@gmail.com"), ("a.da@readers.net", "a.da@readers.net"),
+    ("+tag@readers.net", "+tag@readers.net"),
+    ("...@gmail.com", "...@gmail.com"), ("no-at-sign", "no-at-sign"), ("a+b+c@r.net", "a@r.net")])
+def test_mailbox_key(address: str, key: str) -> None:
+    assert mailbox_key(address) == key
+
+
+@pytest.mark.parametrize(("name", "first"), [
+    ("Dr Jane Doe", "Jane"), ("Mr Mrs", ""), ("Sir, Dame.", ""), ('"MK" Olsen', "Olsen"), ("(JJ), Jacques", "Jacques"),
+    ("Jane.", "Jane"), ("  Jane  Doe ", "Jane")])
+def test_first_name_of_without_titles_and_nicknames(name: str, first: str) -> None:
+    assert first_name_of(name) == first
