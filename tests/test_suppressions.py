@@ -14,7 +14,17 @@ from fake_sendgrid import API_KEY, FakeSendGrid
 from newsletter.errors import TransportError
 from newsletter.ledger import Kind, Ledger, Source, ledger_path
 from newsletter.sendgrid import SendGridTransport
-from newsletter.suppressions import open_ledger, plan, push, sync, waiting
+from newsletter.suppressions import (
+    BackgroundPusher,
+    open_ledger,
+    plan,
+    pull,
+    pull_state_path,
+    push,
+    push_state_path,
+    sync,
+    waiting,
+)
 from newsletter.tokens import make_confirm_token
 
 GROUP = 42
@@ -159,3 +169,69 @@ def ledger_event(email: str, kind: Kind, *, at: str = "", source: str = Source.C
     from newsletter.ledger import Event
 
     return Event(email, kind, at, source)
+
+
+def test_pull_reads_every_page_and_only_what_is_new_since_the_last_pull(letters: Path, fake: FakeSendGrid) -> None:
+    from urllib.parse import parse_qs, urlsplit
+
+    now = int(time.time())
+    fake.suppressions["/v3/suppression/bounces"] = [{"email": f"b{i}@readers.net", "created": now - 7200}
+                                                    for i in range(1001)]  # three pages of 500
+    fake.suppressions["/v3/suppression/invalid_emails"] = [
+        {"email": "not an address", "created": now}, {"email": "Iv@Readers.net", "created_at": str(now - 60)}]
+    fake.suppressions["/v3/asm/suppressions"] = [{"email": "grp@readers.net", "group_name": "Weekly"},
+                                                 {"email": "old@readers.net", "created": "yesterday"}]
+    ledger = Ledger(ledger_path(letters))
+    report = pull(ledger, _transport())
+    assert report.since == 0 and report.fetched["suppression/bounces"] == 1001
+    assert report.appended["suppression/bounces"] == 1001 and report.appended["suppression/invalid_emails"] == 1
+    pages = [parse_qs(urlsplit(p).query) for p in fake.list_requests if "/bounces" in p]
+    assert [(q["limit"], q["offset"]) for q in pages] == [(["500"], ["0"]), (["500"], ["500"]), (["500"], ["1000"])]
+    assert [p for p in fake.list_requests if "/asm/" in p] == ["/v3/asm/suppressions"]  # one answer, no pages
+    lines = {line.split(",")[0]: line for line in ledger_path(letters).read_text().splitlines()[1:]}
+    assert lines["iv@readers.net"].split(",")[2] == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - 60))
+    assert lines["old@readers.net"].split(",")[2] == "1970-01-01T00:00:01Z"  # undated: as old as can be
+    assert "asm/suppressions: Weekly" in lines["grp@readers.net"] and "not an address" not in str(lines)
+    last = json.loads(pull_state_path(letters).read_text())["last_sync"]
+    assert now - 5 <= last <= time.time()
+    fake.list_requests.clear()
+    again = pull(Ledger(ledger_path(letters)), _transport())
+    assert again.since == last and again.appended["suppression/bounces"] == 0
+    first = parse_qs(urlsplit(fake.list_requests[0]).query)
+    assert first["start_time"] == [str(last - 300)]  # since the last pull, with an overlap
+    assert all("start_time" not in p for p in fake.list_requests if "/asm/" in p)
+    fake.list_requests.clear()
+    pull(Ledger(ledger_path(letters)), _transport(), full=True)
+    assert all("start_time" not in p for p in fake.list_requests)
+
+
+def test_an_answer_that_is_not_a_list_is_a_transport_error(letters: Path, fake: FakeSendGrid) -> None:
+    fake.suppressions["/v3/asm/suppressions"] = {"error": "not a list"}  # type: ignore[assignment]
+    with pytest.raises(TransportError, match="GET /v3/asm/suppressions answered something that is not a list"):
+        pull(Ledger(ledger_path(letters)), _transport())
+    assert not pull_state_path(letters).exists()  # not pulled: the next pull starts from the same time
+
+
+def test_serves_pusher_retries_until_sendgrid_is_back(letters: Path, fake: FakeSendGrid,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    ledger = Ledger(ledger_path(letters))
+    pusher = BackgroundPusher(ledger, retry=0.01, max_retry=0.02)
+    ledger.follow = pusher.follow
+    fake.suppressions_down = True
+    pusher.start()
+    try:
+        recording = ledger.record([ledger_event("ada@readers.net", Kind.UNSUBSCRIBE)])
+        assert (recording.pushed, recording.waiting) == (0, "")  # the request never waits for SendGrid
+        wait_for(lambda: "retrying in" in caplog.text, what="the pusher's first failure")
+        assert "opt-outs not pushed to SendGrid yet (SendGrid answered 500" in caplog.text
+        assert not fake.suppressed("ada@readers.net", GROUP)
+        fake.suppressions_down = False
+        wait_for(lambda: fake.suppressed("ada@readers.net", GROUP), what="the retry")
+        wait_for(lambda: pusher.pushed == 1, what="the count")
+        ledger.record([ledger_event("bob@readers.net", Kind.SPAMREPORT)])
+        wait_for(lambda: fake.suppressed("bob@readers.net", GROUP), what="the next nudge")
+    finally:
+        pusher.stop()
+    assert pusher._thread is not None and not pusher._thread.is_alive()
+    assert pusher.pushed == 2 and not len(waiting(letters))
+    assert push_state_path(letters).exists()
