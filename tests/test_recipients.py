@@ -205,3 +205,17 @@ def test_mailbox_key(address: str, key: str) -> None:
     ("Jane.", "Jane"), ("  Jane  Doe ", "Jane")])
 def test_first_name_of_without_titles_and_nicknames(name: str, first: str) -> None:
     assert first_name_of(name) == first
+
+
+@pytest.mark.parametrize(("raw", "address"), [
+    ("mailto:ada@x.net?subject=hi?there", "ada@x.net"), ("MAILTO:ada@x.net", "ada@x.net"),
+    ("Ada <ada@x.net>", "ada@x.net"), ("A <b> <ada@x.net>", "ada@x.net"), ("Ada <ada@x.net", "Ada <ada@x.net"),
+    ("ada@x.net>", "ada@x.net>"), ("  ada@x.net  ", "ada@x.net")])
+def test_bare_takes_the_address_out_of_what_exports_write(raw: str, address: str) -> None:
+    assert Address.bare(raw) == address
+
+
+def test_validate_names_the_control_character() -> None:
+    for raw in ("ada@x.net\r\nBcc: eve@x.net", "ada\x00@x.net"):
+        with pytest.raises(ValueError, match="^it contains a line break or a control character$"):
+            Address.validate(raw)
