@@ -206,13 +206,15 @@ flag = Path({flag!r})
 with Journal(Path({path!r})) as j:
     j.run(readers=2, resend_in_doubt=False)
     j.batch(1, ["ada@readers.net"])
-    flag.touch()  # the disk fills in the middle of the attempt record
-    try:
-        j.attempt(1, 1)
-    except StorageError as exc:
-        print(exc)
-    flag.unlink()  # room again
-    j.retry(1, 500, "after the full disk")
+    for record in (lambda: j.attempt(1, 1), j.end):
+        flag.touch()  # the disk fills in the middle of the record
+        try:
+            record()
+        except StorageError as exc:
+            print(exc)
+        flag.unlink()  # room again
+        j.retry(1, 500, "after the full disk")
+        j.retry(1, 500, "and again")
 """
 
 
@@ -220,31 +222,41 @@ def test_a_record_torn_by_a_full_disk_is_an_error_and_the_next_starts_on_a_fresh
                                                                                      short_write_shim: Path) -> None:
     path, flag = tmp_path / "issue.jsonl", tmp_path / "disk-is-full"
     done = run_python(TORN_ATTEMPT.format(path=str(path), flag=str(flag)),
-                      shim_env(short_write_shim, "issue.jsonl", tear='"attempt","b"', full_file=flag))
+                      shim_env(short_write_shim, "issue.jsonl", tear='{"t":"', full_file=flag))
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith(f"disk full: could not record the `attempt` record of batch 1 in {path}")
+    assert done.stdout.splitlines() == [
+        f"disk full: could not record the `attempt` record of batch 1 in {path}",
+        "  hint: free some space, then run the command again",
+        f"disk full: could not record the `end` record in {path}",
+        "  hint: free some space, then run the command again"]
     lines = path.read_text().splitlines()
-    assert lines[-2] == '{"t":"attempt","b"' and json.loads(lines[-1])["t"] == "retry"
+    assert lines[2] == lines[5] == '{"t":"'  # each torn record closed by one newline, and no blank line after
+    assert [json.loads(line)["t"] for i, line in enumerate(lines) if i not in (2, 5)] == [
+        "run", "batch", "retry", "retry", "retry", "retry"]
     state = load_state(path)
     assert not state.in_doubt(A) and not state.is_sent(A)  # the torn attempt never counted: no request left
+    assert not state.runs()[0].ended
     plain = tmp_path / "plain.jsonl"  # with room on the disk (and so mutmut sees what this test runs)
     exec(TORN_ATTEMPT.format(path=str(plain), flag=str(flag)), {})
-    assert [json.loads(line)["t"] for line in plain.read_text().splitlines()] == ["run", "batch", "attempt", "retry"]
+    assert [json.loads(line)["t"] for line in plain.read_text().splitlines()] == [
+        "run", "batch", "attempt", "retry", "retry", "end", "retry", "retry"]
 
 
 def test_a_journal_not_open_or_that_cannot_be_opened_is_an_error(tmp_path: Path) -> None:
     j = Journal(tmp_path / "issue.jsonl")
-    with pytest.raises(SendError, match="the journal is not open"):
+    with pytest.raises(SendError) as caught:
         j.attempt(1, 1)
+    assert (caught.value.message, caught.value.path) == ("the journal is not open", tmp_path / "issue.jsonl")
     j.sync()  # nothing to sync: nothing happens
     with j:
         j.run(readers=1, resend_in_doubt=False)
     with pytest.raises(SendError, match="the journal is not open"):  # closed again
         j.end()
     (tmp_path / "blocker").write_text("a file where the sends folder should be")
-    with pytest.raises(StorageError, match="could not record the start of this send"), \
+    with pytest.raises(StorageError, match="could not record the start of this send") as failed, \
             Journal(tmp_path / "blocker" / "issue.jsonl"):
         pass
+    assert failed.value.path == tmp_path / "blocker" / "issue.jsonl"
 
 
 # -- replaying ----------------------------------------------------------------------------------------------------
@@ -299,8 +311,10 @@ def test_iter_sent_addresses_streams_accepted_batches_in_order(tmp_path: Path) -
     path = _write(tmp_path, {"t": "batch", "b": 1, "emails": [A]}, {"t": "batch", "b": 2, "emails": [B]},
                   {"t": "batch", "b": 3, "emails": ["cy@readers.net"]}, {"t": "replaced", "b": 3},
                   {"t": "ok", "b": 3}, {"t": "ok", "b": 2}, {"t": "failed", "b": 1}, {"t": "ok", "b": 1},
-                  {"t": "batch", "emails": ["nobody@readers.net"]}, {"t": "ok"})
-    assert list(iter_sent_addresses(path)) == [B, "nobody@readers.net"]
+                  {"t": "batch", "emails": ["nobody@readers.net"]}, {"t": "ok"},
+                  {"t": "batch", "b": 1, "emails": [A]}, {"t": "failed"}, {"t": "replaced", "b": 99},
+                  {"t": "batch", "b": 5}, {"t": "ok", "b": 5}, {"t": "ok", "b": 1})
+    assert list(iter_sent_addresses(path)) == [B, "nobody@readers.net", A]
 
 
 def test_a_schedule_counts_as_sent_until_its_cancel_is_recorded(tmp_path: Path) -> None:
@@ -396,6 +410,16 @@ def test_a_run_scheduled_under_a_batch_id_is_cancelled_with_it(tmp_path: Path) -
                               {"t": "batch", "b": 3, "emails": ["cy@readers.net"]}, {"t": "attempt", "b": 3},
                               {"t": "retry", "b": 3}))
     assert state.is_sent(A) and state.is_sent(B) and state.sent_batches == 2  # sent, and scheduled: both count
+    state = load_state(_write(tmp_path, {"t": "batch", "b": 1, "emails": [A]}, {"t": "ok", "b": 1},
+                              {"t": "batch", "b": 2, "emails": [B]}, {"t": "ok", "b": 2},
+                              {"t": "schedule", "batch_id": "B", "send_at": "x"},
+                              {"t": "cancel_refused", "batch_id": "B", "error": "too late"}))
+    assert state.sent_batches == 2 and state.schedules[0].cancel_refused == "too late"
+    # a run whose schedule was cancelled: what it does after is not part of it (a second cancel leaves it)
+    state = load_state(_write(tmp_path, {"t": "run", "batch_id": "B"}, {"t": "cancel", "batch_id": "B"},
+                              {"t": "batch", "b": 1, "emails": [A]}, {"t": "attempt", "b": 1},
+                              {"t": "cancel", "batch_id": "B"}))
+    assert state.in_doubt(A)
     assert not state.in_doubt("cy@readers.net") and 3 not in state.doubt_batches  # answered: not in doubt
 
 
