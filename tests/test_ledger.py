@@ -348,3 +348,76 @@ def test_the_state_read_back_equals_a_fold_of_the_lines_in_time_order(tmp_path_f
     for who in ("a@readers.net", "b@readers.net"):
         assert ledger.is_suppressed(who) == expected.get(who, (False,))[0], (who, lines)
         assert Ledger(path).is_suppressed(who) == expected.get(who, (False,))[0]
+
+
+# -- reading every event (counts, `stats`), previews, what SendGrid must be told -----------------------------------
+def test_iter_events_reads_each_readable_event_with_its_time(project: Path) -> None:
+    import datetime as dt
+
+    from newsletter.errors import LedgerError
+    from newsletter.ledger import Kind, iter_events
+
+    path = ledger_path(project)
+    assert list(iter_events(path)) == []  # no ledger yet
+    path.parent.mkdir(exist_ok=True)
+    path.write_text("\ufeff" + HEADER + "\n"
+                    "Ada@Readers.net,unsubscribe,2026-01-02T03:04:05Z,cli,asked\n"
+                    "bob@readers.net,subscribe,2026-01-03T00:00:00+01:00,signup,"
+                    "\"signed up 2026-01-01T00:00:00Z; at x\"\n"
+                    "cy@readers.net,bounce,yesterday,sendgrid,\n"
+                    "dan@readers.net,frobnicate,2026-01-04T00:00:00Z,cli,\n"  # an event nobody writes: skipped
+                    "eve@readers.net,unsub\n")  # the remains of an interrupted write: skipped
+    events = list(iter_events(path))
+    assert [(e.email, e.event, e.at, e.source, e.detail, e.signed_up) for e, _ in events] == [
+        ("ada@readers.net", Kind.UNSUBSCRIBE, "2026-01-02T03:04:05Z", "cli", "asked", ""),
+        ("bob@readers.net", Kind.SUBSCRIBE, "2026-01-03T00:00:00+01:00", "signup",
+         "signed up 2026-01-01T00:00:00Z; at x", "2026-01-01T00:00:00Z"),
+        ("cy@readers.net", Kind.BOUNCE, "yesterday", "sendgrid", "", "")]
+    assert [at for _, at in events] == [dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
+                                        dt.datetime(2026, 1, 2, 23, 0, tzinfo=dt.UTC), None]
+    assert [e.email for e, _ in iter_events(path, Kind.SUBSCRIBE)] == ["bob@readers.net"]
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write("ada;unsubscribe;2026-01-05\n")
+    with pytest.raises(LedgerError) as caught:
+        list(iter_events(path))
+    assert caught.value.line == 7 and "cannot read the address on this line: 'ada;unsubscribe;2026-01-05'" in str(
+        caught.value) and caught.value.path == path
+
+
+def test_preview_says_what_record_would_do_and_writes_nothing(project: Path) -> None:
+    from newsletter.ledger import Kind, Outcome
+
+    path = ledger_path(project)
+    record(path, "ada@readers.net", "unsubscribe", at="2026-01-01T00:00:00Z")
+    ledger = Ledger(path)
+    before = path.read_bytes()
+    preview = ledger.preview([Event("ADA@readers.net", "resubscribe"), Event("bob@readers.net", "bounce"),
+                              Event("bob@readers.net", "unsubscribe")])
+    assert [(r.event.email, r.outcome, r.previous) for r in preview] == [
+        ("ada@readers.net", Outcome.RECORDED, Kind.UNSUBSCRIBE), ("bob@readers.net", Outcome.RECORDED, None),
+        ("bob@readers.net", Outcome.UNCHANGED, Kind.BOUNCE)]
+    assert path.read_bytes() == before and ledger.is_suppressed("ada@readers.net")
+    assert not ledger.is_suppressed("bob@readers.net")  # the state is left as read
+
+
+def test_addresses_and_what_was_touched_since_an_offset(project: Path) -> None:
+    path = ledger_path(project)
+    record(path, "ada@readers.net", "unsubscribe")
+    record(path, "bob@readers.net", "bounce")
+    ledger = Ledger(path)
+    offset = ledger.offset
+    assert ledger.touched_since(0) == (["ada@readers.net", "bob@readers.net"], offset)
+    added = ('"Cy@Readers.net",bounce,2026-01-01T00:00:00Z,cli,\nnot an address,x,y,z,w\n'
+             "eve@readers.net,resubscribe,2026-01-01T00:00:00Z,cli,\n")
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(added + "ada@readers.net,unsub")
+    ledger.refresh()
+    assert list(ledger.addresses()) == ["ada@readers.net", "bob@readers.net", "cy@readers.net", "eve@readers.net"]
+    touched, end = ledger.touched_since(offset)
+    assert touched == ["cy@readers.net", "eve@readers.net"] and end == offset + len(added)
+    assert ledger.touched_since(10**9) == (["ada@readers.net", "bob@readers.net", "cy@readers.net",
+                                            "eve@readers.net"], end)  # replaced: from the start
+    torn_only = Ledger(path.parent / "other.csv")
+    torn_only.path.write_text(HEADER + "\ndan@readers.net,unsubscr")
+    torn_only.refresh()
+    assert list(torn_only.addresses()) == ["dan@readers.net"] and torn_only.touched_since(0)[0] == []
