@@ -421,3 +421,72 @@ def test_addresses_and_what_was_touched_since_an_offset(project: Path) -> None:
     torn_only.path.write_text(HEADER + "\ndan@readers.net,unsubscr")
     torn_only.refresh()
     assert list(torn_only.addresses()) == ["dan@readers.net"] and torn_only.touched_since(0)[0] == []
+
+
+def test_events_are_checked_and_written_as_the_format_says(project: Path) -> None:
+    import datetime as dt
+
+    from newsletter.errors import LedgerError
+    from newsletter.ledger import Kind, canonical_time, imported_from, iso
+
+    with pytest.raises(LedgerError, match=r"^unknown ledger event `frobnicate` \(known: unsubscribe, bounce, "
+                                          r"spamreport, invalid, resubscribe, subscribe\)$"):
+        Event("ada@readers.net", "frobnicate")
+    assert Event("a@r.net", Kind.SUBSCRIBE, "2026-01-02T00:00:00Z", "signup", "at the  page\n",
+                 "2026-01-01T00:00:00Z").row() == ["a@r.net", "subscribe", "2026-01-02T00:00:00Z", "signup",
+                                                   "signed up 2026-01-01T00:00:00Z; at the page"]
+    assert Event("a@r.net", "subscribe", "2026-01-02T00:00:00Z").row()[4] == "signed up 2026-01-02T00:00:00Z"
+    assert Event("a@r.net", "bounce", "t", "import: x\ny").row() == ["a@r.net", "bounce", "t", "import: x y", ""]
+    assert imported_from("mailchimp") == "import:mailchimp"
+    assert iso(0) == "1970-01-01T00:00:00Z"
+    assert iso(dt.datetime(2026, 1, 1, 9, tzinfo=dt.timezone(dt.timedelta(hours=9)))) == "2026-01-01T00:00:00Z"
+    assert canonical_time(" 2026-01-01T09:00:00+09:00 ") == "2026-01-01T00:00:00Z"
+    assert canonical_time("2026-01-01 10:00") == "2026-01-01T10:00:00Z" and canonical_time("soon") == ""
+    assert canonical_time("") == ""
+    ledger = Ledger(ledger_path(project))
+    with pytest.raises(LedgerError, match="^not an address: 'ada at readers'$"):
+        ledger.record([Event("ada at readers", "unsubscribe")])
+    assert not ledger_path(project).exists()
+
+
+def test_the_follower_runs_after_a_write_and_only_then(project: Path) -> None:
+    from newsletter.ledger import Kind
+
+    calls: list[int] = []
+
+    def follow(ledger: Ledger) -> tuple[int, str]:
+        calls.append(ledger.offset)
+        return 3, "SendGrid is down"
+
+    ledger = Ledger(ledger_path(project), follow=follow)
+    first = ledger.record([Event("ada@readers.net", Kind.UNSUBSCRIBE)])
+    assert (first.pushed, first.waiting, calls) == (3, "SendGrid is down", [ledger_path(project).stat().st_size])
+    again = ledger.record([Event("ada@readers.net", Kind.BOUNCE)])  # already suppressed: nothing written
+    assert (again.pushed, again.waiting, len(calls)) == (0, "", 1) and again.written == []
+
+
+def test_what_decides_an_address_and_who_told_it(project: Path) -> None:
+    from newsletter.ledger import Kind, Source
+
+    path = ledger_path(project)
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes((HEADER + "\r\n"
+                      "ada@readers.net,bounce,2026-01-01T00:00:00Z,sendgrid,\r\n"
+                      "bob@readers.net,unsubscribe,2026-01-01T00:00:00Z,cli,\r\n"
+                      "bob@readers.net,resubscribe,2026-01-02T00:00:00Z,cli,\r\n"
+                      "cy@readers.net,unsubscribe,2026-01-01T00:00:00Z,cli,\r\n"
+                      "cy@readers.net,subscribe,2026-01-02T00:00:00Z,signup,signed up 2026-01-01T12:00:00Z\r\n"
+                      "dan@readers.net,spamreport,0000-00-00,cli,\r\n"  # a hand-edited time: as late as the line before
+                      "eve@readers.net,subscribe,2026-01-03T00:00:00Z,signup,\r\n"
+                      "fay@readers.net,unsub").encode())
+    ledger = Ledger(path)
+    assert ledger.offset == len(path.read_bytes()) - len(b"fay@readers.net,unsub")
+    assert [(ledger.event_of(e), ledger.is_suppressed(e), ledger.told_by_sendgrid(e)) for e in (
+        "ada@readers.net", "bob@readers.net", "cy@readers.net", "dan@readers.net", "eve@readers.net",
+        "fay@readers.net", "gus@readers.net")] == [
+        (Kind.BOUNCE, True, True), (Kind.RESUBSCRIBE, False, False), (Kind.SUBSCRIBE, False, False),
+        (Kind.SPAMREPORT, True, False), (Kind.SUBSCRIBE, False, False), (Kind.UNREADABLE, True, False),
+        (None, False, False)]
+    # dan's spam report sorts at the latest time read before it: a resubscribe dated after that lifts it
+    lifted = ledger.record([Event("dan@readers.net", "resubscribe", "2026-01-02T00:00:01Z", Source.CLI)])
+    assert lifted.results[0].outcome == "recorded" and not Ledger(path).is_suppressed("dan@readers.net")
