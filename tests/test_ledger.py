@@ -490,3 +490,114 @@ def test_what_decides_an_address_and_who_told_it(project: Path) -> None:
     # dan's spam report sorts at the latest time read before it: a resubscribe dated after that lifts it
     lifted = ledger.record([Event("dan@readers.net", "resubscribe", "2026-01-02T00:00:01Z", Source.CLI)])
     assert lifted.results[0].outcome == "recorded" and not Ledger(path).is_suppressed("dan@readers.net")
+
+
+def test_unreadable_lines_are_reported_once_each_and_refuse_whole(project: Path) -> None:
+    from newsletter.errors import LedgerError
+
+    path = ledger_path(project)
+    path.parent.mkdir(exist_ok=True)
+    long_garbage = "x;" * 40
+    path.write_bytes(("\ufeff" + HEADER + "\n"
+                      '"Ada@Readers.net",unsubscribe,2026-01-01T00:00:00Z,"cli","a, quoted, detail"\n'
+                      "bob@rea\n"  # the remains of an interrupted write
+                      "cy@readers.net,teleported,2026-01-01T00:00:00Z,cli,\n"  # names cy: suppresses her
+                      f"{long_garbage}\n"
+                      "d\ufffdn@readers.net,resubscribe,2026-01-02T00:00:00Z,cli,\n"
+                      "eve;unsubscribe;2026-01-03\n").encode())
+    ledger = Ledger(path)
+    ledger.refresh()
+    assert ledger.is_suppressed("ada@readers.net") and ledger.is_suppressed("cy@readers.net")
+    assert [(p.level, p.line, p.message) for p in ledger.problems] == [
+        ("warning", 3, "the remains of an interrupted write: 'bob@rea'"),
+        ("warning", 4, "unreadable line, counted as suppressing cy@readers.net: "
+                       "'cy@readers.net,teleported,2026-01-01T00:00:00Z,cli,'")]
+    assert [(p.line, p.path) for p in ledger.unreadable] == [(5, path), (6, path), (7, path)]
+    assert ledger.unreadable[0].message == f"cannot read the address on this line: {long_garbage[:60]!r}"
+    with pytest.raises(LedgerError) as caught:
+        ledger.check_readable("nothing was sent")
+    error = caught.value
+    assert error.message == (f"cannot read the address on this line: {long_garbage[:60]!r} (and 2 more line(s)): "
+                             "the ledger is not UTF-8 comma-separated CSV, so nobody can tell whom it suppresses; "
+                             "nothing was sent")
+    assert (error.path, error.line) == (path, 5)
+    assert error.hint == ("re-save it as CSV UTF-8 with commas, header `email,event,at,source,detail` (or restore "
+                          "it from a backup), then check it with `newsletter subscribers count`")
+    path.write_text(HEADER + "\nada;unsubscribe\n")
+    with pytest.raises(LedgerError) as one:
+        Ledger(path).check_readable()
+    assert one.value.message.endswith("so nobody can tell whom it suppresses")  # no "more", no consequence
+
+
+def test_a_torn_first_line_with_a_bom_quotes_or_bad_bytes_still_names_its_reader(project: Path) -> None:
+    path = ledger_path(project)
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes('\ufeff"Ada@Readers.net",unsu'.encode())
+    ledger = Ledger(path)
+    assert ledger.is_suppressed("ada@readers.net") and ledger.offset == 0
+    assert [(p.line, p.message) for p in ledger.problems] == [
+        (1, "torn last line (a write was interrupted): ada@readers.net counted as suppressed")]
+    ledger.refresh()
+    assert len(ledger.problems) == 1  # said once
+    path.write_bytes(HEADER.encode() + b"\n\xff\xfe,uns")
+    torn = Ledger(path)
+    assert [(p.line, p.message) for p in torn.problems] == [
+        (2, "torn last line (a write was interrupted): \ufffd\ufffd counted as suppressed")]
+    path.write_bytes(HEADER.encode() + b"\n,")
+    assert Ledger(path).problems[0].message == "torn last line (a write was interrupted): ? counted as suppressed"
+
+
+def test_a_large_ledger_is_read_in_chunks_and_lines_end_in_a_bare_newline(project: Path) -> None:
+    from newsletter.errors import LedgerError
+
+    path = ledger_path(project)
+    record(path, "first@readers.net", "unsubscribe")
+    assert path.read_bytes().endswith(b",cli,\n") and b"\r" not in path.read_bytes()
+    lines = "".join(f"r{i}@readers.net,bounce,2026-01-01T00:00:00Z,sendgrid,{'x' * 60}\n" for i in range(14000))
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(lines)  # more than a megabyte: several chunks
+    ledger = Ledger(path)
+    assert ledger.offset == path.stat().st_size and ledger.is_suppressed("r13999@readers.net")
+    fresh = Ledger(path.parent / "later.csv")
+    fresh.path.write_text(HEADER + "\n")
+    fresh.refresh()
+    fresh.path.write_text(HEADER + "\n" + lines)
+    assert fresh.refresh() == 14000
+    folder = Ledger(path.parent / "folder.csv")
+    folder.path.mkdir()
+    with pytest.raises(LedgerError) as caught:
+        folder.refresh()
+    assert caught.value.message == "cannot read the ledger: Is a directory" and caught.value.path == folder.path
+
+
+def test_times_are_utc_whatever_the_local_zone(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from newsletter.ledger import canonical_time
+
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        assert canonical_time("2026-01-01T09:00:00+09:00") == "2026-01-01T00:00:00Z"
+        record(ledger_path(project), "ada@readers.net", "unsubscribe", at="2026-01-01T10:00:00+01:00")
+        assert ",2026-01-01T09:00:00Z," in ledger_path(project).read_text()
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def test_the_latest_of_several_lifts_decides_what_lifted(project: Path) -> None:
+    from newsletter.ledger import Kind
+
+    path = ledger_path(project)
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(HEADER + "\n"
+                    "ada@readers.net,unsubscribe,2026-01-01T00:00:00Z,cli,\n"
+                    "ada@readers.net,subscribe,2026-01-03T00:00:00Z,signup,signed up 2026-01-02T00:00:00Z\n"
+                    "ada@readers.net,resubscribe,2026-01-02T00:00:00Z,cli,\n"
+                    "bob@readers.net,unsubscribe,2026-01-01T00:00:00Z,cli,\n"
+                    "bob@readers.net,resubscribe,2026-01-02T00:00:00Z,cli,\n"
+                    "bob@readers.net,subscribe,2026-01-01T12:00:00Z,signup,signed up 2026-01-01T06:00:00Z\n")
+    ledger = Ledger(path)
+    assert ledger.event_of("ada@readers.net") is Kind.SUBSCRIBE and not ledger.is_suppressed("ada@readers.net")
+    assert ledger.event_of("bob@readers.net") is Kind.RESUBSCRIBE and not ledger.is_suppressed("bob@readers.net")

@@ -266,7 +266,7 @@ class Ledger:
         if not tail.strip():
             return
         # A torn (or still being written) last line: suppress what it names, re-read it once it is whole.
-        email = normalize(tail.decode("utf-8", errors="replace").split(",")[0].strip('"').lstrip("\ufeff"))
+        email = normalize(tail.decode("utf-8", errors="replace").split(",")[0].lstrip("\ufeff").strip('"'))
         if is_plausible(email):
             self._tail.add(email)
         if self._line + 1 not in self._reported:
