@@ -225,6 +225,9 @@ def test_commands_outside_a_newsletter_refuse_and_create_nothing(tmp_path: Path,
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
+    stray = next((p / "newsletter.yaml" for p in elsewhere.parents if (p / "newsletter.yaml").exists()), None)
+    if stray is not None:  # the machine's temp folder is inside a newsletter: nothing here is "outside" one
+        pytest.skip(f"{stray} makes every temporary folder part of a newsletter")
     monkeypatch.chdir(elsewhere)
     for argv in (["unsubscribe", "ada@readers.net"], ["subscribers", "add", "ada@readers.net"],
                  ["subscribers", "count"], ["render"], ["resubscribe", "ada@readers.net"]):
