@@ -235,3 +235,14 @@ def test_serves_pusher_retries_until_sendgrid_is_back(letters: Path, fake: FakeS
     assert pusher._thread is not None and not pusher._thread.is_alive()
     assert pusher.pushed == 2 and not len(waiting(letters))
     assert push_state_path(letters).exists()
+
+
+def test_a_line_appended_after_the_ledger_was_read_waits_for_the_next_push(letters: Path, fake: FakeSendGrid) -> None:
+    # serve's pusher read the ledger; a command then appends an opt-out before the pusher plans: judged on a
+    # state without its line, the address looked "not suppressed" and the push lifted a fresh opt-out.
+    served = Ledger(ledger_path(letters))
+    Ledger(ledger_path(letters)).record([ledger_event("bob@readers.net", Kind.UNSUBSCRIBE)])  # no follower
+    assert not len(plan(served))  # nothing it has not read
+    assert push(served, _transport(), GROUP) == 1  # a push reads first: then it adds, never lifts
+    assert fake.suppressed("bob@readers.net", GROUP)
+    assert not [r for r in fake.suppression_requests if r[0] == "DELETE"]

@@ -482,13 +482,15 @@ class Ledger:
     # -- what SendGrid must be told -------------------------------------------------------------------------
     def touched_since(self, offset: int) -> tuple[list[str], int]:
         """The addresses named by complete lines from byte `offset` on, and the offset after them. An offset past
-        the end (the ledger was replaced, e.g. restored from a backup) starts again from the beginning."""
+        the end (the ledger was replaced, e.g. restored from a backup) starts again from the beginning. Only lines
+        this ledger has read count: a line appended since (by another process) would be judged on a state
+        without it, so it waits for the next push, which reads it first."""
         try:
             with open(self.path, "rb") as fh:
                 size = fh.seek(0, 2)
                 start = offset if offset <= size else 0
                 fh.seek(start)
-                data = fh.read()
+                data = fh.read(max(0, self.offset - start))
         except FileNotFoundError:
             return [], 0
         complete = data[: data.rfind(b"\n") + 1]  # a torn last line is told once it is whole
