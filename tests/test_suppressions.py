@@ -222,8 +222,8 @@ def test_serves_pusher_retries_until_sendgrid_is_back(letters: Path, fake: FakeS
     try:
         recording = ledger.record([ledger_event("ada@readers.net", Kind.UNSUBSCRIBE)])
         assert (recording.pushed, recording.waiting) == (0, "")  # the request never waits for SendGrid
-        wait_for(lambda: "retrying in" in caplog.text, what="the pusher's first failure")
-        assert "opt-outs not pushed to SendGrid yet (SendGrid answered 500" in caplog.text
+        wait_for(lambda: "trying again in" in caplog.text, what="the pusher's first failure")
+        assert "opt-outs not pushed to SendGrid yet: SendGrid answered 500" in caplog.text
         assert not fake.suppressed("ada@readers.net", GROUP)
         fake.suppressions_down = False
         wait_for(lambda: fake.suppressed("ada@readers.net", GROUP), what="the retry")
