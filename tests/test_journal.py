@@ -435,3 +435,18 @@ def test_send_at_is_written_in_utc_whatever_the_local_zone(tmp_path: Path, monke
         monkeypatch.undo()
         time.tzset()
     assert json.loads((tmp_path / "issue.jsonl").read_text())["send_at"] == "2027-01-02T07:30:00+00:00"
+
+
+def test_waiting_readers_counts_those_sendgrid_holds_for_a_send_still_to_come(tmp_path: Path) -> None:
+    future, past = "2999-01-01T09:00:00+00:00", "2000-01-01T09:00:00+00:00"
+    state = load_state(_write(tmp_path,
+                              {"t": "schedule", "batch_id": "GONE", "send_at": past},
+                              {"t": "batch", "b": 1, "emails": ["old@readers.net"]}, {"t": "ok", "b": 1},
+                              {"t": "schedule", "batch_id": "SOON", "send_at": future},
+                              {"t": "batch", "b": 2, "emails": [A, B]}, {"t": "ok", "b": 2},
+                              {"t": "batch", "b": 3, "emails": ["cy@readers.net"]}, {"t": "ok", "b": 3},
+                              {"t": "schedule", "batch_id": "DROPPED", "send_at": future},
+                              {"t": "batch", "b": 4, "emails": ["dan@readers.net"]}, {"t": "ok", "b": 4},
+                              {"t": "cancel", "batch_id": "DROPPED", "at": "t"}))
+    assert state.waiting_readers() == 3  # SOON's three; GONE went out, DROPPED was cancelled
+    assert load_state(_write(tmp_path, {"t": "run", "at": "x"})).waiting_readers() == 0
