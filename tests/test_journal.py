@@ -450,3 +450,23 @@ def test_waiting_readers_counts_those_sendgrid_holds_for_a_send_still_to_come(tm
                               {"t": "cancel", "batch_id": "DROPPED", "at": "t"}))
     assert state.waiting_readers() == 3  # SOON's three; GONE went out, DROPPED was cancelled
     assert load_state(_write(tmp_path, {"t": "run", "at": "x"})).waiting_readers() == 0
+
+
+def test_finished_run_is_the_last_run_when_it_went_out_whole(tmp_path: Path) -> None:
+    ended = [{"t": "run", "at": "r1"}, {"t": "batch", "b": 1, "emails": [A]}, {"t": "attempt", "b": 1},
+             {"t": "ok", "b": 1}, {"t": "end", "at": "e1"}]
+    assert load_state(_write(tmp_path, {"t": "batch", "b": 1})).finished_run() is None  # no run
+    done = load_state(_write(tmp_path, *ended)).finished_run()
+    assert done is not None and (done.started, done.ended) == ("r1", "e1")
+    later = load_state(_write(tmp_path, *ended, {"t": "run", "at": "r2"}, {"t": "end", "at": "e2"})).finished_run()
+    assert later is not None and later.started == "r2"  # the last run decides
+    assert load_state(_write(tmp_path, *ended, {"t": "run", "at": "r2"})).finished_run() is None  # killed
+    failed = [*ended[:-1], {"t": "batch", "b": 2, "emails": [B]}, {"t": "attempt", "b": 2},
+              {"t": "failed", "b": 2, "error": "e"}, {"t": "end", "at": "e1"}]
+    assert load_state(_write(tmp_path, *failed)).finished_run() is None
+    doubt = [*ended[:-1], {"t": "batch", "b": 2, "emails": [B]}, {"t": "attempt", "b": 2}, {"t": "end", "at": "e1"}]
+    assert load_state(_write(tmp_path, *doubt)).finished_run() is None
+    scheduled = [{"t": "run", "at": "r1", "batch_id": "S"},
+                 {"t": "schedule", "batch_id": "S", "send_at": "2999-01-01T00:00:00+00:00"}, *ended[1:]]
+    assert load_state(_write(tmp_path, *scheduled)).finished_run() is not None
+    assert load_state(_write(tmp_path, *scheduled, {"t": "cancel", "batch_id": "S", "at": "t"})).finished_run() is None

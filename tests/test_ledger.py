@@ -604,3 +604,33 @@ def test_the_latest_of_several_lifts_decides_what_lifted(project: Path) -> None:
     ledger = Ledger(path)
     assert ledger.event_of("ada@readers.net") is Kind.SUBSCRIBE and not ledger.is_suppressed("ada@readers.net")
     assert ledger.event_of("bob@readers.net") is Kind.RESUBSCRIBE and not ledger.is_suppressed("bob@readers.net")
+
+
+def test_iter_events_without_a_header_with_a_bom_and_bad_bytes(project: Path) -> None:
+    from newsletter.errors import LedgerError
+    from newsletter.ledger import iter_events
+
+    path = ledger_path(project)
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes("\ufeffada@readers.net,unsubscribe,2026-01-01T00:00:00Z,cli,".encode() + b"caf\xe9\n")
+    [(event, _)] = list(iter_events(path))
+    assert (event.email, event.detail) == ("ada@readers.net", "caf\ufffd")  # an undecodable byte is not fatal
+    path.write_text(HEADER + "\n" + "ada;unsubscribe;2026-01-05;" + "x" * 80 + "\n")
+    with pytest.raises(LedgerError) as caught:
+        list(iter_events(path))
+    assert caught.value.line == 2
+    assert caught.value.message == ("cannot read the address on this line: "
+                                    f"{('ada;unsubscribe;2026-01-05;' + 'x' * 80)[:60]!r}: "
+                                    "the ledger is not UTF-8 comma-separated CSV")
+    assert caught.value.hint == "re-save it as CSV UTF-8 with commas (or restore it from a backup)"
+
+
+def test_a_long_unreadable_line_is_quoted_in_sixty_characters(project: Path) -> None:
+    path = ledger_path(project)
+    path.parent.mkdir(exist_ok=True)
+    raw = "cy@readers.net,teleported,2026-01-01T00:00:00Z,cli," + "y" * 40
+    path.write_text(HEADER + "\n" + raw + "\n" + "b" * 70 + "\n")
+    problems = Ledger(path).problems
+    assert [p.message for p in problems] == [
+        f"unreadable line, counted as suppressing cy@readers.net: {raw[:60]!r}",
+        f"the remains of an interrupted write: {'b' * 60!r}"]

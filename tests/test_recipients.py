@@ -195,7 +195,8 @@ def test_unique_counts_the_rows_it_skips() -> None:
     ("Ada+News@Readers.net", "ada@readers.net"), ("a.d.a+x@googlemail.com", "ada@gmail.com"),
     ("a.da@gmail.com", "ada@gmail.com"), ("a.da@readers.net", "a.da@readers.net"),
     ("+tag@readers.net", "+tag@readers.net"),
-    ("...@gmail.com", "...@gmail.com"), ("no-at-sign", "no-at-sign"), ("a+b+c@r.net", "a@r.net")])
+    ("...@gmail.com", "...@gmail.com"), ("no-at-sign", "no-at-sign"), ("a+b+c@r.net", "a@r.net"),
+    ("a@b@readers.net", "a@b@readers.net")])
 def test_mailbox_key(address: str, key: str) -> None:
     assert mailbox_key(address) == key
 
@@ -219,3 +220,21 @@ def test_validate_names_the_control_character() -> None:
     for raw in ("ada@x.net\r\nBcc: eve@x.net", "ada\x00@x.net"):
         with pytest.raises(ValueError, match="^it contains a line break or a control character$"):
             Address.validate(raw)
+
+
+def test_each_reason_is_counted_within_one_stream_and_320_characters_is_an_address() -> None:
+    longest = "a" * 308 + "@readers.net"  # 320: as long as an address may be
+    rows = [("s1@r.net", "", ""), ("s2@r.net", "", ""), ("t1@r.net", "", ""), ("t2@r.net", "", ""),
+            ("u1@r.net", "", ""), ("u2@r.net", "", ""), (longest, "", ""), ("a" + longest, "", "")]
+    tally = Eligibility()
+    got = list(eligible(rows, _Ledger({"s1@r.net", "s2@r.net"}), _Journal({"t1@r.net", "t2@r.net"},
+                                                                          {"u1@r.net", "u2@r.net"}),
+                        resend_in_doubt=False, tally=tally))
+    assert got == [(longest, "", "")] and len(longest) == 320
+    assert (tally.suppressed, tally.already_sent, tally.in_doubt, tally.invalid) == (2, 2, 2, 1)
+
+
+def test_distinct_sized_for_many_from_the_start() -> None:
+    seen = Distinct(expected=5000)
+    assert len(seen._table) >= 10000
+    assert all(seen.add(v) for v in range(2, 6000)) and not seen.add(5999)

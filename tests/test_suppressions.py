@@ -246,3 +246,17 @@ def test_a_line_appended_after_the_ledger_was_read_waits_for_the_next_push(lette
     assert push(served, _transport(), GROUP) == 1  # a push reads first: then it adds, never lifts
     assert fake.suppressed("bob@readers.net", GROUP)
     assert not [r for r in fake.suppression_requests if r[0] == "DELETE"]
+
+
+def test_commands_open_the_ledger_strictly_and_sync_pushes_to_the_group(letters: Path, fake: FakeSendGrid) -> None:
+    from newsletter.errors import LedgerError
+
+    path = ledger_path(letters)
+    path.parent.mkdir(exist_ok=True)
+    path.write_text("email,event,at,source,detail\nada;unsubscribe;2026-01-05\n")
+    with pytest.raises(LedgerError):
+        open_ledger(letters)
+    assert open_ledger(letters, strict=False).unreadable  # the writers' own tail reads go on
+    path.write_text("email,event,at,source,detail\nada@readers.net,unsubscribe,2026-01-05T00:00:00Z,cli,\n")
+    assert sync(letters, _transport()).pushed == 1
+    assert fake.group_suppressions == {str(GROUP): {"ada@readers.net"}} and not fake.global_suppressions
