@@ -329,3 +329,10 @@ def test_a_short_write_is_an_error_and_the_torn_line_is_closed_by_the_next_appen
     plain.parent.mkdir()
     exec(TORN.replace("sys.argv[1]", repr(str(plain))), {})
     assert list(read_jsonl(plain)) == [{"n": 2, "who": "victim"}, {"n": 3}]
+
+
+def test_tail_jsonl_starts_over_from_any_offset_past_the_end(tmp_path: Path) -> None:
+    path = tmp_path / "log.jsonl"
+    assert tail_jsonl(path, 1) == Tail([], 0, True)
+    path.write_bytes(b'{"a":1}\n')
+    assert tail_jsonl(path, 9) == Tail([{"a": 1}], 8, True)  # one byte past the end is past the end

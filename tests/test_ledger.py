@@ -634,3 +634,12 @@ def test_a_long_unreadable_line_is_quoted_in_sixty_characters(project: Path) -> 
     assert [p.message for p in problems] == [
         f"unreadable line, counted as suppressing cy@readers.net: {raw[:60]!r}",
         f"the remains of an interrupted write: {'b' * 60!r}"]
+
+
+def test_touched_since_one_byte_past_the_end_starts_over(project: Path) -> None:
+    path = ledger_path(project)
+    record(path, "ada@readers.net", "unsubscribe")
+    ledger = Ledger(path)
+    size = path.stat().st_size
+    assert ledger.touched_since(size) == ([], size)
+    assert ledger.touched_since(size + 1) == (["ada@readers.net"], size)

@@ -238,3 +238,12 @@ def test_distinct_sized_for_many_from_the_start() -> None:
     seen = Distinct(expected=5000)
     assert len(seen._table) >= 10000
     assert all(seen.add(v) for v in range(2, 6000)) and not seen.add(5999)
+
+
+def test_validate_refuses_special_use_domains_and_says_why() -> None:
+    for address in ("ada@mail.readers.test", "ada@readers.invalid", "ada@host.localhost"):
+        with pytest.raises(ValueError):
+            Address.validate(address)
+    with pytest.raises(ValueError, match="^An email address must have an @-sign.$"):
+        Address.validate("ada.readers.net")
+    assert first_name_of("Dr. Xander X. Jones") == "Xander"

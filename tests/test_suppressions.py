@@ -245,6 +245,9 @@ def test_a_line_appended_after_the_ledger_was_read_waits_for_the_next_push(lette
     assert not len(plan(served))  # nothing it has not read
     assert push(served, _transport(), GROUP) == 1  # a push reads first: then it adds, never lifts
     assert fake.suppressed("bob@readers.net", GROUP)
+    Ledger(ledger_path(letters)).record([ledger_event("cy@readers.net", Kind.UNSUBSCRIBE)])  # after that push
+    assert not len(plan(served))  # from the pushed offset on, too
+    assert push(served, _transport(), GROUP) == 1 and fake.suppressed("cy@readers.net", GROUP)
     assert not [r for r in fake.suppression_requests if r[0] == "DELETE"]
 
 
@@ -260,3 +263,32 @@ def test_commands_open_the_ledger_strictly_and_sync_pushes_to_the_group(letters:
     path.write_text("email,event,at,source,detail\nada@readers.net,unsubscribe,2026-01-05T00:00:00Z,cli,\n")
     assert sync(letters, _transport()).pushed == 1
     assert fake.group_suppressions == {str(GROUP): {"ada@readers.net"}} and not fake.global_suppressions
+
+
+def test_push_tells_sendgrid_in_batches_beside_its_own_lock_and_state(letters: Path, fake: FakeSendGrid) -> None:
+    ledger = Ledger(ledger_path(letters))
+    ledger.record([ledger_event("ada@readers.net", Kind.UNSUBSCRIBE), ledger_event("bob@readers.net", Kind.SPAMREPORT)])
+    assert push(ledger, _transport(), GROUP) == 2
+    assert [(m, p, b["recipient_emails"]) for m, p, b in fake.suppression_requests] == [
+        ("POST", f"/v3/asm/groups/{GROUP}/suppressions", ["ada@readers.net", "bob@readers.net"])]  # one request
+    assert push_state_path(letters) == letters / "subscribers" / "sendgrid-push.json"
+    assert pull_state_path(letters) == letters / "subscribers" / "sync.json"
+    assert json.loads(push_state_path(letters).read_text()) == {"offset": ledger_path(letters).stat().st_size}
+    assert (letters / "subscribers" / "sendgrid-push.json.lock").exists()  # the lock beside the state it guards
+
+
+def test_without_a_key_what_waits_says_so(ready_project: Path) -> None:
+    from newsletter.suppressions import push_now
+
+    ledger = open_ledger(ready_project)
+    assert push_now(ledger) == (0, "")  # nothing waits: nothing to say
+    recording = ledger.record([ledger_event("ada@readers.net", Kind.UNSUBSCRIBE)])
+    assert (recording.pushed, recording.waiting) == (0, "SENDGRID_API_KEY is not set")
+    assert waiting(ready_project).add == ["ada@readers.net"]
+
+
+def test_a_full_sync_reads_every_list_from_the_start(letters: Path, fake: FakeSendGrid) -> None:
+    sync(letters, _transport())
+    fake.list_requests.clear()
+    sync(letters, _transport(), full=True)
+    assert fake.list_requests and all("start_time" not in p for p in fake.list_requests)
