@@ -247,3 +247,14 @@ def test_validate_refuses_special_use_domains_and_says_why() -> None:
     with pytest.raises(ValueError, match="^An email address must have an @-sign.$"):
         Address.validate("ada.readers.net")
     assert first_name_of("Dr. Xander X. Jones") == "Xander"
+
+
+def test_without_a_journal_nobody_was_sent_yet_and_a_one_shot_stream_is_refused_by_name() -> None:
+    tally = Eligibility()
+    rows = [("a@r.net", "A", ""), ("b@r.net", "", "")]
+    got = list(eligible(rows, _Ledger({"b@r.net"}), None, resend_in_doubt=False, tally=tally))
+    assert got == [("a@r.net", "A", "")]
+    assert (tally.readers, tally.suppressed, tally.already_sent, tally.in_doubt) == (1, 1, 0, 0)
+    with pytest.raises(TypeError, match=r"^eligible\(\) needs `reread` \(or a list of rows\) to settle a hash "
+                                        r"shared by two readers$"):
+        list(eligible(iter(rows), _Ledger(set()), None, resend_in_doubt=False, tally=Eligibility()))
