@@ -9,6 +9,7 @@ import shutil
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from click.testing import CliRunner, Result
@@ -20,6 +21,7 @@ from newsletter.ledger import Event, Kind, Ledger, Recording
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
 SEED_SLUG = "micro-moments-of-connection"
+T = TypeVar("T")
 
 # This machine sets PYTHONDONTWRITEBYTECODE: pytest would then rewrite every test module's asserts on every run
 # (4 s of CPU) and each `newsletter` child would compile the package again. The suite has a CPU budget: keep the
@@ -131,6 +133,19 @@ def record(path: Path, email: str, event: str, source: str = "cli", detail: str 
            signed_up: str = "") -> Recording:
     """Record one ledger event at `path` (subscribers/unsubscribes.csv) through the ledger's one writer."""
     return Ledger(path).record([Event(email, Kind(event), at, source, detail, signed_up)])
+
+
+def sent_journal(root: Path, emails: list[str], *, finished: bool = True) -> None:
+    """The seed's send journal after one run that SendGrid accepted for `emails` (ended, unless not `finished`)."""
+    from newsletter.journal import Journal, journal_path
+
+    with Journal(journal_path(root, SEED_SLUG)) as j:
+        j.run(readers=len(emails), resend_in_doubt=False)
+        j.batch(1, emails)
+        j.attempt(1, 1)
+        j.ok(1, 202, "m1")
+        if finished:
+            j.end()
 
 
 @pytest.fixture(scope="session")
@@ -245,15 +260,17 @@ class WebhookSigner:
                 "X-Twilio-Email-Event-Webhook-Timestamp": stamp, "Content-Type": "application/json"}
 
 
-def wait_for(condition: Callable[[], object], timeout: float = 10.0, what: str = "the condition") -> None:
-    """Poll `condition` until it holds (never a fixed sleep); fail after `timeout` seconds."""
+def wait_for(condition: Callable[[], T], timeout: float = 10.0, what: str = "the condition") -> T:
+    """Poll `condition` until it gives a true value, and return that value (never a fixed sleep); fail after
+    `timeout` seconds."""
     import time
 
     deadline = time.monotonic() + timeout
-    while not condition():
+    while not (value := condition()):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.01)
+    return value
 
 
 # -- the suite's own cost: `pytest --cpu-report` lists the tests that spend the most CPU (theirs and their

@@ -1,11 +1,11 @@
-"""email.html in a real headless Chromium at phone and desktop widths."""
+"""email.html in a real headless Chromium: phone and desktop widths, dark mode, and axe-core's accessibility rules."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from conftest import SEED_SLUG, Cli
+from conftest import DATA, SEED_SLUG, Cli
 
 pytestmark = pytest.mark.browser
 
@@ -59,5 +59,19 @@ def test_dark_mode_keeps_everything_readable(browser, cli: Cli, project: Path) -
         assert label == "#ffffff" and contrast_ratio(label, "#6b3f7d") >= 4.5, (label, fill)
         body_bg = hex_of("getComputedStyle(document.body).backgroundColor")
         assert body_bg == "#121212"
+    finally:
+        page.close()
+
+
+def test_axe_core_finds_no_serious_violations(browser, cli: Cli, project: Path) -> None:
+    assert cli("render").exit_code == 0
+    page = browser.new_page(viewport={"width": 600, "height": 900})
+    try:
+        page.goto((project / "build" / SEED_SLUG / "email.html").as_uri())
+        page.add_script_tag(path=str(DATA / "axe" / "axe.min.js"))
+        results = page.evaluate("async () => await axe.run(document, {resultTypes: ['violations']})")
+        bad = [(v["id"], v["impact"], v["help"]) for v in results["violations"]
+               if v["impact"] in ("serious", "critical")]
+        assert bad == []
     finally:
         page.close()

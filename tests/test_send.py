@@ -8,18 +8,18 @@ import os
 import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
-from conftest import SECRET, SEED_SLUG, Cli, configure, readers, record, wait_for, write_list
-from fake_sendgrid import API_KEY, FakeSendGrid
+from conftest import SECRET, SEED_SLUG, Cli, configure, readers, record, sent_journal, wait_for, write_list
+from fake_sendgrid import FakeSendGrid
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from newsletter.errors import TransportError
 from newsletter.journal import journal_path, send_lock
 from newsletter.ledger import ledger_path
+from newsletter.send import Action, backoff_delay, classify
 from newsletter.tokens import verify_token
 
 
@@ -177,32 +177,6 @@ def test_401_mid_send_stops_with_a_key_message(sender: Cli, fake: FakeSendGrid) 
     result = sender("send", "--issue", SEED_SLUG, "--yes")
     assert result.exit_code == 1 and "check SENDGRID_API_KEY" in result.output
     assert len(fake.requests) == 1
-
-
-def test_bad_key_refused_in_preflight(sender: Cli, fake: FakeSendGrid, monkeypatch: pytest.MonkeyPatch) -> None:
-    write_list(sender.root, readers(5))
-    monkeypatch.setenv("SENDGRID_API_KEY", "SG.wrong")
-    result = sender("send", "--issue", SEED_SLUG, "--yes")
-    assert result.exit_code == 1 and "SendGrid refused the API key" in result.output
-    assert not fake.requests
-
-
-def test_key_without_mail_send_scope(sender: Cli, fake: FakeSendGrid) -> None:
-    write_list(sender.root, readers(5))
-    fake.scopes = ["suppression.read"]
-    result = sender("send", "--issue", SEED_SLUG, "--yes")
-    assert result.exit_code == 1 and "lacks the `mail.send` permission" in result.output
-    assert fake.requests == [] and not fake.delivered  # nothing was sent
-    assert not journal_path(sender.root, SEED_SLUG).exists()
-
-
-def test_api_without_a_scopes_endpoint_still_sends(sender: Cli, fake: FakeSendGrid) -> None:
-    write_list(sender.root, readers(5))
-    fake.scopes_endpoint = False
-    result = sender("send", "--issue", SEED_SLUG, "--yes")
-    assert result.exit_code == 0, result.output
-    assert "the key's permissions were not checked" in result.output
-    assert len(fake.delivered) == 5
 
 
 def test_413_splits_the_batch(sender: Cli, fake: FakeSendGrid) -> None:
@@ -366,20 +340,6 @@ def test_confirmation_prompt(sender: Cli, fake: FakeSendGrid) -> None:
     assert nobody.exit_code == 1 and "pass --yes" in nobody.output and not fake.requests
     yes = sender("send", "--issue", SEED_SLUG, input="y\n")
     assert yes.exit_code == 0 and len(fake.delivered) == 5
-
-
-def test_preflight_refuses_check_errors_and_missing_secrets(cli: Cli, env: dict, fake: FakeSendGrid,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    write_list(cli.root, readers(5))
-    result = cli("send", "--issue", SEED_SLUG, "--yes")
-    assert result.exit_code == 1 and "`newsletter check` found" in result.output and "nothing was sent" in result.output
-    assert not fake.requests
-    (cli.root / "newsletter.yaml").write_text(
-        (Path(__file__).parent / "conftest.py").read_text().split('FILLED_CONFIG = """\\\n')[1].split('"""')[0])
-    monkeypatch.delenv("SENDGRID_API_KEY")
-    monkeypatch.delenv("NEWSLETTER_SECRET")
-    result = cli("send", "--issue", SEED_SLUG, "--yes")
-    assert result.exit_code == 1 and "SENDGRID_API_KEY and NEWSLETTER_SECRET are not set" in result.output
 
 
 def test_scheduled_and_sandbox(sender: Cli, fake: FakeSendGrid) -> None:
@@ -618,60 +578,32 @@ def test_bodies_encoded_ahead_leave_out_a_reader_who_unsubscribed_since(sender: 
     assert "reader15@readers.net" not in recipients(fake) and len(set(recipients(fake))) == 29
 
 
-def test_a_connection_the_server_closed_while_idle_is_not_a_request_in_doubt() -> None:
-    """The bulk path keeps its connection alive between requests; one that SendGrid closed while idle is
-    replaced before the next request, which then goes out and is answered (not reported in doubt)."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    from newsletter.sendgrid import SendGridTransport
-
-    ports: list[int] = []
-    closed = threading.Event()
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-        def do_POST(self) -> None:  # noqa: N802
-            self.rfile.read(int(self.headers["Content-Length"]))
-            ports.append(self.client_address[1])
-            self.send_response(202)
-            self.send_header("Content-Length", "0")
-            self.send_header("X-Message-Id", f"m{len(ports)}")
-            self.end_headers()
-            self.close_connection = len(ports) == 3  # then drop it, as an idle timeout would, without saying so
-
-    class Server(ThreadingHTTPServer):
-        def shutdown_request(self, request: object) -> None:
-            super().shutdown_request(request)  # type: ignore[arg-type]
-            closed.set()
-
-    server = Server(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        transport = SendGridTransport(API_KEY, base_url=f"http://127.0.0.1:{server.server_address[1]}", timeout=5)
-        for n in range(1, 4):
-            assert transport.send_encoded(b'{"personalizations":[]}').message_id == f"m{n}"
-        assert len(set(ports)) == 1  # one connection for three requests
-        assert closed.wait(5)
-        assert transport.send_encoded(b"{}").message_id == "m4"
-        assert len(set(ports)) == 2
-    finally:
-        server.shutdown()
-        server.server_close()
+@pytest.mark.parametrize(("status", "sent", "attempt", "rate_waits", "action"), [
+    (None, True, 1, 0, Action.DOUBT),  # no answer after the request left
+    (None, False, 1, 0, Action.RETRY),  # refused before it left
+    (None, False, 4, 0, Action.GIVE_UP),
+    (413, False, 1, 0, Action.SPLIT),
+    (429, False, 1, 0, Action.RATE_LIMIT),
+    (429, False, 1, 6, Action.GIVE_UP),
+    (400, False, 1, 0, Action.STOP), (401, False, 1, 0, Action.STOP), (403, False, 1, 0, Action.STOP),
+    (500, False, 1, 0, Action.RETRY), (503, False, 3, 0, Action.RETRY), (502, False, 4, 0, Action.GIVE_UP),
+    (404, False, 1, 0, Action.STOP),
+])
+def test_classify(status, sent: bool, attempt: int, rate_waits: int, action: Action) -> None:
+    assert classify(TransportError("x", status=status, sent=sent), attempt, rate_waits, retries=3) is action
 
 
-def test_a_list_that_cannot_be_read_stops_a_real_send_with_its_message(sender: Cli, fake: FakeSendGrid) -> None:
-    """A real `newsletter send` reads the list in a child process while it checks the issue: what the child
-    finds wrong is told by the command as usual, and nothing is sent."""
-    write_list(sender.root, readers(3))
-    path = sender.root / "subscribers" / "subscribers.csv"
-    path.write_bytes(path.read_text().encode("utf-16"))
-    exe = str(Path(sys.executable).parent / "newsletter")
-    result = subprocess.run([exe, "send", "--root", str(sender.root), "--issue", SEED_SLUG, "--yes", "--no-sync"],
-                            capture_output=True, text=True, timeout=120, env=os.environ.copy())
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert "subscribers.csv:1: not UTF-8 text" in result.stderr and "Traceback" not in result.stderr
-    assert not fake.requests
+def test_backoff_grows_and_never_vanishes() -> None:
+    delays = [backoff_delay(a, 1.0) for a in (1, 2, 3, 4, 5, 6, 7, 8, 9, 10) for _ in range(20)]
+    assert min(delays) >= 0.5 and max(delays) <= 30.5
+    assert max(backoff_delay(6, 1.0) for _ in range(200)) > 8  # 2**5 = 32, capped at 30: it does grow
+
+
+def test_status_says_when_and_who(ready_project: Path) -> None:
+    sent_journal(ready_project, ["a@readers.net", "b@readers.net"])
+    (ready_project / "subscribers" / "subscribers.csv").write_text(
+        "email\na@readers.net\nb@readers.net\nc@readers.net\n")
+    out = Cli(ready_project)("status", "--issue", SEED_SLUG, "--readers").output
+    assert "(1 send run(s))" in out and "run:      started 20" in out and ", ended 20" in out
+    assert "sent:       2 reader(s)" in out and "pending:    1 reader(s)" in out
+    assert out.split("who has it:\n")[1].split() == ["a@readers.net", "b@readers.net"]
