@@ -44,19 +44,23 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    """A copy of the repository's newsletter (config, issues, layouts) in a temp folder."""
-    root = tmp_path / "letters"
-    root.mkdir()
-    shutil.copy(REPO / "newsletter.yaml", root / "newsletter.yaml")
+def new_project(root: Path, config: str | None = None) -> Path:
+    """At `root`: a copy of the repository's newsletter (issues, layouts, an empty subscribers/), with `config` as
+    newsletter.yaml (default: the repository's, SpamAssassin off)."""
+    root.mkdir(parents=True)
     shutil.copytree(REPO / "issues", root / "issues")
     shutil.copytree(REPO / "layouts", root / "layouts")
     (root / "subscribers").mkdir()
     # SpamAssassin takes seconds a message: only the tests about spam scores turn it back on (spam_on below).
-    with open(root / "newsletter.yaml", "a", encoding="utf-8") as fh:
-        fh.write(NO_SPAM)
+    text = (REPO / "newsletter.yaml").read_text(encoding="utf-8") + NO_SPAM if config is None else config
+    (root / "newsletter.yaml").write_text(text, encoding="utf-8")
     return root
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A copy of the repository's newsletter (config, issues, layouts) in a temp folder."""
+    return new_project(tmp_path / "letters")
 
 
 NO_SPAM = "check:\n  spam: false\n"

@@ -122,7 +122,7 @@ def test_a_heavy_image_is_a_warning(ready_project: Path) -> None:
     import random
 
     rng = random.Random(7)
-    noise = Image.frombytes("RGB", (1200, 1200), bytes(rng.getrandbits(8) for _ in range(1200 * 1200 * 3)))
+    noise = Image.frombytes("RGB", (1200, 1200), rng.randbytes(1200 * 1200 * 3))
     noise.save(ready_project / ISSUE / "noise.png")  # random pixels do not compress
     add_photo(ready_project, "![static](noise.png)")
     result = Cli(ready_project)("check", "--no-spam")

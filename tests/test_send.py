@@ -8,11 +8,13 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from conftest import SECRET, SEED_SLUG, Cli, configure, readers, record, sent_journal, wait_for, write_list
-from fake_sendgrid import FakeSendGrid
+from fake_sendgrid import API_KEY, FakeSendGrid
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -422,16 +424,10 @@ def test_no_suppressed_address_is_ever_requested(tmp_path_factory, fake: FakeSen
                                                  events) -> None:
     """Whatever the ledger says, in any case and order, the send requests exactly the readers it leaves
     unsuppressed (the latest event of each address wins). One fake for every example: forgotten in between."""
-    import shutil
-
-    from conftest import FILLED_CONFIG, REPO
+    from conftest import FILLED_CONFIG, new_project
 
     fake.reset()
-    root = tmp_path_factory.mktemp("prop")
-    shutil.copytree(REPO / "issues", root / "issues")
-    shutil.copytree(REPO / "layouts", root / "layouts")
-    (root / "subscribers").mkdir()
-    (root / "newsletter.yaml").write_text(FILLED_CONFIG)
+    root = new_project(tmp_path_factory.mktemp("prop") / "letters", FILLED_CONFIG)
     configure(root, batch_size=7)
     write_list(root, [(f"R{i}@Readers.net" if i % 3 else f"r{i}@readers.net", "") for i in range(60)])
     latest: dict[str, str] = {}
@@ -468,29 +464,95 @@ def _count(label: str, output: str) -> int:
     return int(match.group(1))
 
 
-@pytest.mark.parametrize("kind", list(TORN_RECORDS))
-def test_a_short_journal_write_never_mails_anyone_twice(sender: Cli, fake: FakeSendGrid, short_write_shim: Path,
-                                                        kind: str) -> None:
-    from conftest import shim_env
+# One process for every kind's shimmed send: it imports the package once, then forks a send per kind (each with
+# its own newsletter, fake and SHIM_TEAR), as seven `newsletter send` processes would run, for a seventh of the
+# start-up. The shim is loaded into it (LD_PRELOAD), so into every fork; it never writes a journal itself.
+FORKED_SENDS = """
+import json, os, sys
+import newsletter.cli
+for module in ("archive", "build", "check", "counting", "eml", "images", "journal", "message", "preflight",
+               "render", "send", "sendgrid", "subscribers"):
+    __import__("newsletter." + module)
+codes = []
+for job in json.loads(sys.argv[1]):
+    pid = os.fork()
+    if pid == 0:
+        os.environ.update(job["env"])
+        for fd, path in ((1, job["out"]), (2, job["err"])):
+            os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), fd)
+        code = 0
+        try:
+            newsletter.cli.main(job["argv"], prog_name="newsletter")
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+    codes.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+print(json.dumps(codes))
+"""
 
-    root = sender.root
-    configure(root, batch_size=3, concurrency=1, retries=2)
-    everyone = {e for e, _ in readers(12)}
-    write_list(root, readers(12))
-    tear, answer = TORN_RECORDS[kind]
-    fake.plan = ["", answer]
-    exe = str(Path(sys.executable).parent / "newsletter")
-    argv = [exe, "send", "--root", str(root), "--issue", SEED_SLUG, "--yes", "--no-sync"]
-    full = subprocess.run(argv, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **shim_env(short_write_shim, f"sends/{SEED_SLUG}.jsonl", tear=tear)})
-    assert full.returncode == 1, full.stdout + full.stderr
-    assert f"disk full: could not record the `{kind}` record of batch 2 in " in full.stderr, full.stderr
-    assert "internal error" not in full.stderr and "Traceback" not in full.stderr
+
+@dataclass
+class TornSend:
+    """A send whose journal write was cut short: its newsletter, its fake, what it printed and its exit code."""
+
+    root: Path
+    fake: FakeSendGrid
+    out: Path
+    err: Path
+    code: int = -1
+
+
+@pytest.fixture(scope="module")
+def torn_sends(short_write_shim: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, TornSend]]:
+    """Each kind's send on a disk that fills up inside that record of batch 2, 12 readers in batches of 3."""
+    from conftest import FILLED_CONFIG, new_project, shim_env
+
+    base = tmp_path_factory.mktemp("torn")
+    runs: dict[str, TornSend] = {}
+    jobs = []
+    try:
+        for kind, (tear, answer) in TORN_RECORDS.items():
+            root = new_project(base / kind, FILLED_CONFIG)
+            configure(root, batch_size=3, concurrency=1, retries=2)
+            write_list(root, readers(12))
+            run = runs[kind] = TornSend(root, FakeSendGrid().start(), base / f"{kind}.out", base / f"{kind}.err")
+            run.fake.plan = ["", answer]
+            jobs.append({"argv": ["send", "--root", str(root), "--issue", SEED_SLUG, "--yes", "--no-sync"],
+                         "env": {"SENDGRID_API_URL": run.fake.url, "SHIM_TEAR": tear},
+                         "out": str(run.out), "err": str(run.err)})
+        env = {**os.environ, **shim_env(short_write_shim, f"sends/{SEED_SLUG}.jsonl"), "SENDGRID_API_KEY": API_KEY,
+               "NEWSLETTER_SECRET": SECRET}
+        done = subprocess.run([sys.executable, "-c", FORKED_SENDS, json.dumps(jobs)], env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        for run, code in zip(runs.values(), json.loads(done.stdout), strict=True):
+            run.code = code
+        yield runs
+    finally:
+        for run in runs.values():
+            run.fake.stop()  # fails if a body broke SendGrid's schema
+
+
+@pytest.mark.parametrize("kind", list(TORN_RECORDS))
+def test_a_short_journal_write_never_mails_anyone_twice(torn_sends: dict[str, TornSend],
+                                                        monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+    run = torn_sends[kind]
+    fake, out, err = run.fake, run.out.read_text(), run.err.read_text()
+    assert run.code == 1, out + err
+    assert f"disk full: could not record the `{kind}` record of batch 2 in " in err, err
+    assert "internal error" not in err and "Traceback" not in err
     assert len(fake.requests) <= 2  # the run stopped at the failed write
     if kind in ("batch", "attempt"):
         assert len(fake.requests) == 1  # batch 2's request never left
     fake.plan = []
-    rerun = sender("send", "--issue", SEED_SLUG, "--yes", "--no-sync")  # room again: the re-run needs no shim
+    for name, value in {"SENDGRID_API_URL": fake.url, "SENDGRID_API_KEY": API_KEY,
+                        "NEWSLETTER_SECRET": SECRET}.items():
+        monkeypatch.setenv(name, value)
+    rerun = Cli(run.root)("send", "--issue", SEED_SLUG, "--yes", "--no-sync")  # room again: no shim needed
+    everyone = {e for e, _ in readers(12)}
     delivered = set(fake.delivered)
     assert max(fake.delivered.values()) == 1, fake.delivered  # nobody mailed twice
     in_doubt = _count("in doubt", rerun.output)

@@ -270,16 +270,18 @@ def test_outside_the_base_path_is_not_found_and_bodies_are_limited(app: App) -> 
     assert status == 413 and app.ledger_lines() == []
 
 
-def test_500_concurrent_one_click_posts(app: App) -> None:
+def test_200_concurrent_one_click_posts(app: App) -> None:
+    """Forty clients at once, 200 posts: each recorded once, whole, in its own line (the unsubscribes are written
+    together, one fsync for those that arrive meanwhile)."""
     def post(i: int) -> int:
         return app.request("POST", app.url(f"reader{i}@readers.net"), b"List-Unsubscribe=One-Click", FORM)[0]
 
     with app.client, ThreadPoolExecutor(max_workers=40) as pool:  # one event loop for all, as in `serve`
-        statuses = list(pool.map(post, range(500)))
-    assert statuses == [200] * 500
+        statuses = list(pool.map(post, range(200)))
+    assert statuses == [200] * 200
     lines = app.ledger_lines()
-    assert len(lines) == 500
-    assert {line.split(",")[0] for line in lines} == {f"reader{i}@readers.net" for i in range(500)}
+    assert len(lines) == 200
+    assert {line.split(",")[0] for line in lines} == {f"reader{i}@readers.net" for i in range(200)}
     assert all(line.split(",")[1] == "unsubscribe" and len(line.split(",")) == 5 for line in lines)
 
 
