@@ -9,7 +9,7 @@ import shutil
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 from click.testing import CliRunner, Result
@@ -171,6 +171,28 @@ def shim_env(shim: Path, match: str, *, tear: str = "", full_file: Path | None =
     if full_file is not None:
         env["SHIM_FULL_FILE"] = str(full_file)
     return env
+
+
+# -- export files of other tools, read as `subscribers import` reads them ------------------------------------------
+def export_rows(*paths: Path) -> list[Any]:
+    """Every row of the export files at `paths` (exports.read_exports, then iter_rows)."""
+    from newsletter.exports import iter_rows, read_exports
+
+    return [row for f in read_exports(list(paths)) for row in iter_rows(f)]
+
+
+def export_statuses(path: Path) -> dict[str, tuple[Any, Any, str]]:
+    """address -> (status kind, ledger event, time) of every row of one export file."""
+    return {r.address: (r.status.kind, r.status.event, r.at) for r in export_rows(path)}
+
+
+def export_refusal(*paths: Path) -> str:
+    """The message with which reading the export files at `paths` is refused (fails if it is not)."""
+    from newsletter.errors import SubscriberError
+
+    with pytest.raises(SubscriberError) as caught:
+        export_rows(*paths)
+    return str(caught.value)
 
 
 # -- sending against the fake SendGrid (tests/fake_sendgrid.py) --------------------------------------------------

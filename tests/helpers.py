@@ -1,14 +1,17 @@
-"""The newsletter's web side for tests, under https://micromoments.net/letters: in process through Starlette's
-TestClient on `web.create_app` (`open_app`), or as a real `newsletter serve` process (`start_server`) for what needs
-a real socket or process: the log file, LD_PRELOAD shims, stalled connections, kill -9, Chromium."""
+"""Helpers shared by several test files. The newsletter's web side, under https://micromoments.net/letters: in
+process through Starlette's TestClient on `web.create_app` (`open_app`), or as a real `newsletter serve` process
+(`start_server`) for what needs a real socket or process: the log file, LD_PRELOAD shims, stalled connections,
+kill -9, Chromium. A DNS zone on loopback (`serving_zone`)."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,8 +22,8 @@ from conftest import FILLED_CONFIG, SECRET, WebhookSigner, wait_for
 from newsletter.ledger import ledger_path
 from newsletter.tokens import make_token
 
-__all__ = ["PREFIX", "SECRET", "App", "Server", "free_port", "open_app", "site_config", "start_server",
-           "stop_server", "wait_for", "wait_for_log"]
+__all__ = ["PREFIX", "SECRET", "App", "Server", "Zone", "free_port", "open_app", "serving_zone", "site_config",
+           "start_server", "stop_server", "wait_for", "wait_for_log"]
 
 PREFIX = "/letters"  # base_url has a path: serve answers under it
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
@@ -105,6 +108,56 @@ class Server(Site):
             return resp.status, resp.read().decode("utf-8", "replace")
         finally:
             conn.close()
+
+
+# -- a DNS zone on loopback (dnslib), for `doctor` and mail authentication ----------------------------------------
+class Zone:
+    """Authoritative answers from a dict the test edits: (name, type) -> values; other names are NXDOMAIN.
+    `port` is where serving_zone() answers."""
+
+    port = 0
+
+    def __init__(self) -> None:
+        self.records: dict[tuple[str, str], list[str]] = {}
+        self.questions: list[tuple[str, str]] = []
+
+    def set(self, name: str, rtype: str, *values: str) -> None:
+        self.records[(name, rtype)] = list(values)
+
+    def drop(self, name: str, rtype: str) -> None:
+        del self.records[(name, rtype)]
+
+    def resolve(self, request: Any, handler: Any) -> Any:
+        from dnslib import AAAA, CNAME, MX, QTYPE, RCODE, RR, TXT, A
+
+        reply = request.reply()
+        name, rtype = str(request.q.qname).rstrip(".").lower(), QTYPE[request.q.qtype]
+        self.questions.append((name, rtype))
+        make = {"A": A, "AAAA": AAAA, "CNAME": CNAME, "TXT": TXT,
+                "MX": lambda v: MX(v.split()[1], int(v.split()[0]))}
+        for value in self.records.get((name, rtype), []):
+            reply.add_answer(RR(request.q.qname, QTYPE.reverse[rtype], rdata=make[rtype](value), ttl=60))
+        if not reply.rr and not any(n == name for n, _ in self.records):
+            reply.header.rcode = RCODE.NXDOMAIN
+        return reply
+
+
+@contextlib.contextmanager
+def serving_zone() -> Iterator[Zone]:
+    """A Zone answering on a free UDP port of 127.0.0.1 until the block ends (each stop costs a poll interval:
+    one server for a module)."""
+    from dnslib.server import DNSLogger, DNSServer
+
+    zone = Zone()
+    server = DNSServer(zone, address="127.0.0.1", port=0, logger=DNSLogger(
+        log="-recv,-send,-request,-reply,-truncated,-data,-error", prefix=False))
+    server.start_thread()
+    zone.port = server.server.server_address[1]
+    try:
+        yield zone
+    finally:
+        server.server.shutdown()
+        server.server.server_close()
 
 
 def free_port() -> int:

@@ -1,4 +1,5 @@
-"""Bad input: one clear message naming the file (and line), exit 1, never a traceback."""
+"""errors.py, and the one place in cli.py that turns them into a message and an exit code: bad input gets one clear
+message naming the file (and line), exit 1, never a traceback; text from files is shown escaped."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from pathlib import Path
 
 import pytest
 from conftest import SEED_SLUG, Cli
+
+from newsletter.errors import printable
 
 ISSUE = Path("issues") / SEED_SLUG
 
@@ -155,3 +158,10 @@ def test_unknown_field_of_a_template_object(cli: Cli, project: Path) -> None:
     path.write_text(path.read_text().replace("{{ workshop.headline }}", "{{ workshop.hedline }}"))
     out = run_error(cli, "render")
     assert "layouts/cta.mjml:" in out and "`hedline` is not a field of `Workshop`" in out
+
+
+def test_printable_shows_control_characters_instead_of_sending_them() -> None:
+    osc = "list\x1b]8;;https://evil.example\x07click\x1b]8;;\x07\u202egnp.csv"
+    assert printable(osc) == "list\\x1b]8;;https://evil.example\\x07click\\x1b]8;;\\x07\\u202egnp.csv"
+    assert printable("two\nlines\x9b", lines=True) == "two\nlines\\x9b"
+    assert printable("José Müller, 東京") == "José Müller, 東京"
