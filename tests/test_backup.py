@@ -12,11 +12,10 @@ import subprocess
 import sys
 import tarfile
 import threading
-import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SEED_SLUG, Cli, readers, write_list
+from conftest import REPO, SEED_SLUG, Cli, readers, wait_for, write_list
 
 from newsletter.ledger import Ledger
 
@@ -121,14 +120,11 @@ def test_backups_during_concurrent_unsubscribes_then_restore(sender: Cli, tmp_pa
     writer = subprocess.Popen([sys.executable, "-c", WRITER, str(root), str(stop)])
     ledger = root / "subscribers" / "unsubscribes.csv"
     taken: list[Path] = []
-    deadline = time.monotonic() + 60
     try:
+        wait_for(lambda: ledger.exists() or writer.poll() is not None, 60, "the writer's first line")
+        assert ledger.exists(), "the writer wrote nothing"
         while (writer.poll() is None and len(taken) < 4) or not taken:
-            if ledger.exists():
-                taken.append(backup(sender, "--out", str(tmp_path / "during" / f"{len(taken)}.tar.gz")))
-            else:
-                assert writer.poll() is None and time.monotonic() < deadline, "the writer wrote nothing"
-                time.sleep(0.01)  # waiting for the writer's first line
+            taken.append(backup(sender, "--out", str(tmp_path / "during" / f"{len(taken)}.tar.gz")))
     finally:
         stop.touch()
         writer.wait(timeout=60)

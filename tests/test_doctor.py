@@ -138,8 +138,7 @@ def public_key() -> str:
 def account() -> Iterator[FakeSendGrid]:
     server = FakeSendGrid().start()
     yield server
-    server.stop()
-    assert not server.schema_failures, server.schema_failures[:5]
+    server.stop()  # fails if a body broke SendGrid's schema
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import FILLED_CONFIG, SEED_SLUG, Cli
-from fake_sendgrid import API_KEY, FakeSendGrid
+from fake_sendgrid import FakeSendGrid
 from PIL import Image
 
 ISSUE = Path("issues") / SEED_SLUG
@@ -159,37 +159,31 @@ def photo_issue(project: Path, site_server: tuple[str, Path], monkeypatch: pytes
 
 
 def test_send_refuses_until_the_images_are_published(photo_issue: Path, site_server: tuple[str, Path],
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+                                                     fake: FakeSendGrid, env: dict[str, str]) -> None:
     base, www = site_server
-    fake = FakeSendGrid().start()
-    try:
-        for k, v in {"SENDGRID_API_URL": fake.url, "SENDGRID_API_KEY": API_KEY, "NEWSLETTER_SECRET": "s"}.items():
-            monkeypatch.setenv(k, v)
-        cli = Cli(photo_issue)
-        url = f"{base}/letters/archive/{SEED_SLUG}/dawn.jpg"
-        refused = cli("send", "--issue", SEED_SLUG, "--yes", "--no-sync")
-        assert refused.exit_code == 1
-        assert (f"issues/{SEED_SLUG}/dawn.jpg is not published at {url}: run `newsletter archive` and upload "
-                "build/site") in refused.output
-        assert fake.requests == []
-        test_copy = cli("send", "--issue", SEED_SLUG, "--to", "me@readers.net", "--no-sync")
-        assert test_copy.exit_code == 0 and "warning: issues/" in test_copy.output  # a test copy only warns
-        # the writer follows the advice: archive, upload (here: copy to the web root)
-        assert cli("archive").exit_code == 0
-        site = photo_issue / "build" / "site"
-        assert (site / SEED_SLUG / "dawn.jpg").is_file() and not (site / SEED_SLUG / "index.html").exists()
-        import shutil
+    cli = Cli(photo_issue)
+    url = f"{base}/letters/archive/{SEED_SLUG}/dawn.jpg"
+    refused = cli("send", "--issue", SEED_SLUG, "--yes", "--no-sync")
+    assert refused.exit_code == 1
+    assert (f"issues/{SEED_SLUG}/dawn.jpg is not published at {url}: run `newsletter archive` and upload "
+            "build/site") in refused.output
+    assert fake.requests == []
+    test_copy = cli("send", "--issue", SEED_SLUG, "--to", "me@readers.net", "--no-sync")
+    assert test_copy.exit_code == 0 and "warning: issues/" in test_copy.output  # a test copy only warns
+    # the writer follows the advice: archive, upload (here: copy to the web root)
+    assert cli("archive").exit_code == 0
+    site = photo_issue / "build" / "site"
+    assert (site / SEED_SLUG / "dawn.jpg").is_file() and not (site / SEED_SLUG / "index.html").exists()
+    import shutil
 
-        shutil.copytree(site, www / "letters" / "archive")
-        import urllib.request
+    shutil.copytree(site, www / "letters" / "archive")
+    import urllib.request
 
-        with urllib.request.urlopen(url) as resp:
-            assert resp.status == 200 and resp.headers["Content-Type"] == "image/jpeg"
-        sent = cli("send", "--issue", SEED_SLUG, "--yes", "--no-sync")
-        assert sent.exit_code == 0, sent.output
-        assert fake.delivered["ada@readers.net"] == 1 and fake.delivered["me@readers.net"] == 1
-    finally:
-        fake.stop()
+    with urllib.request.urlopen(url) as resp:
+        assert resp.status == 200 and resp.headers["Content-Type"] == "image/jpeg"
+    sent = cli("send", "--issue", SEED_SLUG, "--yes", "--no-sync")
+    assert sent.exit_code == 0, sent.output
+    assert fake.delivered["ada@readers.net"] == 1 and fake.delivered["me@readers.net"] == 1
 
 
 def test_check_links_requests_images_and_knows_when_offline(photo_issue: Path) -> None:

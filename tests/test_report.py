@@ -40,9 +40,8 @@ def page_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     try:
         yield _build(tmp_path_factory.mktemp("report"), mp, fake)
     finally:
-        fake.stop()
+        fake.stop()  # fails if a body broke SendGrid's schema
         mp.undo()
-    assert not fake.schema_failures
 
 
 def _build(tmp: Path, mp: pytest.MonkeyPatch, fake: FakeSendGrid) -> dict[str, Any]:
