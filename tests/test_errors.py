@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from conftest import SEED_SLUG, Cli
 
 from newsletter.errors import printable
@@ -131,19 +130,6 @@ def test_template_syntax_error_is_named_with_line(cli: Cli, project: Path) -> No
     path.write_text(path.read_text() + "{% if %}\n")
     out = run_error(cli, "render")
     assert "layouts/email.txt:" in out and "template syntax error" in out
-
-
-def test_debug_shows_the_traceback(cli: Cli, project: Path) -> None:
-    (project / ISSUE / "body.md").unlink()
-    from newsletter.errors import IssueError
-
-    with pytest.raises(IssueError):
-        cli("render", "--debug")
-
-
-def test_usage_error_exits_2(cli: Cli) -> None:
-    result = cli("render", "--no-such-option")
-    assert result.exit_code == 2
 
 
 def test_impossible_date_names_the_line(cli: Cli, project: Path) -> None:

@@ -1,5 +1,5 @@
 """issues/<slug>/ -> Issue (issue.py): what of an issue folder may be read, rendered or published; the issue you
-are in; files an essay names that are missing; every problem of issue.yaml at once."""
+are in; files an essay names that are missing; every problem of issue.yaml at once; `newsletter new`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""`newsletter send` against a real HTTP fake of SendGrid on 127.0.0.1: exactly once, crash-safe, resumable."""
+"""send.py, through `newsletter send` against a real HTTP fake of SendGrid on 127.0.0.1: exactly once, crash-safe
+(kill -9 and a full disk in real processes), resumable; how a failure is classified; `status`."""
 
 from __future__ import annotations
 

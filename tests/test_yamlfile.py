@@ -1,4 +1,5 @@
-"""YAML files (yamlfile.py): a malformed file is reported at the line to fix; Problems reports every problem at once."""
+"""YAML files (yamlfile.py): a malformed file is reported at the line to fix; Problems reports every problem at
+once; alias bombs are refused at once."""
 
 from __future__ import annotations
 
