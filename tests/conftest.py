@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 from click.testing import CliRunner, Result
@@ -18,6 +21,13 @@ from newsletter.ledger import Event, Kind, Ledger, Recording
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
 SEED_SLUG = "micro-moments-of-connection"
+T = TypeVar("T")
+
+# This machine sets PYTHONDONTWRITEBYTECODE: pytest would then rewrite every test module's asserts on every run
+# (4 s of CPU) and each `newsletter` child would compile the package again. The suite has a CPU budget: keep the
+# (git-ignored) __pycache__ folders for the test modules imported after this one, and for the children.
+sys.dont_write_bytecode = False
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -34,19 +44,23 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    """A copy of the repository's newsletter (config, issues, layouts) in a temp folder."""
-    root = tmp_path / "letters"
-    root.mkdir()
-    shutil.copy(REPO / "newsletter.yaml", root / "newsletter.yaml")
+def new_project(root: Path, config: str | None = None) -> Path:
+    """At `root`: a copy of the repository's newsletter (issues, layouts, an empty subscribers/), with `config` as
+    newsletter.yaml (default: the repository's, SpamAssassin off)."""
+    root.mkdir(parents=True)
     shutil.copytree(REPO / "issues", root / "issues")
     shutil.copytree(REPO / "layouts", root / "layouts")
     (root / "subscribers").mkdir()
     # SpamAssassin takes seconds a message: only the tests about spam scores turn it back on (spam_on below).
-    with open(root / "newsletter.yaml", "a", encoding="utf-8") as fh:
-        fh.write(NO_SPAM)
+    text = (REPO / "newsletter.yaml").read_text(encoding="utf-8") + NO_SPAM if config is None else config
+    (root / "newsletter.yaml").write_text(text, encoding="utf-8")
     return root
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A copy of the repository's newsletter (config, issues, layouts) in a temp folder."""
+    return new_project(tmp_path / "letters")
 
 
 NO_SPAM = "check:\n  spam: false\n"
@@ -125,6 +139,19 @@ def record(path: Path, email: str, event: str, source: str = "cli", detail: str 
     return Ledger(path).record([Event(email, Kind(event), at, source, detail, signed_up)])
 
 
+def sent_journal(root: Path, emails: list[str], *, finished: bool = True) -> None:
+    """The seed's send journal after one run that SendGrid accepted for `emails` (ended, unless not `finished`)."""
+    from newsletter.journal import Journal, journal_path
+
+    with Journal(journal_path(root, SEED_SLUG)) as j:
+        j.run(readers=len(emails), resend_in_doubt=False)
+        j.batch(1, emails)
+        j.attempt(1, 1)
+        j.ok(1, 202, "m1")
+        if finished:
+            j.end()
+
+
 @pytest.fixture(scope="session")
 def short_write_shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tests/shim/shortwrite.c built as an LD_PRELOAD library: a disk that fills up under one file."""
@@ -146,6 +173,28 @@ def shim_env(shim: Path, match: str, *, tear: str = "", full_file: Path | None =
     return env
 
 
+# -- export files of other tools, read as `subscribers import` reads them ------------------------------------------
+def export_rows(*paths: Path) -> list[Any]:
+    """Every row of the export files at `paths` (exports.read_exports, then iter_rows)."""
+    from newsletter.exports import iter_rows, read_exports
+
+    return [row for f in read_exports(list(paths)) for row in iter_rows(f)]
+
+
+def export_statuses(path: Path) -> dict[str, tuple[Any, Any, str]]:
+    """address -> (status kind, ledger event, time) of every row of one export file."""
+    return {r.address: (r.status.kind, r.status.event, r.at) for r in export_rows(path)}
+
+
+def export_refusal(*paths: Path) -> str:
+    """The message with which reading the export files at `paths` is refused (fails if it is not)."""
+    from newsletter.errors import SubscriberError
+
+    with pytest.raises(SubscriberError) as caught:
+        export_rows(*paths)
+    return str(caught.value)
+
+
 # -- sending against the fake SendGrid (tests/fake_sendgrid.py) --------------------------------------------------
 SECRET = "test-secret-0123456789"
 
@@ -154,8 +203,7 @@ SECRET = "test-secret-0123456789"
 def fake() -> Iterator[FakeSendGrid]:
     server = FakeSendGrid().start()
     yield server
-    server.stop()
-    assert not server.schema_failures, server.schema_failures[:5]
+    server.stop()  # fails if a body broke SendGrid's schema
 
 
 @pytest.fixture
@@ -197,9 +245,9 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
          "--disable-component-update", "--disable-sync"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def browser() -> Iterator[object]:
-    """One Chromium per test module, driven by Playwright."""
+    """One Chromium for the whole run (each launch costs a second of CPU), driven by Playwright."""
     if not shutil.which(CHROMIUM):
         pytest.fail("Debian's chromium is required at /usr/bin/chromium (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
@@ -238,15 +286,17 @@ class WebhookSigner:
                 "X-Twilio-Email-Event-Webhook-Timestamp": stamp, "Content-Type": "application/json"}
 
 
-def wait_for(condition: Callable[[], object], timeout: float = 10.0, what: str = "the condition") -> None:
-    """Poll `condition` until it holds (never a fixed sleep); fail after `timeout` seconds."""
+def wait_for(condition: Callable[[], T], timeout: float = 10.0, what: str = "the condition") -> T:
+    """Poll `condition` until it gives a true value, and return that value (never a fixed sleep); fail after
+    `timeout` seconds."""
     import time
 
     deadline = time.monotonic() + timeout
-    while not condition():
+    while not (value := condition()):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.01)
+    return value
 
 
 # -- the suite's own cost: `pytest --cpu-report` lists the tests that spend the most CPU (theirs and their
@@ -279,7 +329,7 @@ def pytest_terminal_summary(terminalreporter: object, exitstatus: int, config: p
         by_file[nodeid.split("::")[0]] = by_file.get(nodeid.split("::")[0], 0.0) + cpu
     write = terminalreporter.write_line  # type: ignore[attr-defined]
     write(f"CPU in tests: {sum(c for c, _ in _CPU):.1f} s (collection and start-up not included)")
-    for name, cpu in sorted(by_file.items(), key=lambda x: -x[1])[:15]:
+    for name, cpu in sorted(by_file.items(), key=lambda x: -x[1]):
         write(f"  {name:<55} {cpu:6.1f} s")
     for cpu, nodeid in sorted(_CPU, reverse=True)[:25]:
         write(f"  {cpu:6.2f} s  {nodeid}")

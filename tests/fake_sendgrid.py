@@ -179,9 +179,13 @@ class FakeSendGrid:
         return self
 
     def stop(self) -> None:
+        """Shut the server down, then fail if any body it received broke SendGrid's schema or rules: every fake,
+        however a test started it, checks what it was sent."""
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()
+            self.server = None
+        assert not self.schema_failures, self.schema_failures[:5]
 
     @property
     def url(self) -> str:

@@ -1,38 +1,105 @@
-"""Helpers shared by the tests that boot `newsletter serve` as a real process (what needs a real socket)."""
+"""Helpers shared by several test files. The newsletter's web side, under https://micromoments.net/letters: in
+process through Starlette's TestClient on `web.create_app` (`open_app`), or as a real `newsletter serve` process
+(`start_server`) for what needs a real socket or process: the log file, LD_PRELOAD shims, stalled connections,
+kill -9, Chromium. A DNS zone on loopback (`serving_zone`)."""
 
 from __future__ import annotations
 
-import base64
+import contextlib
 import http.client
 import os
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from conftest import FILLED_CONFIG
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+import pytest
+from conftest import FILLED_CONFIG, SECRET, WebhookSigner, wait_for
 
 from newsletter.ledger import ledger_path
 from newsletter.tokens import make_token
 
-SECRET = "serve-test-secret"
+__all__ = ["PREFIX", "SECRET", "App", "Server", "Zone", "free_port", "open_app", "serving_zone", "site_config",
+           "start_server", "stop_server", "wait_for", "wait_for_log"]
+
 PREFIX = "/letters"  # base_url has a path: serve answers under it
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+def site_config(project: Path, extra_config: str = "") -> None:
+    """newsletter.yaml: the filled-in one with base_url under /letters, plus `extra_config`."""
+    (project / "newsletter.yaml").write_text(
+        FILLED_CONFIG.replace("base_url: https://letters.micromoments.net",
+                              f"base_url: https://micromoments.net{PREFIX}") + extra_config)
 
 
 @dataclass
-class Server:
-    root: Path
-    port: int
-    proc: subprocess.Popen
-    key: ec.EllipticCurvePrivateKey
-    log_path: Path
+class Site:
+    """What the app in process and the real server both offer a test."""
 
-    def request(self, method: str, path: str, body: bytes = b"", headers: dict | None = None,
+    root: Path
+    signer: WebhookSigner
+
+    def request(self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None,
+                ) -> tuple[int, str]:
+        raise NotImplementedError
+
+    def url(self, email: str, secret: str = SECRET) -> str:
+        """The path of `email`'s unsubscribe link."""
+        return f"{PREFIX}/unsubscribe/{make_token(secret, email)}"
+
+    def signed(self, body: bytes, ts: int | None = None) -> dict[str, str]:
+        """The headers SendGrid signs `body` with."""
+        return self.signer.headers(body, ts)
+
+    def ledger_lines(self) -> list[str]:
+        path = ledger_path(self.root)
+        return path.read_text().splitlines()[1:] if path.exists() else []
+
+
+@dataclass
+class App(Site):
+    """`web.create_app` in process, through Starlette's TestClient."""
+
+    client: Any = None
+
+    def request(self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None,
+                ) -> tuple[int, str]:
+        r = self.client.request(method, path, content=body or None, headers=headers or {})
+        return r.status_code, r.text
+
+
+def open_app(project: Path, monkeypatch: pytest.MonkeyPatch, *, public_key: bool = True,
+             extra_config: str = "") -> App:
+    """The app of `project` (configured by site_config) with NEWSLETTER_SECRET set and, with `public_key`, the
+    webhook's public key; no lifespan (its workers run only where a test enters `app.client`)."""
+    from starlette.testclient import TestClient
+
+    from newsletter.web import create_app
+
+    site_config(project, extra_config)
+    signer = WebhookSigner()
+    monkeypatch.setenv("NEWSLETTER_SECRET", SECRET)
+    if public_key:
+        monkeypatch.setenv("SENDGRID_WEBHOOK_PUBLIC_KEY", signer.public)
+    else:
+        monkeypatch.delenv("SENDGRID_WEBHOOK_PUBLIC_KEY", raising=False)
+    return App(project, signer, TestClient(create_app(project)))
+
+
+@dataclass
+class Server(Site):
+    """`newsletter serve` as a real process on a free port; its output goes to `log_path`."""
+
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path = Path()
+    log: Any = field(default=None, repr=False)
+
+    def request(self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None,
                 ) -> tuple[int, str]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         try:
@@ -42,74 +109,96 @@ class Server:
         finally:
             conn.close()
 
-    def url(self, email: str, secret: str = SECRET) -> str:
-        return f"{PREFIX}/unsubscribe/{make_token(secret, email)}"
 
-    def signed(self, body: bytes, ts: int | None = None) -> dict[str, str]:
-        ts = int(time.time()) if ts is None else ts
-        sig = self.key.sign(str(ts).encode() + body, ec.ECDSA(hashes.SHA256()))
-        return {"X-Twilio-Email-Event-Webhook-Signature": base64.b64encode(sig).decode(),
-                "X-Twilio-Email-Event-Webhook-Timestamp": str(ts), "Content-Type": "application/json"}
+# -- a DNS zone on loopback (dnslib), for `doctor` and mail authentication ----------------------------------------
+class Zone:
+    """Authoritative answers from a dict the test edits: (name, type) -> values; other names are NXDOMAIN.
+    `port` is where serving_zone() answers."""
 
-    def ledger_lines(self) -> list[str]:
-        path = ledger_path(self.root)
-        return path.read_text().splitlines()[1:] if path.exists() else []
+    port = 0
+
+    def __init__(self) -> None:
+        self.records: dict[tuple[str, str], list[str]] = {}
+        self.questions: list[tuple[str, str]] = []
+
+    def set(self, name: str, rtype: str, *values: str) -> None:
+        self.records[(name, rtype)] = list(values)
+
+    def drop(self, name: str, rtype: str) -> None:
+        del self.records[(name, rtype)]
+
+    def resolve(self, request: Any, handler: Any) -> Any:
+        from dnslib import AAAA, CNAME, MX, QTYPE, RCODE, RR, TXT, A
+
+        reply = request.reply()
+        name, rtype = str(request.q.qname).rstrip(".").lower(), QTYPE[request.q.qtype]
+        self.questions.append((name, rtype))
+        make = {"A": A, "AAAA": AAAA, "CNAME": CNAME, "TXT": TXT,
+                "MX": lambda v: MX(v.split()[1], int(v.split()[0]))}
+        for value in self.records.get((name, rtype), []):
+            reply.add_answer(RR(request.q.qname, QTYPE.reverse[rtype], rdata=make[rtype](value), ttl=60))
+        if not reply.rr and not any(n == name for n, _ in self.records):
+            reply.header.rcode = RCODE.NXDOMAIN
+        return reply
+
+
+@contextlib.contextmanager
+def serving_zone() -> Iterator[Zone]:
+    """A Zone answering on a free UDP port of 127.0.0.1 until the block ends (each stop costs a poll interval:
+    one server for a module)."""
+    from dnslib.server import DNSLogger, DNSServer
+
+    zone = Zone()
+    server = DNSServer(zone, address="127.0.0.1", port=0, logger=DNSLogger(
+        log="-recv,-send,-request,-reply,-truncated,-data,-error", prefix=False))
+    server.start_thread()
+    zone.port = server.server.server_address[1]
+    try:
+        yield zone
+    finally:
+        server.server.shutdown()
+        server.server.server_close()
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 def start_server(project: Path, tmp_path: Path, extra_env: dict[str, str] | None = None, *,
                  public_key: bool = True, extra_config: str = "") -> Server:
     """`newsletter serve` on a free port, as a subprocess (so LD_PRELOAD shims apply to it); waits for /healthz.
-    newsletter.yaml is the filled-in one with base_url under /letters, plus `extra_config`."""
-    (project / "newsletter.yaml").write_text(
-        FILLED_CONFIG.replace("base_url: https://letters.micromoments.net",
-                              f"base_url: https://micromoments.net{PREFIX}") + extra_config)
-    key = ec.generate_private_key(ec.SECP256R1())
-    public = base64.b64encode(key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).decode()
+    newsletter.yaml is written by site_config."""
+    site_config(project, extra_config)
+    signer = WebhookSigner()
     port = free_port()
     env = {**os.environ, "NEWSLETTER_SECRET": SECRET, **(extra_env or {})}
     if public_key:
-        env["SENDGRID_WEBHOOK_PUBLIC_KEY"] = public
+        env["SENDGRID_WEBHOOK_PUBLIC_KEY"] = signer.public
     log_path = tmp_path / "serve.log"
     log = open(log_path, "wb")  # noqa: SIM115 - closed by stop_server
     exe = str(Path(sys.executable).parent / "newsletter")
     proc = subprocess.Popen([exe, "serve", "--root", str(project), "--port", str(port)], stdout=log,
                             stderr=subprocess.STDOUT, env=env)
-    srv = Server(project, port, proc, key, log_path)
-    srv.log = log  # type: ignore[attr-defined]
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if srv.request("GET", f"{PREFIX}/healthz")[0] == 200:
-                break
-        except OSError:
-            pass
+    srv = Server(project, signer, port, proc, log_path, log)
+
+    def up() -> bool:
         assert proc.poll() is None, log_path.read_text()
-        assert time.monotonic() < deadline, "serve did not start"
-        time.sleep(0.1)
+        try:
+            return srv.request("GET", f"{PREFIX}/healthz")[0] == 200
+        except OSError:
+            return False
+
+    wait_for(up, 30, "serve to start")
     return srv
 
 
 def stop_server(srv: Server) -> None:
+    assert srv.proc is not None
     srv.proc.terminate()
     srv.proc.wait(timeout=10)
-    srv.log.close()  # type: ignore[attr-defined]
-
-
-
-
-def wait_for(condition: Callable[[], object], timeout: float = 10.0, what: str = "the condition") -> None:
-    """Poll `condition` until it is true (never a fixed sleep); fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
+    srv.log.close()
 
 
 def wait_for_log(srv: Server, text: str, timeout: float = 10.0) -> str:

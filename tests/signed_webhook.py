@@ -3,7 +3,6 @@ TestClient; and a send to the fake SendGrid whose readers the events are about."
 
 from __future__ import annotations
 
-import base64
 import itertools
 import json
 import time
@@ -11,9 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Cli, configure, write_list
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from conftest import Cli, WebhookSigner, configure, write_list
 from starlette.testclient import TestClient
 
 from newsletter.journal import journal_path, load_state
@@ -28,10 +25,8 @@ class SignedWebhook:
     def __init__(self, root: Path, monkeypatch: pytest.MonkeyPatch, prefix: str = "") -> None:
         self.root = root
         self.prefix = prefix
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        public = self.key.public_key().public_bytes(serialization.Encoding.DER,
-                                                   serialization.PublicFormat.SubjectPublicKeyInfo)
-        monkeypatch.setenv("SENDGRID_WEBHOOK_PUBLIC_KEY", base64.b64encode(public).decode())
+        self.signer = WebhookSigner()
+        monkeypatch.setenv("SENDGRID_WEBHOOK_PUBLIC_KEY", self.signer.public)
         self.client = TestClient(create_app(root))
 
     def restart(self) -> None:
@@ -41,11 +36,7 @@ class SignedWebhook:
     def post(self, events: list[dict[str, Any]]) -> dict[str, Any]:
         """One signed batch; returns the app's answer (asserted 200)."""
         body = (json.dumps(events) + "\r\n").encode()  # SendGrid's bodies end in CRLF: signed as sent
-        ts = str(int(time.time()))
-        signature = self.key.sign(ts.encode() + body, ec.ECDSA(hashes.SHA256()))
-        response = self.client.post(f"{self.prefix}/webhooks/sendgrid", content=body, headers={
-            "X-Twilio-Email-Event-Webhook-Signature": base64.b64encode(signature).decode(),
-            "X-Twilio-Email-Event-Webhook-Timestamp": ts, "Content-Type": "application/json"})
+        response = self.client.post(f"{self.prefix}/webhooks/sendgrid", content=body, headers=self.signer.headers(body))
         assert response.status_code == 200, response.text
         return dict(response.json())
 

@@ -1,22 +1,28 @@
-"""email.html in a real headless Chromium at phone and desktop widths."""
+"""email.html in a real headless Chromium: phone and desktop widths, dark mode, and axe-core's accessibility rules."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from conftest import SEED_SLUG, Cli
+from conftest import DATA, SEED_SLUG, Cli
 
 pytestmark = pytest.mark.browser
 
 
+@pytest.fixture(scope="module")
+def email_html(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The sample newsletter's email.html, rendered once for the module (its URL)."""
+    from conftest import new_project
+
+    root = new_project(tmp_path_factory.mktemp("browser") / "letters")
+    assert Cli(root)("render").exit_code == 0
+    return (root / "build" / SEED_SLUG / "email.html").as_uri()
+
 
 @pytest.mark.parametrize("width", [375, 600])
-def test_no_horizontal_scroll_and_cta_visible(browser, cli: Cli, project: Path, width: int) -> None:
-    assert cli("render").exit_code == 0
+def test_no_horizontal_scroll_and_cta_visible(browser, email_html: str, width: int) -> None:
     page = browser.new_page(viewport={"width": width, "height": 800})
     try:
-        page.goto((project / "build" / SEED_SLUG / "email.html").as_uri())
+        page.goto(email_html)
         scroll, client = page.evaluate(
             "[document.documentElement.scrollWidth, document.documentElement.clientWidth]")
         assert scroll <= client, f"horizontal scroll at {width}px: {scroll} > {client}"
@@ -35,14 +41,13 @@ def test_no_horizontal_scroll_and_cta_visible(browser, cli: Cli, project: Path, 
         page.close()
 
 
-def test_dark_mode_keeps_everything_readable(browser, cli: Cli, project: Path) -> None:
+def test_dark_mode_keeps_everything_readable(browser, email_html: str) -> None:
     from newsletter.check import contrast_ratio
 
-    assert cli("render").exit_code == 0
     page = browser.new_page(viewport={"width": 375, "height": 800})
     try:
         page.emulate_media(color_scheme="dark")
-        page.goto((project / "build" / SEED_SLUG / "email.html").as_uri())
+        page.goto(email_html)
 
         def hex_of(js: str) -> str:
             rgb = page.evaluate(js)
@@ -59,5 +64,18 @@ def test_dark_mode_keeps_everything_readable(browser, cli: Cli, project: Path) -
         assert label == "#ffffff" and contrast_ratio(label, "#6b3f7d") >= 4.5, (label, fill)
         body_bg = hex_of("getComputedStyle(document.body).backgroundColor")
         assert body_bg == "#121212"
+    finally:
+        page.close()
+
+
+def test_axe_core_finds_no_serious_violations(browser, email_html: str) -> None:
+    page = browser.new_page(viewport={"width": 600, "height": 900})
+    try:
+        page.goto(email_html)
+        page.add_script_tag(path=str(DATA / "axe" / "axe.min.js"))
+        results = page.evaluate("async () => await axe.run(document, {resultTypes: ['violations']})")
+        bad = [(v["id"], v["impact"], v["help"]) for v in results["violations"]
+               if v["impact"] in ("serious", "critical")]
+        assert bad == []
     finally:
         page.close()

@@ -1,9 +1,11 @@
-"""`newsletter check`: the pre-send gate, one line per problem, exit 1 on any error."""
+"""check.py: `newsletter check`, the pre-send gate: one line per problem in one stream, errors first, exit 1 on any
+error."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from conftest import SEED_SLUG, Cli
 
 ISSUE = Path("issues") / SEED_SLUG
@@ -117,18 +119,49 @@ def test_low_contrast_brand_colours(ready_project: Path) -> None:
     assert "colours `text` on `content` have contrast" in result.output
 
 
-def test_new_creates_next_weeks_bundle(cli: Cli, project: Path) -> None:
-    result = cli("new", "The Quiet Courage of Rest")
-    assert result.exit_code == 0, result.output
-    folder = project / "issues" / "the-quiet-courage-of-rest"
-    meta = (folder / "issue.yaml").read_text()
-    assert 'title: "The Quiet Courage of Rest"' in meta
-    assert "date: 2026-12-03" in meta  # a week after the seed
-    assert "workshop: from-trauma-to-triumph" in meta
-    assert (folder / "body.md").is_file()
-    # the new issue renders, and check flags its TODOs
-    assert cli("render", "--issue", "the-quiet-courage-of-rest").exit_code == 0
-    checked = cli("check", "--issue", "the-quiet-courage-of-rest")
-    assert checked.exit_code == 1 and "placeholder text `TODO` left in the essay" in checked.output
-    again = cli("new", "The Quiet Courage of Rest")
-    assert again.exit_code == 1 and "already exists" in again.output
+def test_placeholders_in_the_essay_are_errors_whatever_newsletter_yaml_says(ready_project: Path) -> None:
+    cfg = ready_project / "newsletter.yaml"
+    cfg.write_text("# links like https://example.org/x are placeholders until filled in\n" + cfg.read_text())
+    body = ready_project / ISSUE / "body.md"
+    body.write_text(body.read_text() + "\n\nWrite to me@example.org or see [my page](https://example.org/me).\n")
+    line = len(body.read_text().splitlines())
+    out = Cli(ready_project)("check", "--no-spam").output
+    assert f"body.md:{line}: placeholder address `me@example.org` in the essay" in out
+    assert f"body.md:{line}: link to the reserved example domain `example.org`: https://example.org/me" in out
+
+
+def test_check_output_is_one_stream_in_order(ready_project: Path) -> None:
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from newsletter.cli import main
+
+    Image.new("RGB", (40, 30)).save(ready_project / ISSUE / "dot.png")
+    body = ready_project / ISSUE / "body.md"
+    body.write_text(body.read_text() + "\n\nSee [this](http://insecure.readers.net/).\n\n![a dot](dot.png)\n")
+    result = CliRunner().invoke(main, ["check", "--root", str(ready_project), "--no-spam"])
+    lines = result.stdout.splitlines()
+    assert lines[-1] == f"{SEED_SLUG}: 1 error(s), 0 warning(s)"
+    levels = [line.split(":")[0] for line in lines[:-1]]
+    assert levels == sorted(levels, key=["error", "warning", "note"].index)
+    assert "error" in levels and "note" in levels
+    assert result.stderr == ""
+
+
+@pytest.mark.parametrize("src", ["../../../../etc/passwd", "/etc/shadow", "../../newsletter.yaml",
+                                 "sub/../../other-issue.png"])
+def test_images_outside_the_issue_folder_are_errors(ready_project: Path, src: str) -> None:
+    body = ready_project / ISSUE / "body.md"
+    body.write_text(body.read_text() + f"\n\n![a picture]({src})\n", encoding="utf-8")
+    line = len(body.read_text().splitlines())
+    result = Cli(ready_project)("check", "--no-spam")
+    assert result.exit_code == 1, result.output
+    assert f"body.md:{line}: image `{src}` is outside issues/{SEED_SLUG}/" in result.output
+
+
+def test_an_image_beside_the_essay_is_fine(ready_project: Path) -> None:
+    (ready_project / ISSUE / "dawn.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 32)
+    body = ready_project / ISSUE / "body.md"
+    body.write_text(body.read_text() + "\n\n![the sun rising over the hills](dawn.png)\n", encoding="utf-8")
+    result = Cli(ready_project)("check", "--no-spam")
+    assert "outside" not in result.output and "not found" not in result.output, result.output

@@ -19,9 +19,8 @@ from typing import Any
 
 import pytest
 from conftest import Cli
-from dnslib import AAAA, CNAME, MX, QTYPE, RCODE, RR, TXT, A
-from dnslib.server import BaseResolver, DNSLogger, DNSServer
 from fake_sendgrid import API_KEY, FakeSendGrid, authenticated_domain, event_webhook
+from helpers import Zone, serving_zone
 
 from newsletter.config import load_env_file, resolve_root
 from newsletter.doctor import CHECK_IDS, NO_NETWORK, Status, run_doctor
@@ -35,33 +34,7 @@ SCOPES = ["mail.send", "suppression.read", "asm.suppressions.global.create", "as
 DATA = Path(__file__).parent / "data" / "sendgrid"
 
 
-# -- a DNS zone on loopback ---------------------------------------------------------------------------------------
-class Zone(BaseResolver):  # type: ignore[misc]
-    """Authoritative answers from a dict the test edits: (name, type) -> values; other names are NXDOMAIN."""
-
-    def __init__(self) -> None:
-        self.records: dict[tuple[str, str], list[str]] = {}
-        self.questions: list[tuple[str, str]] = []
-
-    def set(self, name: str, rtype: str, *values: str) -> None:
-        self.records[(name, rtype)] = list(values)
-
-    def drop(self, name: str, rtype: str) -> None:
-        del self.records[(name, rtype)]
-
-    def resolve(self, request: Any, handler: Any) -> Any:
-        reply = request.reply()
-        name, rtype = str(request.q.qname).rstrip(".").lower(), QTYPE[request.q.qtype]
-        self.questions.append((name, rtype))
-        make = {"A": A, "AAAA": AAAA, "CNAME": CNAME, "TXT": TXT,
-                "MX": lambda v: MX(v.split()[1], int(v.split()[0]))}
-        for value in self.records.get((name, rtype), []):
-            reply.add_answer(RR(request.q.qname, QTYPE.reverse[rtype], rdata=make[rtype](value), ttl=60))
-        if not reply.rr and not any(n == name for n, _ in self.records):
-            reply.header.rcode = RCODE.NXDOMAIN
-        return reply
-
-
+# -- a DNS zone on loopback (helpers.Zone) -------------------------------------------------------------------
 def good_zone(zone: Zone) -> None:
     """What a writer's registrar holds after following README's *Before your first send*."""
     zone.set(f"s1._domainkey.{DOMAIN}", "CNAME", "s1._domainkey.u7.wl.sendgrid.net")
@@ -77,14 +50,8 @@ def good_zone(zone: Zone) -> None:
 
 @pytest.fixture(scope="module")
 def dns_server() -> Iterator[Zone]:
-    z = Zone()
-    server = DNSServer(z, address="127.0.0.1", port=0, logger=DNSLogger(log="-recv,-send,-request,-reply,-truncated,"
-                                                                                "-data,-error", prefix=False))
-    server.start_thread()
-    z.port = server.server.server_address[1]  # type: ignore[attr-defined]
-    yield z
-    server.server.shutdown()
-    server.server.server_close()
+    with serving_zone() as z:
+        yield z
 
 
 @pytest.fixture
@@ -171,8 +138,7 @@ def public_key() -> str:
 def account() -> Iterator[FakeSendGrid]:
     server = FakeSendGrid().start()
     yield server
-    server.stop()
-    assert not server.schema_failures, server.schema_failures[:5]
+    server.stop()  # fails if a body broke SendGrid's schema
 
 
 @pytest.fixture

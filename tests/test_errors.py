@@ -1,11 +1,13 @@
-"""Bad input: one clear message naming the file (and line), exit 1, never a traceback."""
+"""errors.py, and the one place in cli.py that turns them into a message and an exit code: bad input gets one clear
+message naming the file (and line), exit 1, never a traceback; text from files is shown escaped."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from conftest import SEED_SLUG, Cli
+
+from newsletter.errors import printable
 
 ISSUE = Path("issues") / SEED_SLUG
 
@@ -130,19 +132,6 @@ def test_template_syntax_error_is_named_with_line(cli: Cli, project: Path) -> No
     assert "layouts/email.txt:" in out and "template syntax error" in out
 
 
-def test_debug_shows_the_traceback(cli: Cli, project: Path) -> None:
-    (project / ISSUE / "body.md").unlink()
-    from newsletter.errors import IssueError
-
-    with pytest.raises(IssueError):
-        cli("render", "--debug")
-
-
-def test_usage_error_exits_2(cli: Cli) -> None:
-    result = cli("render", "--no-such-option")
-    assert result.exit_code == 2
-
-
 def test_impossible_date_names_the_line(cli: Cli, project: Path) -> None:
     path = project / ISSUE / "issue.yaml"
     path.write_text(path.read_text().replace("date: 2026-11-26", "date: 2026-02-30"))
@@ -155,3 +144,10 @@ def test_unknown_field_of_a_template_object(cli: Cli, project: Path) -> None:
     path.write_text(path.read_text().replace("{{ workshop.headline }}", "{{ workshop.hedline }}"))
     out = run_error(cli, "render")
     assert "layouts/cta.mjml:" in out and "`hedline` is not a field of `Workshop`" in out
+
+
+def test_printable_shows_control_characters_instead_of_sending_them() -> None:
+    osc = "list\x1b]8;;https://evil.example\x07click\x1b]8;;\x07\u202egnp.csv"
+    assert printable(osc) == "list\\x1b]8;;https://evil.example\\x07click\\x1b]8;;\\x07\\u202egnp.csv"
+    assert printable("two\nlines\x9b", lines=True) == "two\nlines\\x9b"
+    assert printable("José Müller, 東京") == "José Müller, 東京"

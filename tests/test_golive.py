@@ -11,14 +11,13 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from conftest import FILLED_CONFIG, REPO, SECRET, SEED_SLUG, Cli, configure
+from conftest import FILLED_CONFIG, REPO, SECRET, SEED_SLUG, Cli, configure, wait_for
 from fake_sendgrid import FakeSendGrid
-from test_serve import free_port
-from test_web_archive import with_photo
+from helpers import free_port
+from test_archive import with_photo
 
 from newsletter.cli import main
 
@@ -51,16 +50,16 @@ def start_serve(root: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     with open(log, "wb") as out:
         proc = subprocess.Popen([exe, "serve", "--root", str(root), "--host", "127.0.0.1", "--port", str(port)],
                                 stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "NEWSLETTER_SECRET": SECRET})
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if get(port, "/healthz")[0] == 200:
-                return proc
-        except OSError:
-            pass
+
+    def up() -> bool:
         assert proc.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, "serve did not start"
-        time.sleep(0.05)
+        try:
+            return get(port, "/healthz")[0] == 200
+        except OSError:
+            return False
+
+    wait_for(up, 30, "serve to start")
+    return proc
 
 
 def laptop_folder(tmp_path: Path, base_url: str) -> Path:

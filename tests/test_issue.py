@@ -1,5 +1,5 @@
 """issues/<slug>/ -> Issue (issue.py): what of an issue folder may be read, rendered or published; the issue you
-are in; files an essay names that are missing; every problem of issue.yaml at once."""
+are in; files an essay names that are missing; every problem of issue.yaml at once; `newsletter new`."""
 
 from __future__ import annotations
 
@@ -197,3 +197,27 @@ def test_a_single_problem_keeps_its_line_and_hint(project: Path) -> None:
     err = caught.value
     assert err.message.startswith("no `title`") and err.path == _folder(project) / "issue.yaml"
     assert 'title: "My essay"' in err.hint
+
+
+def test_new_issues_ship_no_placeholder_link(ready_project: Path) -> None:
+    cli = Cli(ready_project)
+    assert cli("new", "The Quiet Courage of Rest").exit_code == 0
+    body = (ready_project / "issues" / "the-quiet-courage-of-rest" / "body.md").read_text()
+    assert "example.org" not in body and "example.com" not in body
+
+
+def test_new_creates_next_weeks_bundle(cli: Cli, project: Path) -> None:
+    result = cli("new", "The Quiet Courage of Rest")
+    assert result.exit_code == 0, result.output
+    folder = project / "issues" / "the-quiet-courage-of-rest"
+    meta = (folder / "issue.yaml").read_text()
+    assert 'title: "The Quiet Courage of Rest"' in meta
+    assert "date: 2026-12-03" in meta  # a week after the seed
+    assert "workshop: from-trauma-to-triumph" in meta
+    assert (folder / "body.md").is_file()
+    # the new issue renders, and check flags its TODOs
+    assert cli("render", "--issue", "the-quiet-courage-of-rest").exit_code == 0
+    checked = cli("check", "--issue", "the-quiet-courage-of-rest")
+    assert checked.exit_code == 1 and "placeholder text `TODO` left in the essay" in checked.output
+    again = cli("new", "The Quiet Courage of Rest")
+    assert again.exit_code == 1 and "already exists" in again.output

@@ -21,14 +21,9 @@ NAMES = st.sampled_from(["", "Ada", "Ada Lovelace", 'Mary-Kate "MK" Olsen, Jr.',
 
 @pytest.fixture(scope="module")
 def seed(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, RenderedEmail]:
-    import shutil
+    from conftest import FILLED_CONFIG, new_project
 
-    from conftest import FILLED_CONFIG, REPO
-
-    root = tmp_path_factory.mktemp("message") / "letters"
-    shutil.copytree(REPO / "issues", root / "issues")
-    shutil.copytree(REPO / "layouts", root / "layouts")
-    (root / "newsletter.yaml").write_text(FILLED_CONFIG, encoding="utf-8")
+    root = new_project(tmp_path_factory.mktemp("message") / "letters", FILLED_CONFIG)
     config, issue = load(Path(root), SEED_SLUG)
     return config, render_issue(config, issue)
 

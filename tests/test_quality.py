@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import subprocess
 import sys
 
@@ -20,7 +21,9 @@ def test_mypy() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@functools.cache
 def _modules() -> dict[str, ast.Module]:
+    """Every module of the package, parsed once for all the tests below."""
     src = REPO / "src" / "newsletter"
     return {f.stem: ast.parse(f.read_text(encoding="utf-8")) for f in sorted(src.glob("*.py"))}
 

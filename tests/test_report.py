@@ -40,20 +40,14 @@ def page_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     try:
         yield _build(tmp_path_factory.mktemp("report"), mp, fake)
     finally:
-        fake.stop()
+        fake.stop()  # fails if a body broke SendGrid's schema
         mp.undo()
-    assert not fake.schema_failures
 
 
 def _build(tmp: Path, mp: pytest.MonkeyPatch, fake: FakeSendGrid) -> dict[str, Any]:
-    from conftest import FILLED_CONFIG, REPO, SECRET
+    from conftest import FILLED_CONFIG, SECRET, new_project
 
-    root = tmp / "letters"
-    root.mkdir()
-    for folder in ("issues", "layouts"):
-        shutil.copytree(REPO / folder, root / folder)
-    (root / "subscribers").mkdir()
-    (root / "newsletter.yaml").write_text(FILLED_CONFIG)
+    root = new_project(tmp / "letters", FILLED_CONFIG)
     with_tracking(root, f'brand:\n  colors:\n    accent: "{ACCENT}"\n')
     for name, value in {"SENDGRID_API_URL": fake.url, "SENDGRID_API_KEY": "SG.test-key.for-the-fake",
                         "NEWSLETTER_SECRET": SECRET}.items():

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
-import time
 from pathlib import Path
 
 import pytest
-from conftest import SECRET, SEED_SLUG, Cli, configure, readers, record, write_list
+from conftest import SECRET, SEED_SLUG, Cli, configure, readers, record, wait_for, write_list
 from fake_sendgrid import FakeSendGrid
 
 from newsletter.journal import journal_path, load_state
@@ -17,9 +16,11 @@ def _at(hours: float = 2) -> str:
     return (dt.datetime.now().astimezone() + dt.timedelta(hours=hours)).isoformat(timespec="minutes")
 
 
-def test_a_scheduled_send_has_a_batch_id_and_an_unsubscribe_reaches_sendgrid(
-        sender: Cli, fake: FakeSendGrid, tmp_path: Path) -> None:
-    from test_serve import start_server, stop_server
+def test_a_scheduled_send_has_a_batch_id_and_an_unsubscribe_reaches_sendgrid(sender: Cli, fake: FakeSendGrid) -> None:
+    from starlette.testclient import TestClient
+
+    from newsletter.tokens import make_token
+    from newsletter.web import create_app
 
     write_list(sender.root, readers(3))
     result = sender("send", "--issue", SEED_SLUG, "--yes", "--no-sync", "--at", _at())
@@ -30,18 +31,14 @@ def test_a_scheduled_send_has_a_batch_id_and_an_unsubscribe_reaches_sendgrid(
     assert not fake.delivered  # SendGrid holds it until send_at
     status = sender("status", "--issue", SEED_SLUG).output
     assert "scheduled for 20" in status and f"(batch {batch_id})" in status
-    # a reader unsubscribes through our page before send_at
-    srv = start_server(sender.root, tmp_path, {"NEWSLETTER_SECRET": SECRET})
-    try:
-        code, _ = srv.request("POST", srv.url("reader1@readers.net", SECRET), b"List-Unsubscribe=One-Click",
-                              {"Content-Type": "application/x-www-form-urlencoded"})
-        assert code == 200
-        deadline = time.monotonic() + 10
-        while "reader1@readers.net" not in fake.global_suppressions and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert fake.global_suppressions == {"reader1@readers.net"}
-    finally:
-        stop_server(srv)
+    # a reader unsubscribes through our page before send_at; serve's pusher (the app's lifespan) tells SendGrid
+    with TestClient(create_app(sender.root)) as client:
+        answer = client.post(f"/unsubscribe/{make_token(SECRET, 'reader1@readers.net')}",
+                             content=b"List-Unsubscribe=One-Click",
+                             headers={"Content-Type": "application/x-www-form-urlencoded"})
+        assert answer.status_code == 200
+        wait_for(lambda: "reader1@readers.net" in fake.global_suppressions, what="the opt-out to reach SendGrid")
+    assert fake.global_suppressions == {"reader1@readers.net"}
     fake.deliver_scheduled()  # send_at comes: SendGrid drops the suppressed reader
     assert dict(fake.delivered) == {"reader0@readers.net": 1, "reader2@readers.net": 1}
 

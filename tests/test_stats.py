@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import SECRET, SEED_SLUG, Cli, configure
+from conftest import SECRET, SEED_SLUG, Cli, configure, sent_journal
 from fake_sendgrid import FakeSendGrid
 from signed_webhook import NEXT_WORKSHOP_URL as NEXT
 from signed_webhook import SignedWebhook, event, send_issue, with_tracking
@@ -188,7 +188,7 @@ def test_warnings_at_gmails_thresholds_and_two_percent_hard_bounces(
         tracked: Cli, fake: FakeSendGrid, monkeypatch: pytest.MonkeyPatch, spam: int, hard: int,
         expected: list[str]) -> None:
     readers = emails(1000)
-    send_issue(tracked, SEED_SLUG, readers)
+    sent_journal(tracked.root, readers)  # as a send leaves it (the send itself is test_send.py's)
     hook = SignedWebhook(tracked.root, monkeypatch)
     hook.post([event("delivered", e, SEED_SLUG) for e in readers[:1000 - hard]]
               + [event("bounce", e, SEED_SLUG, type="bounce") for e in readers[1000 - hard:]]
@@ -208,3 +208,12 @@ def test_links_compare_on_scheme_host_and_path() -> None:
 def test_stats_of_an_unknown_issue_is_refused(ready_project: Path) -> None:
     result = Cli(ready_project)("stats", "--issue", "no-such-issue")
     assert result.exit_code != 0 and "no-such-issue" in result.output
+
+
+def test_stats_right_after_a_send_says_why_there_is_nothing_yet(ready_project: Path) -> None:
+    sent_journal(ready_project, ["a@readers.net", "b@readers.net"])
+    out = Cli(ready_project)("stats", "--issue", SEED_SLUG).output
+    assert "sent                 2" in out
+    assert ("no delivery events yet: is `newsletter serve` reachable at https://letters.micromoments.net/webhooks/"
+            "sendgrid and the Event Webhook on? (see README)") in out
+    assert "0.0%" not in out

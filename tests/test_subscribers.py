@@ -1,4 +1,5 @@
-"""`newsletter subscribers ...`: imports of real export shapes, bad files, add/list/count/export."""
+"""subscribers.py, through `newsletter subscribers ...`: imports of real export shapes, bad files, add/list/
+count/export, a list that cannot be read named at its line, readers' files private whatever the umask."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import csv
 from pathlib import Path
 
 import pytest
-from conftest import DATA, Cli
+from conftest import DATA, SEED_SLUG, Cli, record
 
 EXPORTS = DATA / "exports"
 
@@ -136,17 +137,6 @@ def test_file_without_header_row(cli: Cli, project: Path, tmp_path: Path) -> Non
     assert [r["email"] for r in list_rows(project)] == ["ada@example.net", "bob@example.net"]
 
 
-def test_root_before_or_after_the_verb(project: Path) -> None:
-    from click.testing import CliRunner
-
-    from newsletter.cli import main
-
-    runner = CliRunner()
-    assert runner.invoke(main, ["subscribers", "--root", str(project), "add", "a@readers.net"]).exit_code == 0
-    assert runner.invoke(main, ["subscribers", "add", "--root", str(project), "b@readers.net"]).exit_code == 0
-    assert [r["email"] for r in list_rows(project)] == ["a@readers.net", "b@readers.net"]
-
-
 def test_missing_file(cli: Cli, tmp_path: Path) -> None:
     result = cli("subscribers", "import", str(tmp_path / "nope.csv"))
     assert result.exit_code == 1 and "file not found" in result.output
@@ -210,3 +200,58 @@ def test_count_reconciles_with_the_old_tool(cli: Cli, project: Path, tmp_path: P
     out = cli("subscribers", "count").output
     assert "active:     1" in out and "suppressed: 1 (unsubscribe 1)" in out
     assert "opted out, not on the list: 2" in out
+
+
+def test_a_suppressed_address_is_not_imported(ready_project: Path, tmp_path: Path) -> None:
+    from newsletter.ledger import ledger_path
+    from newsletter.subscribers import import_exports, list_path
+
+    root = ready_project
+    record(ledger_path(root), "ada@readers.net", "spamreport")
+    export = tmp_path / "export.csv"
+    export.write_text("email,name\nADA@readers.net,Ada\nbob@readers.net,Bob\n")
+    report = import_exports(root, [export])
+    assert report.added == 1 and report.kept_out == {"spamreport": 1}
+    assert "ada@" not in list_path(root).read_text()
+
+
+@pytest.mark.parametrize(("content", "message", "line"), [
+    (b"email,name\nada@readers.net,Ada\nbob@readers.net,Jos\xe9\n", "not UTF-8 text", 3),
+    (b"email,name\nada@readers.net,Ada\nbob@readers.net,\"" + b"x" * 200_000 + b"\"\n", "a field is too long", 3),
+])
+@pytest.mark.parametrize("command", [("subscribers", "count"), ("subscribers", "list"),
+                                     ("send", "--issue", SEED_SLUG, "--dry-run")])
+def test_broken_bytes_in_the_list_name_the_line(ready_project: Path, monkeypatch, content: bytes, message: str,
+                                                line: int, command: tuple[str, ...]) -> None:
+    monkeypatch.setenv("NEWSLETTER_SECRET", "s3cret")
+    (ready_project / "subscribers" / "subscribers.csv").write_bytes(content)
+    result = Cli(ready_project)(*command, "--no-spam") if command[0] == "check" else Cli(ready_project)(*command)
+    assert result.exit_code == 1, result.output
+    assert f"subscribers.csv:{line}: {message}" in result.output
+    assert ("re-save as UTF-8" if "UTF-8" in message else "the field is too long") in result.output
+    assert "internal error" not in result.output
+
+
+def test_files_holding_readers_data_are_private_whatever_the_umask(ready_project: Path) -> None:
+    """The list, the ledger, a send journal and the events log: 0600 (or 0640), even under umask 022."""
+    import os
+    import stat
+
+    from newsletter.journal import Journal, journal_path
+    from newsletter.ledger import ledger_path, load_ledger
+    from newsletter.subscribers import add_subscriber
+    from newsletter.webhook import EventLog
+
+    old = os.umask(0o022)
+    try:
+        add_subscriber(ready_project, "ada@readers.net")
+        record(ledger_path(ready_project), "bob@readers.net", "unsubscribe")
+        with Journal(journal_path(ready_project, "an-issue")) as j:
+            j.run(readers=0, resend_in_doubt=False)
+        EventLog(ready_project).record([{"email": "cy@readers.net", "event": "open", "sg_event_id": "x"}],
+                                       load_ledger(ready_project))
+    finally:
+        os.umask(old)
+    for p in (ready_project / "subscribers" / "subscribers.csv", ledger_path(ready_project),
+              journal_path(ready_project, "an-issue"), ready_project / "subscribers" / "events.jsonl"):
+        assert stat.S_IMODE(p.stat().st_mode) in (0o600, 0o640), (p, oct(p.stat().st_mode))

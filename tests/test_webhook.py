@@ -1,15 +1,19 @@
 """webhook.py: what each SendGrid event means for the ledger (`dropped` reasons, bounce types), soft bounces that
-end in suppression (counted in the events log's index, rebuilt when the log loads), and the log's reader."""
+end in suppression (counted in the events log's index, rebuilt when the log loads), the log's reader, and the
+signed webhook route in process: signatures, retried batches, malformed addresses."""
 
 from __future__ import annotations
 
 import json
+import logging
+import time
 from pathlib import Path
 
 import msgspec
 import pytest
-from conftest import SEED_SLUG, Cli, configure
+from conftest import SEED_SLUG, Cli, WebhookSigner, configure
 from fake_sendgrid import FakeSendGrid
+from helpers import PREFIX, App, open_app
 from signed_webhook import SignedWebhook, event, send_issue
 
 from newsletter.ledger import Ledger, ledger_path
@@ -167,3 +171,76 @@ def test_the_index_loads_from_the_log(ready_project: Path) -> None:
     index = EventLog(ready_project)
     assert index.soft == {"x@readers.net": {"m1", "m2"}}
     assert len(index.seen) == 4
+
+
+# -- the webhook route, through Starlette's TestClient on `web.create_app` --------------------------------
+@pytest.fixture
+def app(project: Path, monkeypatch: pytest.MonkeyPatch) -> App:
+    return open_app(project, monkeypatch)
+
+
+def _events(*events: dict) -> bytes:
+    return (json.dumps(list(events)) + "\r\n").encode()
+
+
+def test_signed_webhook_events(app: App) -> None:
+    now = int(time.time())
+    body = _events(
+        {"email": "Bob@Readers.net", "event": "unsubscribe", "sg_event_id": "e1", "timestamp": now},
+        {"email": "cy@readers.net", "event": "bounce", "type": "bounce", "sg_event_id": "e2", "timestamp": now},
+        {"email": "di@readers.net", "event": "bounce", "type": "blocked", "sg_event_id": "e3", "timestamp": now},
+        {"email": "ed@readers.net", "event": "spamreport", "sg_event_id": "e4", "timestamp": now},
+        {"email": "fi@readers.net", "event": "dropped", "reason": "Invalid", "sg_event_id": "e5", "timestamp": now},
+        {"email": "gus@readers.net", "event": "group_unsubscribe", "asm_group_id": 4, "sg_event_id": "e6",
+         "timestamp": now},
+        {"email": "hal@readers.net", "event": "open", "sg_event_id": "e7", "timestamp": now,
+         "newsletter_issue": SEED_SLUG},
+    )
+    status, text = app.request("POST", f"{PREFIX}/webhooks/sendgrid", body, app.signed(body))
+    assert status == 200, text
+    assert json.loads(text) == {"received": 7, "new": 7, "ledger": 5, "skipped": 0}
+    events = {tuple(line.split(",")[:2]) for line in app.ledger_lines()}
+    assert events == {("bob@readers.net", "unsubscribe"), ("cy@readers.net", "bounce"),
+                      ("ed@readers.net", "spamreport"), ("fi@readers.net", "invalid"),
+                      ("gus@readers.net", "unsubscribe")}
+    assert all(",sendgrid," in line for line in app.ledger_lines())
+    # SendGrid retries the same batch: nothing new is written
+    status, text = app.request("POST", f"{PREFIX}/webhooks/sendgrid", body, app.signed(body))
+    assert status == 200 and json.loads(text)["new"] == 0
+    assert len(app.ledger_lines()) == 5
+    assert len(events_path(app.root).read_text().splitlines()) == 7
+
+
+def test_webhook_refuses_bad_signatures(app: App) -> None:
+    body = _events({"email": "x@readers.net", "event": "unsubscribe", "sg_event_id": "z1",
+                    "timestamp": int(time.time())})
+    headers = app.signed(body)
+    hook = f"{PREFIX}/webhooks/sendgrid"
+    assert app.request("POST", hook, body.replace(b"x@readers", b"y@readers"), headers)[0] == 403  # tampered
+    assert app.request("POST", hook, body.rstrip(b"\r\n"), headers)[0] == 403  # re-serialised: not as signed
+    assert app.request("POST", hook, body, app.signed(body, ts=int(time.time()) - 3600))[0] == 403  # stale
+    forged = {**headers, **{k: v for k, v in WebhookSigner().headers(
+        body, int(headers["X-Twilio-Email-Event-Webhook-Timestamp"])).items() if k.endswith("Signature")}}
+    assert app.request("POST", hook, body, forged)[0] == 403  # signed with another key
+    assert app.request("POST", hook, body, {})[0] == 403
+    malformed = b"[{not json"
+    assert app.request("POST", hook, malformed, app.signed(malformed))[0] == 400
+    assert app.ledger_lines() == []
+    assert not events_path(app.root).exists()
+
+
+def test_webhook_skips_malformed_addresses_and_keeps_the_rest(app: App, caplog: pytest.LogCaptureFixture) -> None:
+    now = int(time.time())
+    body = _events({"email": 12345, "event": "unsubscribe", "sg_event_id": "m1", "timestamp": now},
+                   {"email": "evil@readers.net\nforged@readers.net,unsubscribe", "event": "unsubscribe",
+                    "sg_event_id": "m2", "timestamp": now},
+                   {"email": ["x@readers.net"], "event": "spamreport", "sg_event_id": "m3", "timestamp": now},
+                   {"email": "fine@readers.net", "event": "unsubscribe", "sg_event_id": "m4", "timestamp": now})
+    with caplog.at_level(logging.INFO):
+        status, text = app.request("POST", f"{PREFIX}/webhooks/sendgrid", body, app.signed(body))
+    assert status == 200, text
+    assert json.loads(text) == {"received": 4, "new": 1, "ledger": 1, "skipped": 3}
+    assert [line.split(",")[0] for line in app.ledger_lines()] == ["fine@readers.net"]
+    assert "evil@" not in caplog.text and "forged@" not in caplog.text and "Traceback" not in caplog.text
+    deep = b"[" * 100_000 + b"]" * 100_000
+    assert app.request("POST", f"{PREFIX}/webhooks/sendgrid", deep, app.signed(deep))[0] == 400

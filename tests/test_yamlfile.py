@@ -1,13 +1,18 @@
-"""YAML files (yamlfile.py): a malformed file is reported at the line to fix; Problems reports every problem at once."""
+"""YAML files (yamlfile.py): a malformed file is reported at the line to fix; Problems reports every problem at
+once; alias bombs are refused at once."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
+from conftest import SEED_SLUG, Cli
 
 from newsletter.errors import IssueError
 from newsletter.yamlfile import Problems, load_yaml
+
+ISSUE = Path("issues") / SEED_SLUG
 
 
 def _error(tmp_path: Path, text: str) -> IssueError:
@@ -65,3 +70,24 @@ def test_problems_are_raised_together_in_the_order_of_the_file(tmp_path: Path) -
     with pytest.raises(IssueError) as caught:
         one.raise_if_any(IssueError)
     assert (caught.value.path, caught.value.line, caught.value.hint) == (path, 2, "write YYYY-MM-DD")
+
+
+def _bomb(levels: int = 9) -> str:
+    lines = ["l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    for i in range(1, levels + 1):
+        lines.append(f"b{i}: &l{i} {{" + ", ".join(f"k{j}: *l{i - 1}" for j in range(9)) + "}")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("where", ["newsletter.yaml", "issue.yaml"])
+def test_yaml_alias_bombs_are_refused_at_once(cli: Cli, project: Path, where: str) -> None:
+    path = project / "newsletter.yaml" if where == "newsletter.yaml" else project / ISSUE / "issue.yaml"
+    before = path.read_text()
+    path.write_text(before + _bomb())
+    start = time.perf_counter()
+    result = cli("render")
+    assert time.perf_counter() - start < 1.0
+    assert result.exit_code == 1, result.output
+    line = len(before.splitlines()) + 1
+    assert f"{where}:{line}: YAML anchors/aliases are not supported" in result.output
+    assert "internal error" not in result.output and "MemoryError" not in result.output

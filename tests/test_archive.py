@@ -1,13 +1,16 @@
-"""`serve` hosts the public archive from build/site when archive_url lies under base_url; a send rebuilds it."""
+"""archive.py: `newsletter archive` writes the sent (or public) issues' pages and an Atom feed; `serve` hosts them from
+build/site when archive_url lies under base_url; a send rebuilds it."""
 
 from __future__ import annotations
 
 import os
+import re
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import FILLED_CONFIG, SEED_SLUG, Cli, readers, write_list
+from conftest import FILLED_CONFIG, SEED_SLUG, Cli, readers, seed_paragraphs, write_list
 from PIL import Image
 from starlette.testclient import TestClient
 
@@ -155,3 +158,65 @@ def test_an_archive_page_was_sent_to_nobody_and_fits_a_phone(ready_project: Path
     assert "You are receiving this because you signed up" in render_issue(config, issue).html  # the email says so
     top = page[page.index("<body"):][:1000]
     assert "All issues of" in top and "padding:0 16px" in top  # the top links keep off a phone's edge
+
+
+def test_archive_pages_and_feed(ready_project: Path, tmp_path: Path) -> None:
+    cli = Cli(ready_project)
+    # the seed has been sent (an acknowledged batch in its journal); a draft has not; an older one is public
+    journal = ready_project / "subscribers" / "sends" / f"{SEED_SLUG}.jsonl"
+    journal.parent.mkdir(parents=True)
+    journal.write_text('{"t":"batch","b":1,"emails":["a@r.net"]}\n{"t":"attempt","b":1,"n":1}\n'
+                       '{"t":"ok","b":1,"status":202,"id":"x"}\n')
+    for slug, extra in (("a-draft", ""), ("an-older-essay", "public: true\n")):
+        folder = ready_project / "issues" / slug
+        folder.mkdir()
+        (folder / "issue.yaml").write_text(f"title: {slug}\ndate: 2026-01-0{1 if extra else 2}\n{extra}")
+        (folder / "body.md").write_text("Some words.\n\n![A lake at dawn](lake.jpg)\n")
+        from PIL import Image
+
+        Image.new("RGB", (64, 48), (90, 140, 200)).save(folder / "lake.jpg")
+    out = tmp_path / "site"
+    result = cli("archive", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    index = (out / "index.html").read_text()
+    assert index.index(f'href="{SEED_SLUG}/"') < index.index('href="an-older-essay/"')
+    assert "a-draft" not in index
+    page = (out / SEED_SLUG / "index.html").read_text()
+    assert "Micro Moments of Connection: The Heartbeat of Life" in page
+    assert "/unsubscribe/" not in page and "u1." not in page and "%%" not in page and "Dear " not in page
+    older = (out / "an-older-essay" / "index.html").read_text()
+    assert 'src="lake.jpg"' in older and (out / "an-older-essay" / "lake.jpg").exists()
+    assert '<a href="../"' in older and "All issues of Micro Moments" in older  # back to the index
+    assert 'href="https://letters.micromoments.net/subscribe"' in older and "/subscribe" in index  # and sign-up
+    # a draft's images are published (its email loads them from there); its page is not
+    assert (out / "a-draft" / "lake.jpg").exists() and not (out / "a-draft" / "index.html").exists()
+    feed = ET.parse(out / "feed.xml").getroot()
+    ns = {"a": "http://www.w3.org/2005/Atom"}
+    entries = feed.findall("a:entry", ns)
+    assert [e.findtext("a:title", namespaces=ns) for e in entries] == [
+        "Micro Moments of Connection: The Heartbeat of Life", "an-older-essay"]
+    content = entries[0].findtext("a:content", namespaces=ns)
+    assert entries[0].find("a:content", ns).get("type") == "html"
+    for paragraph in seed_paragraphs()[1:14]:
+        assert paragraph in " ".join(re.sub(r"<[^>]+>", " ", content).split())
+    assert entries[0].find("a:link", ns).get("href") == f"https://letters.micromoments.net/archive/{SEED_SLUG}/"
+    assert 'src="https://letters.micromoments.net/archive/an-older-essay/lake.jpg"' in entries[1].findtext(
+        "a:content", namespaces=ns)
+    # the emails' "view in browser" link points at the archive page
+    cli("render")
+    email_html = (ready_project / "build" / SEED_SLUG / "email.html").read_text()
+    assert f'href="https://letters.micromoments.net/archive/{SEED_SLUG}/"' in email_html
+
+
+def test_the_archive_follows_the_umask(ready_project: Path, tmp_path: Path) -> None:
+    import stat
+
+    (ready_project / ISSUE / "issue.yaml").write_text(
+        (ready_project / ISSUE / "issue.yaml").read_text() + "public: true\n")
+    old = os.umask(0o022)
+    try:
+        site = build_archive(ready_project, tmp_path / "site")
+    finally:
+        os.umask(old)
+    for p in (site.out_dir / "index.html", site.feed, site.out_dir / SEED_SLUG / "index.html"):
+        assert stat.S_IMODE(p.stat().st_mode) == 0o644, (p, oct(p.stat().st_mode))
