@@ -643,3 +643,14 @@ def test_touched_since_one_byte_past_the_end_starts_over(project: Path) -> None:
     size = path.stat().st_size
     assert ledger.touched_since(size) == ([], size)
     assert ledger.touched_since(size + 1) == (["ada@readers.net"], size)
+
+
+def test_the_torn_line_rule(tmp_path: Path) -> None:
+    path = tmp_path / "unsubscribes.csv"
+    path.write_text(HEADER + "\nada@readers.net,resubscribe,2026-01-01T00:00:00Z,cli,\nada@readers.net,unsub")
+    ledger = Ledger(path)
+    assert ledger.is_suppressed("ada@readers.net")  # a torn last line naming an address suppresses it
+    with open(path, "a") as fh:
+        fh.write("scribe,2026-01-02T00:00:00Z,cli,\n")  # the write completes: still suppressed, now for good
+    ledger.refresh()
+    assert ledger.is_suppressed("ada@readers.net") and ledger.event_of("ada@readers.net") == "unsubscribe"

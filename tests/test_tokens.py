@@ -110,3 +110,22 @@ def test_keyed_hash_hides_the_value_behind_the_key() -> None:
 
     assert keyed_hash("k", "10.0.0.1") == hmac.new(b"k", b"ip:10.0.0.1", hashlib.sha256).hexdigest()[:24]
     assert len({keyed_hash("k", "10.0.0.1"), keyed_hash("j", "10.0.0.1"), keyed_hash("k", "10.0.0.2")}) == 3
+
+
+def test_tokens_compare_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    import hmac
+
+    from newsletter import tokens
+
+    calls: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def spy(a, b):  # type: ignore[no-untyped-def]
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(tokens.hmac, "compare_digest", spy)
+    token = tokens.make_token("k", "ada@readers.net")
+    assert tokens.verify_token("k", token) == "ada@readers.net"
+    assert tokens.verify_token("other", token) is None
+    assert len(calls) == 2  # both verdicts came from compare_digest, never ==
