@@ -253,5 +253,5 @@ def test_who_may_be_mailed_follows_the_rule_whatever_the_order(model_env: FakeSe
     from hypothesis.stateful import run_state_machine_as_test
 
     run_state_machine_as_test(OptOuts, settings=settings(
-        max_examples=int(os.environ.get("MODEL_EXAMPLES", "25")), stateful_step_count=14, deadline=None,
+        max_examples=int(os.environ.get("MODEL_EXAMPLES", "20")), stateful_step_count=14, deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))
