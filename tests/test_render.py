@@ -231,3 +231,27 @@ def test_golden_render(cli: Cli, project: Path, request: pytest.FixtureRequest) 
             golden.write_text(produced, encoding="utf-8")
         assert golden.exists(), "run pytest --update-golden once and review tests/golden/"
         assert produced == golden.read_text(encoding="utf-8"), f"{name} differs from tests/golden/"
+
+
+def test_the_same_layouts_in_two_folders_compile_once_and_each_names_its_own_file(tmp_path: Path) -> None:
+    """Compiled layouts are shared in memory by name and source; a runtime error still points at the layout
+    of the folder being rendered, not at the folder that compiled it first."""
+    from conftest import FILLED_CONFIG, new_project
+
+    from newsletter.config import load_config
+    from newsletter.errors import LayoutError
+    from newsletter.issue import load_issue
+    from newsletter.render import render_issue
+
+    paths = []
+    for name in ("first", "second"):
+        root = new_project(tmp_path / name, FILLED_CONFIG)
+        path = root / "layouts" / "email.mjml"
+        text = path.read_text(encoding="utf-8").replace("{{ colors.accent | css }}", "{{ odd | css }}", 1)
+        path.write_text(text.replace("<mjml ", "{% set odd = 'a{' %}<mjml ", 1), encoding="utf-8")
+        config = load_config(root)
+        with pytest.raises(LayoutError) as err:
+            render_issue(config, load_issue(root, SEED_SLUG, config))
+        paths.append((err.value.path, err.value.line))
+    assert paths == [(tmp_path / "first" / "layouts" / "email.mjml", 16),
+                     (tmp_path / "second" / "layouts" / "email.mjml", 16)]

@@ -8,9 +8,11 @@ import traceback
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from types import CodeType
+from typing import Any, ClassVar
 
 import jinja2
+import jinja2.bccache
 from markupsafe import Markup
 
 from . import markdown
@@ -96,13 +98,57 @@ def _environment(folder: str) -> jinja2.Environment:
 
 
 def _bytecode_cache(folder: Path) -> jinja2.BytecodeCache | None:
-    """Compiled layouts kept between runs (keyed by each layout's source, so an edit compiles anew): compiling
-    them is most of a `newsletter render` after Python's own start-up. None where the folder cannot be made."""
+    """Compiled layouts kept between runs in `folder`, and in memory for the process. None where the folder
+    cannot be made."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError:
         return None
-    return jinja2.FileSystemBytecodeCache(str(folder))
+    return _LayoutCache(str(folder))
+
+
+class _Bucket(jinja2.bccache.Bucket):
+    def __init__(self, environment: jinja2.Environment, key: str, checksum: str, layout: tuple[str, str]) -> None:
+        super().__init__(environment, key, checksum)
+        self.layout = layout  # (name, checksum of the source): what the compiled code depends on
+
+
+class _LayoutCache(jinja2.FileSystemBytecodeCache):
+    """Compiling the layouts is most of a `newsletter render` after Python's own start-up. Their code is kept in
+    build/.cache/jinja between runs and, for the process, in memory by layout name and source (an edit compiles
+    anew), so the same layouts in another folder (`serve` and `preview` over several roots, a test suite) compile
+    once; the code is re-pointed at each folder's file so a layout's runtime error still names its own file."""
+
+    _compiled: ClassVar[dict[tuple[str, str], CodeType]] = {}
+    _KEEP = 64  # layouts' versions kept in memory: a writer saving a layout all afternoon does not grow it
+
+    def get_bucket(self, environment: jinja2.Environment, name: str, filename: str | None,
+                   source: str) -> jinja2.bccache.Bucket:
+        checksum = self.get_source_checksum(source)
+        bucket = _Bucket(environment, self.get_cache_key(name, filename), checksum, (name, checksum))
+        code = self._compiled.get(bucket.layout)
+        if code is not None:
+            bucket.code = _refile(code, filename) if filename else code
+        else:
+            self.load_bytecode(bucket)
+            self._remember(bucket)
+        return bucket
+
+    def set_bucket(self, bucket: jinja2.bccache.Bucket) -> None:
+        self._remember(bucket)
+        super().set_bucket(bucket)
+
+    def _remember(self, bucket: jinja2.bccache.Bucket) -> None:
+        if isinstance(bucket, _Bucket) and bucket.code is not None:
+            if len(self._compiled) >= self._KEEP:
+                self._compiled.clear()
+            self._compiled[bucket.layout] = bucket.code
+
+
+def _refile(code: CodeType, filename: str) -> CodeType:
+    """`code` (and the functions inside it: blocks, macros) as if compiled from `filename`."""
+    consts = tuple(_refile(c, filename) if isinstance(c, CodeType) else c for c in code.co_consts)
+    return code.replace(co_filename=filename, co_consts=consts)
 
 
 def fill(text: str, values: dict[str, str]) -> str:
