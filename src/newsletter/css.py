@@ -6,6 +6,7 @@ import html as html_lib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +123,10 @@ def css_faults(html: str) -> list[CssFault]:
     return faults
 
 
-def _stylesheet_faults(text: str) -> list[CssFault]:
+# Parsed once per process for each distinct text: every render of the same layouts repeats the same <style>
+# blocks and style attributes (`serve` and `preview` check again and again, a test suite a hundred times).
+@lru_cache(maxsize=64)
+def _stylesheet_faults(text: str) -> tuple[CssFault, ...]:
     import tinycss2
 
     nodes = tinycss2.parse_stylesheet(text + _END_RULE, skip_comments=True, skip_whitespace=True)
@@ -131,7 +135,7 @@ def _stylesheet_faults(text: str) -> list[CssFault]:
     if not _is_end_rule(last):
         faults.append(CssFault("a <style> block ends inside an unclosed `{`, bracket or string",
                                _tail(text), False))
-    return faults
+    return tuple(faults)
 
 
 def _is_end_rule(node: Any) -> bool:
@@ -159,7 +163,8 @@ def _rule_faults(text: str, nodes: Iterable[Any]) -> list[CssFault]:
     return faults
 
 
-def _attribute_faults(style: str) -> list[CssFault]:
+@lru_cache(maxsize=4096)
+def _attribute_faults(style: str) -> tuple[CssFault, ...]:
     import tinycss2
 
     nodes = tinycss2.parse_blocks_contents(style + _END_DECLARATION, skip_comments=True, skip_whitespace=True)
@@ -168,7 +173,7 @@ def _attribute_faults(style: str) -> list[CssFault]:
     faults = _declaration_faults(style, nodes[:-1] if ended else nodes, "a style attribute", True, parsed=True)
     if not ended:
         faults.append(CssFault("a style attribute ends inside an unclosed bracket or string", _tail(style), True))
-    return faults
+    return tuple(faults)
 
 
 def _declaration_faults(text: str, content: Any, place: str, in_attribute: bool, *,
