@@ -333,3 +333,12 @@ def pytest_terminal_summary(terminalreporter: object, exitstatus: int, config: p
         write(f"  {name:<55} {cpu:6.1f} s")
     for cpu, nodeid in sorted(_CPU, reverse=True)[:25]:
         write(f"  {cpu:6.2f} s  {nodeid}")
+
+
+@pytest.fixture(scope="module")
+def dns_server() -> Iterator[Any]:
+    """A DNS server on loopback (dnslib) for a module's tests: its `Zone` holds the records it answers."""
+    from helpers import serving_zone
+
+    with serving_zone() as z:
+        yield z

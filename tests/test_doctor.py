@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from conftest import Cli
 from fake_sendgrid import API_KEY, FakeSendGrid, authenticated_domain, event_webhook
-from helpers import Zone, serving_zone
+from helpers import Zone
 
 from newsletter.config import load_env_file, resolve_root
 from newsletter.doctor import CHECK_IDS, NO_NETWORK, Status, run_doctor
@@ -46,12 +46,6 @@ def good_zone(zone: Zone) -> None:
     zone.set("sendgrid.net", "TXT", "v=spf1 ip4:167.89.0.0/17 ~all")
     zone.set(DOMAIN, "MX", "10 in1-smtp.messagingengine.com", "20 in2-smtp.messagingengine.com")
     zone.set(HOST, "A", "127.0.0.1")
-
-
-@pytest.fixture(scope="module")
-def dns_server() -> Iterator[Zone]:
-    with serving_zone() as z:
-        yield z
 
 
 @pytest.fixture

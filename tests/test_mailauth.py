@@ -4,19 +4,11 @@ Suffix List). `doctor`'s checks built on these are in test_doctor.py."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-from helpers import Zone, serving_zone
+from helpers import Zone
 
 from newsletter.errors import UsageError
 from newsletter.mailauth import CANARY, NoNetwork, Resolver, dmarc_policy, domain_of, org_domain, spf_lookups
-
-
-@pytest.fixture(scope="module")
-def dns_server() -> Iterator[Zone]:
-    with serving_zone() as z:
-        yield z
 
 
 @pytest.fixture
