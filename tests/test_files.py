@@ -336,3 +336,123 @@ def test_tail_jsonl_starts_over_from_any_offset_past_the_end(tmp_path: Path) -> 
     assert tail_jsonl(path, 1) == Tail([], 0, True)
     path.write_bytes(b'{"a":1}\n')
     assert tail_jsonl(path, 9) == Tail([{"a": 1}], 8, True)  # one byte past the end is past the end
+
+
+# -- what the tests above leave open (each kills mutants that survived them) -----------------------------------------
+@pytest.fixture
+def umask_022() -> object:
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def test_published_files_are_never_executable_and_folders_are_made_at_any_depth(tmp_path: Path,
+                                                                               umask_022: object) -> None:
+    page = tmp_path / "index.html"
+    write_atomic(page, "<p>hi</p>")
+    assert _mode(page) == 0o644  # 0o666 less the umask: nobody's execute bit, though the umask allows it
+    public = tmp_path / "a" / "b" / "c" / "public.log"  # three missing folders
+    os.close(open_for_append(public, private=False))
+    assert public.exists() and _mode(public) == 0o644
+
+
+def test_write_atomic_names_the_file_when_not_told_what_it_is(tmp_path: Path) -> None:
+    (tmp_path / "blocker").write_text("a file where a folder should be")
+    target = tmp_path / "blocker" / "out.txt"
+    with pytest.raises(StorageError) as caught:
+        write_atomic(target, "x")
+    assert str(caught.value).endswith(f": could not record the file in {target}")
+
+
+def test_a_disk_full_on_the_header_is_an_os_error_and_leaks_no_descriptor(tmp_path: Path) -> None:
+    full = tmp_path / "ledger.csv"
+    full.symlink_to("/dev/full")  # every write fails with ENOSPC
+    before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(OSError) as caught:
+        open_for_append(full, b"email,event\n")
+    assert caught.value.errno == errno.ENOSPC and len(os.listdir("/proc/self/fd")) == before
+    with pytest.raises(StorageError) as failed:
+        append_durably(full, b"row\n", what="a line", header=b"email,event\n")
+    assert str(failed.value).startswith(f"disk full: could not record a line in {full}")
+
+
+def test_the_lock_timeout_given_is_the_one_waited(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.jsonl"
+    outcome: list[BaseException] = []
+
+    def append() -> None:
+        try:
+            append_durably(path, b"x\n", what="a line", lock_timeout=0.05)
+        except Timeout as exc:
+            outcome.append(exc)
+
+    with file_lock(path):
+        waiter = threading.Thread(target=append)
+        waiter.start()
+        waiter.join(10)  # 0.05 s asked; the default would be a minute
+        assert not waiter.is_alive() and len(outcome) == 1
+    assert not path.exists()
+
+
+def test_append_jsonl_takes_the_lock_unless_told_it_is_held(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    Path(f"{path}.lock").mkdir()  # a lock that cannot be taken: a writer that takes it fails
+    with pytest.raises(StorageError, match="could not record a record"):
+        append_jsonl(path, [{"n": 1}], what="a record")
+    assert not path.exists()  # nothing written without the lock
+    append_jsonl(path, [{"n": 2}], what="a record", locked=True)  # the caller holds it: not taken again
+    assert list(read_jsonl(path)) == [{"n": 2}]
+
+
+# write(2) may return 0 for a non-empty buffer (a FUSE file system does): a disk full in all but name. This shim
+# makes every write to a file whose path holds ZERO_MATCH return 0, so that write_all's guard is exercised.
+ZERO_WRITE_SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+ssize_t write(int fd, const void *buf, size_t count) {
+    static ssize_t (*real)(int, const void *, size_t);
+    const char *match = getenv("ZERO_MATCH");
+    char link[64], path[4096];
+    if (!real) real = (ssize_t (*)(int, const void *, size_t))dlsym(RTLD_NEXT, "write");
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(link, path, sizeof path - 1);
+    if (match && n > 0) {
+        path[n] = 0;
+        if (strstr(path, match)) return 0;
+    }
+    return real(fd, buf, count);
+}
+"""
+
+ZERO = """
+import signal
+from pathlib import Path
+from newsletter.errors import StorageError
+from newsletter.files import append_durably
+signal.alarm(10)  # a write loop that takes 0 bytes as progress never ends: die instead
+try:
+    append_durably(Path({path!r}), b"row\\n", what="a line")
+except StorageError as exc:
+    print(exc.errno)
+    print(exc)
+"""
+
+
+def test_a_write_that_takes_no_byte_is_a_full_disk(tmp_path: Path) -> None:
+    import subprocess
+
+    shim = tmp_path / "zerowrite.so"
+    (tmp_path / "zerowrite.c").write_text(ZERO_WRITE_SHIM)
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(shim), str(tmp_path / "zerowrite.c"), "-ldl"], check=True)
+    path = tmp_path / "ledger.csv"
+    done = run_python(ZERO.format(path=str(path)), {"LD_PRELOAD": str(shim), "ZERO_MATCH": "ledger.csv"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [str(errno.ENOSPC), f"disk full: could not record a line in {path}",
+                                        "  hint: free some space, then run the command again"]
+    plain = tmp_path / "plain" / "ledger.csv"  # with a disk that takes the bytes (and so mutmut sees this test)
+    exec(ZERO.format(path=str(plain)).replace("signal.alarm(10)", ""), {})
+    assert plain.read_bytes() == b"row\n"

@@ -470,3 +470,33 @@ def test_finished_run_is_the_last_run_when_it_went_out_whole(tmp_path: Path) -> 
                  {"t": "schedule", "batch_id": "S", "send_at": "2999-01-01T00:00:00+00:00"}, *ended[1:]]
     assert load_state(_write(tmp_path, *scheduled)).finished_run() is not None
     assert load_state(_write(tmp_path, *scheduled, {"t": "cancel", "batch_id": "S", "at": "t"})).finished_run() is None
+
+
+def test_an_fsync_refused_is_an_error_of_sync_and_closing_goes_on(tmp_path: Path) -> None:
+    import errno
+    import os
+
+    fifo = tmp_path / "issue.jsonl"
+    os.mkfifo(fifo)  # fsync(2) of a pipe fails (EINVAL), as on a file system that cannot sync
+    with Journal(fifo) as j:
+        with pytest.raises(StorageError) as caught:
+            j.sync()
+        assert caught.value.errno == errno.EINVAL and caught.value.path == fifo
+        assert str(caught.value) == f"Invalid argument: could not record the outcomes of this send in {fifo}"
+    # the fsync of the outcomes at close failed too: it is skipped, the descriptor still closed
+    with pytest.raises(SendError, match="the journal is not open"):
+        j.end()
+
+
+def test_a_run_or_batch_not_scheduled_replays_with_no_schedule(tmp_path: Path) -> None:
+    state = load_state(_write(tmp_path, {"t": "batch", "b": 1, "emails": [A]}, {"t": "attempt", "b": 1},
+                              {"t": "run", "at": "r1"}, {"t": "batch", "b": 2, "emails": [B]},
+                              {"t": "attempt", "b": 2},
+                              {"t": "run", "at": "r2", "batch_id": "S"},
+                              {"t": "schedule", "batch_id": "S", "send_at": "2999-01-01T00:00:00+00:00"},
+                              {"t": "batch", "b": 3, "emails": ["cy@readers.net"]}, {"t": "attempt", "b": 3},
+                              {"t": "cancel", "batch_id": "S", "at": "t"},
+                              {"t": "batch", "b": 4, "emails": ["dan@readers.net"]}, {"t": "attempt", "b": 4}))
+    assert [(r.started, r.schedule) for r in state.runs()] == [("r1", ""), ("r2", "S")]
+    # before any run, in a plain run, and after the run's own schedule was cancelled: "" (not scheduled)
+    assert {b: s.schedule for b, s in state.doubt_batches.items()} == {1: "", 2: "", 4: ""}
