@@ -69,6 +69,15 @@ def test_a_torn_last_record_never_counts(tmp_path: Path, cut: int) -> None:
     assert not state.is_sent(A) and state.in_doubt(A)
 
 
+def test_a_cancel_naming_no_batch_cancels_nothing(tmp_path: Path) -> None:
+    """A hand-edited `{"t":"cancel"}` without a batch id must not forget the unscheduled batches: a reader in
+    doubt stays in doubt (never mailed twice), a reader sent stays sent."""
+    path = _journal(tmp_path, ("attempt", 1))
+    path.write_bytes(path.read_bytes() + b'{"t":"cancel","at":"2026-12-02T00:00:00+00:00"}\n')
+    state = load_state(path)
+    assert state.in_doubt(A) and state.in_doubt(B)
+
+
 def test_a_torn_attempt_means_the_request_never_left(tmp_path: Path) -> None:
     path = _journal(tmp_path)
     path.write_bytes(path.read_bytes() + b'{"t":"attempt","b":1')

@@ -289,6 +289,10 @@ def _apply_run(state: JournalState, scheduled: dict[str, tuple[set[int], int]], 
             elif info.batch_id == batch_id:
                 info.cancel_refused = str(rec.get("error", "")) or "refused"
         return schedule
+    if not batch_id:
+        # A cancel naming no batch (only a hand-edited journal has one) cancels nothing: read as a cancel of the
+        # unscheduled batches ("" is their schedule) it would forget readers in doubt, who could be mailed twice.
+        return schedule
     # A cancel: SendGrid discards the batch's mail, so its readers were not sent, nor are they in doubt.
     for info in state.schedules:
         if info.batch_id == batch_id:
