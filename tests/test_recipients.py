@@ -258,3 +258,45 @@ def test_without_a_journal_nobody_was_sent_yet_and_a_one_shot_stream_is_refused_
     with pytest.raises(TypeError, match=r"^eligible\(\) needs `reread` \(or a list of rows\) to settle a hash "
                                         r"shared by two readers$"):
         list(eligible(iter(rows), _Ledger(set()), None, resend_in_doubt=False, tally=Eligibility()))
+
+
+def test_an_address_may_be_320_characters_and_not_one_more() -> None:
+    longest = "a" * 308 + "@readers.net"
+    assert len(longest) == 320 and Address.plausible(longest) and not Address.plausible("a" + longest)
+
+
+def test_the_fast_path_keeps_email_validators_length_limits() -> None:
+    domain = "@" + ".".join(["d" * 61] * 3) + ".net"  # 190 characters
+    assert Address.validate("a" * 64 + domain) == "a" * 64 + domain  # 254: the longest address
+    with pytest.raises(ValueError, match="too long"):
+        Address.validate("a" * 64 + domain + "t")  # 255, with a local part of 64: the fast path's own limit
+
+
+def test_a_list_is_read_again_only_to_settle_a_shared_hash() -> None:
+    rows = [("a@r.net", "", ""), ("b@r.net", "", ""), ("c@r.net", "", "")]
+    reads: list[int] = []
+
+    def reread() -> list[tuple[str, str, str]]:
+        reads.append(1)
+        return rows
+
+    def shared(key: str) -> int:  # a and b share a hash, as two of a billion readers might
+        return 1 if key in ("a@r.net", "b@r.net") else 2
+
+    def send(key_hash: object) -> list[str]:
+        return [k for k, *_ in eligible(iter(rows), _Ledger(set()), None, resend_in_doubt=False,
+                                        tally=Eligibility(), reread=reread, key_hash=key_hash)]  # type: ignore[arg-type]
+
+    assert send(hash) == ["a@r.net", "b@r.net", "c@r.net"] and not reads  # nothing shared: read once
+    assert send(shared) == ["a@r.net", "c@r.net", "b@r.net"] and len(reads) == 1  # b settled by a second read
+    assert [k for k, *_ in unique(iter(rows), reread=reread)] == ["a@r.net", "b@r.net", "c@r.net"] and len(reads) == 1
+
+
+def test_distinct_takes_16_to_32_bytes_a_reader() -> None:
+    sized = Distinct(expected=4000)
+    assert all(sized.add(h) for h in range(2, 4002))
+    assert len(sized._table) == 8192  # sized once (2 slots a reader, rounded up to a power of two): never grew
+    grown = Distinct()
+    for n, h in enumerate(range(2, 5002), start=1):
+        grown.add(h)
+        assert len(grown._table) <= max(1024, 4 * n)  # at least a quarter full once it has grown

@@ -338,3 +338,97 @@ def test_sync_respects_a_later_resubscribe(ready_project: Path, fake: FakeSendGr
     ledger = Ledger(ledger_path(ready_project))
     assert not ledger.is_suppressed("back@readers.net")
     assert ledger.is_suppressed("again@readers.net")
+
+
+def _ledger_rows(root: Path) -> dict[str, list[str]]:
+    import csv
+
+    with ledger_path(root).open(newline="", encoding="utf-8") as fh:
+        return {row[0]: row for row in list(csv.reader(fh))[1:]}
+
+
+def test_pull_records_each_listing_as_sendgrids_with_its_reason(letters: Path, fake: FakeSendGrid) -> None:
+    long_ago = int(time.time()) - 86400
+    fake.suppressions["/v3/suppression/bounces"] = [
+        {"email": "b@readers.net", "created": long_ago, "reason": "550 unknown user", "group_name": "not this"},
+        {"email": "long@readers.net", "created": long_ago, "reason": "x" * 300}]
+    fake.suppressions["/v3/suppression/unsubscribes"] = [{"email": "u@readers.net", "created": long_ago},
+                                                        {"created": long_ago}]  # no address: skipped
+    fake.suppressions["/v3/asm/suppressions"] = [{"email": "g@readers.net", "group_name": "Notes on UX"}]
+    pull(Ledger(ledger_path(letters)), _transport())
+    rows = _ledger_rows(letters)
+    assert sorted(rows) == ["b@readers.net", "g@readers.net", "long@readers.net", "u@readers.net"]
+    assert {row[3] for row in rows.values()} == {Source.SENDGRID}
+    assert rows["b@readers.net"][4] == "suppression/bounces: 550 unknown user"
+    assert rows["long@readers.net"][4] == "suppression/bounces: " + "x" * 200  # a reason is cut at 200 characters
+    assert rows["u@readers.net"][4] == "suppression/unsubscribes"  # no reason: the list alone
+    assert rows["g@readers.net"][4] == "asm/suppressions: Notes on UX"
+
+
+def test_an_opt_out_recorded_while_sync_pulls_reaches_the_group_before_it_ends(letters: Path,
+                                                                                fake: FakeSendGrid) -> None:
+    class Busy(SendGridTransport):
+        """SendGrid's answers, and a command that records an opt-out while the first list is read."""
+
+        def get_json(self, path: str, params: dict | None = None) -> object:  # type: ignore[override]
+            if not fake.list_requests:
+                Ledger(ledger_path(letters)).record([ledger_event("bob@readers.net", Kind.UNSUBSCRIBE)])
+            return super().get_json(path, params)
+
+    report = sync(letters, Busy(API_KEY, timeout=5))
+    assert report.pushed == 0  # nothing waited when it began
+    assert fake.group_suppressions == {str(GROUP): {"bob@readers.net"}} and not fake.global_suppressions
+    assert not len(waiting(letters))
+
+
+def test_sync_reads_only_what_is_new_unless_full_and_a_state_without_a_time_reads_all(
+        letters: Path, fake: FakeSendGrid) -> None:
+    pull_state_path(letters).parent.mkdir(exist_ok=True)
+    pull_state_path(letters).write_text("{}\n")  # written by hand, without its time: read from the start
+    assert sync(letters, _transport()).since == 0
+    assert fake.list_requests and all("start_time" not in p for p in fake.list_requests)
+    fake.list_requests.clear()
+    assert sync(letters, _transport()).since > 0  # since the last sync
+    assert all("start_time" in p for p in fake.list_requests if "/suppression/" in p)
+
+
+def test_a_push_with_nothing_new_leaves_its_state_file_alone(letters: Path, fake: FakeSendGrid) -> None:
+    ledger = Ledger(ledger_path(letters))
+    ledger.record([ledger_event("ada@readers.net", Kind.UNSUBSCRIBE)])
+    assert push(ledger, _transport(), GROUP) == 1
+    before = push_state_path(letters).stat()
+    assert push(ledger, _transport(), GROUP) == 0
+    after = push_state_path(letters).stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)  # not rewritten
+
+
+def test_a_state_file_that_cannot_be_written_is_an_error_naming_it(letters: Path, fake: FakeSendGrid) -> None:
+    from newsletter.errors import StorageError
+
+    ledger = Ledger(ledger_path(letters))
+    ledger.record([ledger_event("ada@readers.net", Kind.UNSUBSCRIBE)])
+    push_state_path(letters).mkdir(parents=True)  # where the file goes, a folder: os.replace fails
+    pull_state_path(letters).mkdir()
+    with pytest.raises(StorageError, match="could not record how far SendGrid was told"):
+        push(ledger, _transport(), GROUP)
+    with pytest.raises(StorageError, match="could not record the time of this sync"):
+        pull(ledger, _transport())
+
+
+def test_a_commands_push_takes_the_key_as_set_and_waits_no_longer_than_configured(
+        letters: Path, fake: FakeSendGrid, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from newsletter.suppressions import push_now
+
+    ledger = Ledger(ledger_path(letters))
+    ledger.record([ledger_event("ada@readers.net", Kind.UNSUBSCRIBE)])
+    monkeypatch.setenv("SENDGRID_API_KEY", f" {API_KEY}\n")  # pasted with a space and a line break around it
+    assert push_now(ledger) == (1, "") and fake.suppressed("ada@readers.net", GROUP)
+    ledger.record([ledger_event("bob@readers.net", Kind.UNSUBSCRIBE)])
+    configure(letters, timeout=1)  # the last `sendgrid:` block read wins
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts the connection, never answers
+        monkeypatch.setenv("SENDGRID_API_URL", f"http://127.0.0.1:{silent.getsockname()[1]}")
+        pushed, why = push_now(ledger)
+    assert (pushed, why.split(" (")[0]) == (0, "no answer from SendGrid within 1 s")
+    assert waiting(letters).add == ["bob@readers.net"]

@@ -157,7 +157,7 @@ def unique(rows: Iterable[Row], tally: Eligibility | None = None, *,
            reread: Callable[[], Iterable[Row]] | None = None, expected: int = 0,
            key_hash: Callable[[str], int] = hash) -> Iterator[tuple[str, str, str, str]]:
     """(key, email, name, first name) of each reader once, streamed: `key` is the normalised address; a later
-    row with the same key is skipped and counted. Memory: 8 to 16 bytes a reader (see `Distinct`; `expected`
+    row with the same key is skipped and counted. Memory: 16 to 32 bytes a reader (see `Distinct`; `expected`
     readers sizes its table at once).
 
     Two distinct addresses that share a 64-bit hash are told apart by reading the rows again (`reread`, or the
@@ -193,7 +193,7 @@ def eligible(rows: Iterable[Row], ledger: _Suppressions, journal: _Sent | None, 
     they were left out: suppressed in the ledger, malformed (one bad address makes SendGrid refuse a whole
     request), already sent, or in doubt (`journal` None: nobody was sent this issue yet).
 
-    Exactly once (`unique`), in 8 to 16 bytes a reader: two distinct readers who share a 64-bit hash are told
+    Exactly once (`unique`), in 16 to 32 bytes a reader: two distinct readers who share a 64-bit hash are told
     apart by reading the rows again (`reread`, or the rows themselves when they are a list or tuple). Raises
     TypeError for a one-shot iterator without `reread`: it could not be exact."""
     if _rereader(rows, reread) is None:
@@ -252,8 +252,8 @@ def _collided(rows: Iterable[Row], doubtful: set[int], key_hash: Callable[[str],
 
 
 class Distinct:
-    """Which 64-bit hashes have been seen: an open-addressing table in an `array` of 8-byte slots, at most half
-    full, so 8 to 16 bytes a reader (a `set` of ints costs about 60). A hash is not an address: callers settle
+    """Which 64-bit hashes have been seen: an open-addressing table in an `array` of 8-byte slots, a quarter to
+    half full, so 16 to 32 bytes a reader (a `set` of ints costs about 60). A hash is not an address: callers settle
     a repeated hash against the addresses themselves (`unique`, `eligible`)."""
 
     def __init__(self, expected: int = 0) -> None:

@@ -32,6 +32,7 @@ PUSH_STATE_NAME = "sendgrid-push.json"
 PULL_STATE_NAME = "sync.json"
 PER_REQUEST = 1000  # addresses per suppression request
 PAGE = 500  # SendGrid's maximum `limit` for the suppression lists
+PUSH_TIMEOUT = 10.0  # seconds the push after a command waits for SendGrid at most: what is not told waits
 LISTS = {  # endpoint -> ledger event
     "suppression/unsubscribes": Kind.UNSUBSCRIBE,
     "suppression/bounces": Kind.BOUNCE,
@@ -103,12 +104,13 @@ def push(ledger: Ledger, transport: Any, group_id: int | None) -> int:
         return len(todo)
 
 
-def _transport(root: Path, timeout: float | None = None) -> tuple[Any, int | None]:
+def _transport(root: Path) -> tuple[Any, int | None]:
     from .config import load_config
     from .sendgrid import SendGridTransport, api_key_from_env
 
     config = load_config(root)
-    return (SendGridTransport(api_key_from_env(), timeout=timeout or config.sendgrid.timeout),
+    # `sendgrid.timeout` bounds every request to SendGrid; a command's push is bounded shorter still.
+    return (SendGridTransport(api_key_from_env(), timeout=min(config.sendgrid.timeout, PUSH_TIMEOUT)),
             config.sendgrid.asm_group_id)
 
 
@@ -120,7 +122,7 @@ def push_now(ledger: Ledger) -> tuple[int, str]:
     if not env_set(API_KEY_ENV):
         return 0, f"{API_KEY_ENV} is not set" if len(plan(ledger)) else ""
     try:
-        transport, group = _transport(ledger.root, timeout=10.0)
+        transport, group = _transport(ledger.root)
         return push(ledger, transport, group), ""
     except (TransportError, NewsletterError, OSError) as exc:
         return 0, str(exc)
