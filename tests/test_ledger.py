@@ -753,9 +753,9 @@ def test_a_torn_last_line_counts_as_its_suppression_when_deciding(tmp_path: Path
 
 def test_each_event_of_a_batch_is_judged_on_the_state_the_earlier_ones_leave(tmp_path: Path) -> None:
     path = _ledger(tmp_path, HEADER + f"\ncarol@readers.net,bounce,{T1},cli,\n"
+                                      f"eve@readers.net,unsubscribe,{T3},cli,\n"
                                       f"ada@readers.net,unsubscribe,{T2},cli,\n"
-                                      f"ada@readers.net,resubscribe,{T2},cli,\n"
-                                      f"eve@readers.net,unsubscribe,{T3},cli,\n")
+                                      f"ada@readers.net,resubscribe,{T2},cli,\n")  # her return is the last line
     ledger = Ledger(path)
     later = "2026-01-05T00:00:00Z"
     batch = ledger.preview([Event("bob@readers.net", "bounce", later), Event("cy@readers.net", "bounce", later),
@@ -786,7 +786,7 @@ def test_a_preview_leaves_every_return_as_it_was(tmp_path: Path) -> None:
 
 
 def test_what_sendgrid_must_be_told_of_a_replaced_ledger(tmp_path: Path) -> None:
-    path = _ledger(tmp_path, "\ufeffXavier@readers.net,unsubscribe,2026-01-01T00:00:00Z,cli,caf\xe9\n".encode()
+    path = _ledger(tmp_path, "\ufeffXavier@readers.net,unsubscribe,2026-01-01T00:00:00Z,cli,".encode() + b"caf\xe9\n"
                    + f"ada@readers.net,bounce,{T1},cli,\n".encode())  # no header, a BOM, a byte that is not UTF-8
     ledger = Ledger(path)
     everyone = ["xavier@readers.net", "ada@readers.net"]
