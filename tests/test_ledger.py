@@ -532,7 +532,7 @@ def test_unreadable_lines_are_reported_once_each_and_refuse_whole(project: Path)
     with pytest.raises(LedgerError) as one:
         Ledger(path).check_readable()
     assert one.value.message == ("cannot read the address on this line: 'ada;unsubscribe': the ledger is not UTF-8 "
-                                 "comma-separated CSV, so nobody can tell whom it suppresses")  # no "more", no consequence
+                                 "comma-separated CSV, so nobody can tell whom it suppresses")  # no "more", no "; …"
     path.write_text(HEADER + "\nada;unsubscribe\nbob;bounce\n")
     with pytest.raises(LedgerError) as two:
         Ledger(path).check_readable()
@@ -599,8 +599,8 @@ def test_times_are_utc_whatever_the_local_zone(project: Path, monkeypatch: pytes
         record(ledger_path(project), "bob@readers.net", "unsubscribe")  # no time given: now, in UTC
         written = ledger_path(project).read_text().splitlines()[-1].split(",")[2]
         now = dt.datetime.now(dt.UTC)
-        assert abs((dt.datetime.strptime(written, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC) - now)) < dt.timedelta(
-            minutes=5)
+        written_at = dt.datetime.strptime(written, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+        assert abs(written_at - now) < dt.timedelta(minutes=5)
     finally:
         monkeypatch.undo()
         time.tzset()
@@ -702,14 +702,15 @@ def test_crlf_endings_and_a_stray_carriage_return_read_as_plain_lines(tmp_path: 
     assert not ledger.unreadable  # nothing here makes the ledger unreadable
     assert [(p.level, p.line, p.message) for p in ledger.problems] == [
         ("warning", 2, "the remains of an interrupted write: 'bob@rea'"),
-        ("warning", 3, f"unreadable line, counted as suppressing cy@readers.net: 'cy@readers.net,teleported,{T1},cli,'")]
+        ("warning", 3, "unreadable line, counted as suppressing cy@readers.net: "
+                       f"'cy@readers.net,teleported,{T1},cli,'")]
     assert [(ledger.is_suppressed(e), ledger.told_by_sendgrid(e)) for e in (
         "cy@readers.net", "dan@readers.net", "eve@readers.net")] == [(True, False), (True, False), (True, True)]
 
 
 def test_a_line_longer_than_a_read_chunk_is_read_whole(tmp_path: Path) -> None:
-    path = _ledger(tmp_path, HEADER + f"\nada@readers.net,unsubscribe,{T1},cli,{'x' * (1 << 20)}\n"
-                                      f"bob@readers.net,bounce,{T1},cli,\n")
+    path = _ledger(tmp_path, f"ada@readers.net,unsubscribe,{T1},cli,{'x' * (1 << 20)}\n"  # no newline in a chunk
+                             f"bob@readers.net,bounce,{T1},cli,\n")
     ledger = Ledger(path)
     assert ledger.offset == path.stat().st_size and not ledger.problems
     assert ledger.event_of("ada@readers.net") is Kind.UNSUBSCRIBE and ledger.is_suppressed("bob@readers.net")
@@ -744,8 +745,8 @@ def test_a_torn_last_line_counts_as_its_suppression_when_deciding(tmp_path: Path
     path = _ledger(tmp_path, HEADER + f"\nada@readers.net,unsubscribe,{T1},cli,\n"
                                       f"ada@readers.net,resubscribe,{T1},cli,\n"  # same second: file order decides
                                       "bob@readers.net,uns")
-    preview = Ledger(path).preview([Event("ada@readers.net", "unsubscribe", T1), Event("bob@readers.net", "unsubscribe"),
-                                    Event("bob@readers.net", "resubscribe")])
+    preview = Ledger(path).preview([Event("ada@readers.net", "unsubscribe", T1),
+                                    Event("bob@readers.net", "unsubscribe"), Event("bob@readers.net", "resubscribe")])
     assert [(r.outcome, r.previous) for r in preview] == [
         (Outcome.RECORDED, Kind.RESUBSCRIBE),  # written after her return, in the same second: it counts
         (Outcome.UNCHANGED, Kind.UNREADABLE), (Outcome.RECORDED, Kind.UNREADABLE)]
@@ -839,3 +840,20 @@ def test_a_write_that_fails_says_what_was_not_recorded(tmp_path: Path) -> None:
                         "File too large: could not record 2 ledger events",
                         "File too large: could not record Ada's click"]
     assert path.stat().st_size == size and not Ledger(path).is_suppressed("ada@readers.net")
+
+
+def test_a_line_csv_cannot_parse_makes_the_ledger_unreadable_not_a_crash(tmp_path: Path) -> None:
+    from newsletter.errors import LedgerError
+
+    # A stray carriage return outside quotes, or a quoted field over csv's 128 KiB limit: csv raises on both
+    stray = f'ada@readers.net,unsubscribe,{T1},cli,a\rb,"c"'
+    huge = f'bob@readers.net,bounce,{T1},cli,"{"x" * (1 << 18)}"'
+    path = _ledger(tmp_path, HEADER + f"\ncy@readers.net,bounce,{T1},cli,\n{stray}\n{huge}\n")
+    ledger = Ledger(path)
+    assert [(p.line, p.message) for p in ledger.unreadable] == [
+        (3, f"cannot read the address on this line: {stray[:60]!r}"),
+        (4, f"cannot read the address on this line: {huge[:60]!r}")]
+    with pytest.raises(LedgerError):
+        ledger.check_readable()
+    touched, end = ledger.touched_since(0)  # what SendGrid must be told: read past it, not stopped by it
+    assert end == path.stat().st_size and "bob@readers.net" not in touched
