@@ -714,6 +714,7 @@ def test_a_line_longer_than_a_read_chunk_is_read_whole(tmp_path: Path) -> None:
     ledger = Ledger(path)
     assert ledger.offset == path.stat().st_size and not ledger.problems
     assert ledger.event_of("ada@readers.net") is Kind.UNSUBSCRIBE and ledger.is_suppressed("bob@readers.net")
+    assert ledger.touched_since(0) == (["ada@readers.net", "bob@readers.net"], ledger.offset)
 
 
 def test_an_address_starting_with_x_or_stray_quotes_is_still_named(tmp_path: Path) -> None:
