@@ -11,7 +11,7 @@ from conftest import Cli, record
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from newsletter.ledger import HEADER, Event, Ledger, ledger_path
+from newsletter.ledger import HEADER, Event, Kind, Ledger, Outcome, iter_events, ledger_path, load_ledger
 
 
 def test_first_append_writes_the_header(project: Path) -> None:
@@ -22,6 +22,7 @@ def test_first_append_writes_the_header(project: Path) -> None:
     email, event, at, source, detail = lines[1].split(",", 4)
     assert (email, event, source) == ("ada@example.net", "unsubscribe", "cli")
     assert at.endswith("Z") and detail == '"asked, politely by mail"'
+    assert Path(f"{path}.lock").exists()  # the writers' lock is beside the ledger: `<file>.lock`
 
 
 def test_latest_event_wins_case_insensitively(project: Path) -> None:
@@ -69,6 +70,7 @@ def test_refresh_reads_only_new_lines(project: Path) -> None:
 def test_missing_ledger_is_empty(project: Path) -> None:
     ledger = Ledger(ledger_path(project))
     assert not ledger.is_suppressed("a@example.net") and not ledger.problems
+    assert ledger.refresh() == 0 and ledger.touched_since(0) == ([], 0)  # a push then starts at the first byte
 
 
 WRITER = """
@@ -529,7 +531,16 @@ def test_unreadable_lines_are_reported_once_each_and_refuse_whole(project: Path)
     path.write_text(HEADER + "\nada;unsubscribe\n")
     with pytest.raises(LedgerError) as one:
         Ledger(path).check_readable()
-    assert one.value.message.endswith("so nobody can tell whom it suppresses")  # no "more", no consequence
+    assert one.value.message == ("cannot read the address on this line: 'ada;unsubscribe': the ledger is not UTF-8 "
+                                 "comma-separated CSV, so nobody can tell whom it suppresses")  # no "more", no "; …"
+    path.write_text(HEADER + "\nada;unsubscribe\nbob;bounce\n")
+    with pytest.raises(LedgerError) as two:
+        Ledger(path).check_readable()
+    assert "'ada;unsubscribe' (and 1 more line(s)): the ledger" in two.value.message
+    with pytest.raises(LedgerError) as loaded:
+        load_ledger(project)  # every reader but the writers' own refuses it
+    assert loaded.value.line == 2
+    assert load_ledger(project, strict=False).unreadable  # the writers read on: a torn line is not theirs to judge
 
 
 def test_a_torn_first_line_with_a_bom_quotes_or_bad_bytes_still_names_its_reader(project: Path) -> None:
@@ -574,6 +585,7 @@ def test_a_large_ledger_is_read_in_chunks_and_lines_end_in_a_bare_newline(projec
 
 
 def test_times_are_utc_whatever_the_local_zone(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import datetime as dt
     import time
 
     from newsletter.ledger import canonical_time
@@ -584,6 +596,11 @@ def test_times_are_utc_whatever_the_local_zone(project: Path, monkeypatch: pytes
         assert canonical_time("2026-01-01T09:00:00+09:00") == "2026-01-01T00:00:00Z"
         record(ledger_path(project), "ada@readers.net", "unsubscribe", at="2026-01-01T10:00:00+01:00")
         assert ",2026-01-01T09:00:00Z," in ledger_path(project).read_text()
+        record(ledger_path(project), "bob@readers.net", "unsubscribe")  # no time given: now, in UTC
+        written = ledger_path(project).read_text().splitlines()[-1].split(",")[2]
+        now = dt.datetime.now(dt.UTC)
+        written_at = dt.datetime.strptime(written, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+        assert abs(written_at - now) < dt.timedelta(minutes=5)
     finally:
         monkeypatch.undo()
         time.tzset()
@@ -654,3 +671,190 @@ def test_the_torn_line_rule(tmp_path: Path) -> None:
         fh.write("scribe,2026-01-02T00:00:00Z,cli,\n")  # the write completes: still suppressed, now for good
     ledger.refresh()
     assert ledger.is_suppressed("ada@readers.net") and ledger.event_of("ada@readers.net") == "unsubscribe"
+
+
+# -- promises that mutation testing found unpinned (ticket 19 item 8) ----------------------------------------------
+T1, T2, T3 = "2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z", "2026-01-03T00:00:00Z"
+
+
+def _ledger(tmp_path: Path, text: str | bytes) -> Path:
+    path = ledger_path(tmp_path)
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(text.encode() if isinstance(text, str) else text)
+    return path
+
+
+def test_a_bom_before_the_header_is_dropped_once(tmp_path: Path) -> None:
+    path = _ledger(tmp_path, "\ufeff" + HEADER + "\n")
+    ledger = Ledger(path)  # a header-only ledger, as a spreadsheet saves it
+    assert not ledger.problems and not ledger.unreadable and list(ledger.addresses()) == []
+    path.write_text("\ufeff" + HEADER + f"\nada@readers.net,unsubscribe,{T1},cli,\n")
+    assert list(Ledger(path).addresses()) == ["ada@readers.net"]
+
+
+def test_crlf_endings_and_a_stray_carriage_return_read_as_plain_lines(tmp_path: Path) -> None:
+    path = _ledger(tmp_path, (HEADER + "\r\n"
+                              "bob@rea\r\n"  # the remains of an interrupted write, closed by a CRLF append
+                              f"cy@readers.net,teleported,{T1},cli,\r\n"
+                              f"dan@readers.net,unsubscribe,{T1},cli,a\rb\r\n"
+                              f"eve@readers.net,bounce,{T1},sendgrid,\r\n"))
+    ledger = Ledger(path)
+    assert not ledger.unreadable  # nothing here makes the ledger unreadable
+    assert [(p.level, p.line, p.message) for p in ledger.problems] == [
+        ("warning", 2, "the remains of an interrupted write: 'bob@rea'"),
+        ("warning", 3, "unreadable line, counted as suppressing cy@readers.net: "
+                       f"'cy@readers.net,teleported,{T1},cli,'")]
+    assert [(ledger.is_suppressed(e), ledger.told_by_sendgrid(e)) for e in (
+        "cy@readers.net", "dan@readers.net", "eve@readers.net")] == [(True, False), (True, False), (True, True)]
+
+
+def test_a_line_longer_than_a_read_chunk_is_read_whole(tmp_path: Path) -> None:
+    path = _ledger(tmp_path, f"ada@readers.net,unsubscribe,{T1},cli,{'x' * (1 << 20)}\n"  # no newline in a chunk
+                             f"bob@readers.net,bounce,{T1},cli,\n")
+    ledger = Ledger(path)
+    assert ledger.offset == path.stat().st_size and not ledger.problems
+    assert ledger.event_of("ada@readers.net") is Kind.UNSUBSCRIBE and ledger.is_suppressed("bob@readers.net")
+    assert ledger.touched_since(0) == (["ada@readers.net", "bob@readers.net"], ledger.offset)
+
+
+def test_an_address_starting_with_x_or_stray_quotes_is_still_named(tmp_path: Path) -> None:
+    path = _ledger(tmp_path, HEADER + f'\nXavier@readers.net,teleported,{T1},cli,\ncy@readers.net",bogus,{T1}\n'
+                                      "Xena@readers.net,unsu")
+    ledger = Ledger(path)
+    assert not ledger.unreadable
+    assert [ledger.is_suppressed(e) for e in ("xavier@readers.net", "cy@readers.net", "xena@readers.net")] == [
+        True, True, True]
+    assert sorted(ledger.addresses()) == ["cy@readers.net", "xavier@readers.net", "xena@readers.net"]
+    torn = ledger.problems[-1]
+    assert (torn.message, torn.path, torn.line) == (
+        "torn last line (a write was interrupted): xena@readers.net counted as suppressed", path, 4)
+
+
+def test_the_epoch_itself_is_no_time_but_a_second_later_is_one(tmp_path: Path) -> None:
+    # A zero time (what an export writes for "unknown") sorts as late as the line before it, like any
+    # unreadable time; 1970-01-01T00:00:01Z is a real, very old time.
+    path = _ledger(tmp_path, HEADER + f"\nbob@readers.net,bounce,{T3},cli,\n"
+                                      "ada@readers.net,resubscribe,2000-01-01T00:00:00Z,cli,\n"
+                                      "ada@readers.net,unsubscribe,1970-01-01T00:00:01Z,cli,\n"
+                                      f"cy@readers.net,resubscribe,{T2},cli,\n"
+                                      "cy@readers.net,unsubscribe,1970-01-01T00:00:00Z,cli,\n")
+    ledger = Ledger(path)
+    assert not ledger.is_suppressed("ada@readers.net") and ledger.is_suppressed("cy@readers.net")
+
+
+def test_a_torn_last_line_counts_as_its_suppression_when_deciding(tmp_path: Path) -> None:
+    path = _ledger(tmp_path, HEADER + f"\nada@readers.net,unsubscribe,{T1},cli,\n"
+                                      f"ada@readers.net,resubscribe,{T1},cli,\n"  # same second: file order decides
+                                      "bob@readers.net,uns")
+    preview = Ledger(path).preview([Event("ada@readers.net", "unsubscribe", T1),
+                                    Event("bob@readers.net", "unsubscribe"), Event("bob@readers.net", "resubscribe")])
+    assert [(r.outcome, r.previous) for r in preview] == [
+        (Outcome.RECORDED, Kind.RESUBSCRIBE),  # written after her return, in the same second: it counts
+        (Outcome.UNCHANGED, Kind.UNREADABLE), (Outcome.RECORDED, Kind.UNREADABLE)]
+
+
+def test_each_event_of_a_batch_is_judged_on_the_state_the_earlier_ones_leave(tmp_path: Path) -> None:
+    path = _ledger(tmp_path, HEADER + f"\ncarol@readers.net,bounce,{T1},cli,\n"
+                                      f"eve@readers.net,unsubscribe,{T3},cli,\n"
+                                      f"ada@readers.net,unsubscribe,{T2},cli,\n"
+                                      f"ada@readers.net,resubscribe,{T2},cli,\n")  # her return is the last line
+    ledger = Ledger(path)
+    later = "2026-01-05T00:00:00Z"
+    batch = ledger.preview([Event("bob@readers.net", "bounce", later), Event("cy@readers.net", "bounce", later),
+                            Event("ada@readers.net", "unsubscribe", T2),  # after her return in file order
+                            Event("ada@readers.net", "bounce", "2026-01-06T00:00:00Z"),  # already suppressed
+                            Event("ada@readers.net", "resubscribe", "2026-01-07T00:00:00Z")])
+    assert [(r.outcome, r.previous) for r in batch] == [
+        (Outcome.RECORDED, None), (Outcome.RECORDED, None), (Outcome.RECORDED, Kind.RESUBSCRIBE),
+        (Outcome.UNCHANGED, Kind.UNSUBSCRIBE), (Outcome.RECORDED, Kind.UNSUBSCRIBE)]
+    # A confirmation given no sign-up time was signed up when it is recorded: after eve's opt-out, so it lifts.
+    joined = ledger.record([Event("eve@readers.net", "subscribe", "2026-01-04T00:00:00Z", "signup")])
+    assert joined.results[0].outcome is Outcome.RECORDED
+    assert path.read_text().splitlines()[-1] == (
+        "eve@readers.net,subscribe,2026-01-04T00:00:00Z,signup,signed up 2026-01-04T00:00:00Z")
+
+
+def test_a_preview_leaves_every_return_as_it_was(tmp_path: Path) -> None:
+    path = _ledger(tmp_path, HEADER + f"\nada@readers.net,unsubscribe,{T1},cli,\n"
+                                      f"ada@readers.net,resubscribe,{T2},cli,\n"
+                                      f"ada@readers.net,unsubscribe,{T3},cli,\n"
+                                      "ada@readers.net,resubscribe,2026-01-04T00:00:00Z,cli,\n")
+    ledger = Ledger(path)
+    dry = ledger.preview([Event("ada@readers.net", "resubscribe", "2026-01-10T00:00:00Z")])
+    assert dry[0].outcome is Outcome.UNCHANGED and not ledger.is_suppressed("ada@readers.net")
+    # the previewed return was never written: an opt-out dated before it still counts
+    opt_out = ledger.record([Event("ada@readers.net", "unsubscribe", "2026-01-05T00:00:00Z")])
+    assert opt_out.results[0].outcome is Outcome.RECORDED and ledger.is_suppressed("ada@readers.net")
+
+
+def test_what_sendgrid_must_be_told_of_a_replaced_ledger(tmp_path: Path) -> None:
+    path = _ledger(tmp_path, "\ufeffXavier@readers.net,unsubscribe,2026-01-01T00:00:00Z,cli,".encode() + b"caf\xe9\n"
+                   + f"ada@readers.net,bounce,{T1},cli,\n".encode())  # no header, a BOM, a byte that is not UTF-8
+    ledger = Ledger(path)
+    everyone = ["xavier@readers.net", "ada@readers.net"]
+    assert ledger.touched_since(0) == (everyone, ledger.offset)
+    assert ledger.touched_since(10**9) == (everyone, ledger.offset)  # past the end: replaced, told again from byte 0
+    whole = HEADER + f"\nbob@readers.net,bounce,{T1},cli,\n"
+    path.write_text(whole + "cy@readers.net,unsu")  # restored from a backup that ends in a torn line
+    assert ledger.touched_since(0) == (["bob@readers.net"], len(whole))  # cy is told once her line is whole
+
+
+def test_iter_events_refuses_exactly_the_lines_the_ledger_refuses(tmp_path: Path) -> None:
+    from newsletter.errors import LedgerError
+
+    path = _ledger(tmp_path, HEADER + f"\nXavier@readers.net,unsubscribe,{T1},cli,\n\n"
+                                      ",unsub,2026-01-0\n")  # a blank line; what a torn write can leave
+    assert [e.email for e, _ in iter_events(path)] == ["xavier@readers.net"] and not Ledger(path).unreadable
+    with open(path, "a") as fh:
+        fh.write("not an address,x,y\n")
+    with pytest.raises(LedgerError) as caught:
+        list(iter_events(path))
+    assert caught.value.message == ("cannot read the address on this line: 'not an address,x,y': the ledger is not "
+                                    "UTF-8 comma-separated CSV") and caught.value.line == 5
+    assert [p.line for p in Ledger(path).unreadable] == [5]
+
+
+def test_a_write_that_fails_says_what_was_not_recorded(tmp_path: Path) -> None:
+    import resource
+    import signal
+
+    from newsletter.errors import StorageError
+
+    path = ledger_path(tmp_path)
+    record(path, "zed@readers.net", "unsubscribe")
+    size = path.stat().st_size
+    ada, bob = Event("ada@readers.net", "unsubscribe"), Event("bob@readers.net", "bounce")
+    messages = []
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file-size limit: writes fail with EFBIG
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, limits[1]))
+    try:
+        for attempt in (lambda: Ledger(path).record([ada]), lambda: Ledger(path).record([ada, bob]),
+                        lambda: Ledger(path).record([ada], what="Ada's click")):
+            with pytest.raises(StorageError) as caught:
+                attempt()
+            messages.append(caught.value.message)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, handler)
+    assert messages == ["File too large: could not record the unsubscribe of ada@readers.net",
+                        "File too large: could not record 2 ledger events",
+                        "File too large: could not record Ada's click"]
+    assert path.stat().st_size == size and not Ledger(path).is_suppressed("ada@readers.net")
+
+
+def test_a_line_csv_cannot_parse_makes_the_ledger_unreadable_not_a_crash(tmp_path: Path) -> None:
+    from newsletter.errors import LedgerError
+
+    # A stray carriage return outside quotes, or a quoted field over csv's 128 KiB limit: csv raises on both
+    stray = f'ada@readers.net,unsubscribe,{T1},cli,a\rb,"c"'
+    huge = f'bob@readers.net,bounce,{T1},cli,"{"x" * (1 << 18)}"'
+    path = _ledger(tmp_path, HEADER + f"\ncy@readers.net,bounce,{T1},cli,\n{stray}\n{huge}\n")
+    ledger = Ledger(path)
+    assert [(p.line, p.message) for p in ledger.unreadable] == [
+        (3, f"cannot read the address on this line: {stray[:60]!r}"),
+        (4, f"cannot read the address on this line: {huge[:60]!r}")]
+    with pytest.raises(LedgerError):
+        ledger.check_readable()
+    touched, end = ledger.touched_since(0)  # what SendGrid must be told: read past it, not stopped by it
+    assert end == path.stat().st_size and "bob@readers.net" not in touched

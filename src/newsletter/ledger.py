@@ -287,7 +287,7 @@ class Ledger:
         kinds, norm, add = _BY_NAME, normalize, self._add  # bound once: a million iterations
         for raw in lines:
             number += 1
-            parts = raw.split(",") if '"' not in raw else next(csv.reader([raw]), [])
+            parts = raw.split(",") if '"' not in raw else _csv_fields(raw)
             if len(parts) == 5 and (kind := kinds.get(parts[1])) is not None and "\ufffd" not in parts[0]:
                 at = self._secs(parts[2])
                 signed = at
@@ -341,9 +341,8 @@ class Ledger:
             message, level = f"the remains of an interrupted write: {raw[:60]!r}", "warning"
         else:
             message, level = f"cannot read the address on this line: {raw[:60]!r}", "error"
-        if number in self._reported:
+        if number in self._reported:  # said already, while it was a torn last line
             return
-        self._reported.add(number)
         problem = Problem(level, message, self.path, number)
         (self.unreadable if level == "error" else self.problems).append(problem)
 
@@ -496,11 +495,20 @@ class Ledger:
         complete = data[: data.rfind(b"\n") + 1]  # a torn last line is told once it is whole
         touched: dict[str, None] = {}
         for raw in complete.decode("utf-8", "replace").splitlines():
-            first = raw.split(",", 1)[0] if '"' not in raw else next(csv.reader([raw]), [""])[0]
+            first = raw.split(",", 1)[0] if '"' not in raw else (_csv_fields(raw) or [""])[0]
             key = normalize(first.lstrip("\ufeff"))
             if is_plausible(key):
                 touched[key] = None
         return list(touched), start + len(complete)
+
+
+def _csv_fields(raw: str) -> list[str]:
+    """The fields of one quoted line; none when csv cannot parse it (a stray carriage return outside quotes, a
+    field over csv's size limit): such a line names nobody anyone can be sure of."""
+    try:
+        return next(csv.reader([raw]))
+    except csv.Error:
+        return []
 
 
 def _outcome(kind: Kind, before: bool, after: bool) -> Outcome:
