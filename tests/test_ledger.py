@@ -858,3 +858,9 @@ def test_a_line_csv_cannot_parse_makes_the_ledger_unreadable_not_a_crash(tmp_pat
         ledger.check_readable()
     touched, end = ledger.touched_since(0)  # what SendGrid must be told: read past it, not stopped by it
     assert end == path.stat().st_size and "bob@readers.net" not in touched
+    for name, bad in (("stray", stray), ("huge", huge)):  # the strict readers (count, export, stats) refuse it
+        (tmp_path / name).mkdir()
+        one = _ledger(tmp_path / name, HEADER + f"\ncy@readers.net,bounce,{T1},cli,\n{bad}\n")
+        with pytest.raises(LedgerError) as err:
+            list(iter_events(one))
+        assert err.value.line == 3 and "cannot read the address on this line" in err.value.message

@@ -539,18 +539,20 @@ def iter_events(path: Path, kind: Kind | None = None) -> Iterator[tuple[Event, d
     LedgerError at a line whose address cannot be read (see `check_readable`): a count built on such a ledger
     would be wrong."""
     try:
-        fh = open(path, encoding="utf-8", errors="replace", newline="")  # noqa: SIM115 - closed below
+        fh = open(path, encoding="utf-8", errors="replace", newline="\n")  # noqa: SIM115 - closed below
     except FileNotFoundError:
         return
     with fh:
-        reader = csv.reader(fh)
-        for row in reader:
+        for number, line in enumerate(fh, 1):  # a line is a record, as the writers' own reader has it
+            raw = line.rstrip("\r\n")
+            row = raw.split(",") if '"' not in raw else _csv_fields(raw)
             parsed = _BY_NAME.get(row[1]) if len(row) == 5 else None
             email = normalize(row[0].lstrip("\ufeff")) if row else ""
             if parsed is None or not is_plausible(email):
-                if row and not is_plausible(email) and not _torn_write(",".join(row)) and reader.line_num > 1:
-                    raise LedgerError(f"cannot read the address on this line: {','.join(row)[:60]!r}: the ledger is "
-                                      "not UTF-8 comma-separated CSV", path=path, line=reader.line_num,
+                unparsed = not row and raw.strip()  # quotes csv cannot parse: nobody can be sure whom it names
+                if number > 1 and (unparsed or (row and not is_plausible(email) and not _torn_write(",".join(row)))):
+                    raise LedgerError(f"cannot read the address on this line: {raw[:60]!r}: the ledger is "
+                                      "not UTF-8 comma-separated CSV", path=path, line=number,
                                       hint="re-save it as CSV UTF-8 with commas (or restore it from a backup)")
                 continue
             if kind and parsed != kind:
