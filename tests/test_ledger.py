@@ -864,3 +864,13 @@ def test_a_line_csv_cannot_parse_makes_the_ledger_unreadable_not_a_crash(tmp_pat
         with pytest.raises(LedgerError) as err:
             list(iter_events(one))
         assert err.value.line == 3 and "cannot read the address on this line" in err.value.message
+
+
+def test_iter_events_keeps_each_detail_as_written(tmp_path: Path) -> None:
+    """Only the line's end is taken off (a trailing space, tab or letter is the writer's), and a line without
+    quotes is split at its commas whatever else it holds (a bare carriage return inside a detail)."""
+    path = _ledger(tmp_path, HEADER + f"\nada@readers.net,unsubscribe,{T1},cli,moved away \t\r\n"
+                                      f"bob@readers.net,bounce,{T1},sendgrid,550\r5.1.1\n"
+                                      f"cy@readers.net,unsubscribe,{T1},cli,see ticket X\r\n")
+    assert [(e.email, e.detail) for e, _ in iter_events(path)] == [
+        ("ada@readers.net", "moved away \t"), ("bob@readers.net", "550\r5.1.1"), ("cy@readers.net", "see ticket X")]
