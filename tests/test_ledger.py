@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -874,3 +875,19 @@ def test_iter_events_keeps_each_detail_as_written(tmp_path: Path) -> None:
                                       f"cy@readers.net,unsubscribe,{T1},cli,see ticket X\r\n")
     assert [(e.email, e.detail) for e, _ in iter_events(path)] == [
         ("ada@readers.net", "moved away \t"), ("bob@readers.net", "550\r5.1.1"), ("cy@readers.net", "see ticket X")]
+
+
+def test_a_lock_held_too_long_is_an_error_naming_the_lock_and_nothing_is_written(tmp_path: Path) -> None:
+    from newsletter.errors import LedgerError
+    from newsletter.files import file_lock
+
+    path = _ledger(tmp_path, HEADER + "\n")
+    # Another writer holds the lock (its own file description: it excludes us even in this process).
+    started = time.monotonic()
+    with file_lock(path), pytest.raises(LedgerError) as err:
+        Ledger(path, lock_timeout=0.05).record([Event("ada@readers.net", "unsubscribe")])
+    assert time.monotonic() - started < 10  # the wait asked for, not the default minute
+    assert err.value.message == "the ledger is locked by another process for too long"
+    assert err.value.path == path and err.value.hint == f"if no newsletter command is running, delete {path}.lock"
+    assert path.read_text() == HEADER + "\n"
+    assert len(Ledger(path, lock_timeout=0.05).record([Event("ada@readers.net", "unsubscribe")]).written) == 1

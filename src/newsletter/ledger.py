@@ -31,7 +31,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from .errors import LedgerError, Problem
-from .files import append_durably, file_lock
+from .files import LOCK_TIMEOUT, append_durably, file_lock
 from .recipients import is_plausible, normalize
 
 LEDGER_NAME = "unsubscribes.csv"
@@ -210,8 +210,9 @@ Follower = Callable[["Ledger"], tuple[int, str]]
 class Ledger:
     """The ledger read into memory (each address's state), refreshable by tailing the file, and its one writer."""
 
-    def __init__(self, path: Path, *, follow: Follower | None = None) -> None:
+    def __init__(self, path: Path, *, follow: Follower | None = None, lock_timeout: float = LOCK_TIMEOUT) -> None:
         self.path = path
+        self.lock_timeout = lock_timeout  # seconds `record` waits for another writer before it gives up
         self.follow = follow  # what must follow a write (suppressions.py): pushes, returns (pushed, why waiting)
         self._supp: dict[str, int] = {}
         self._lifts: dict[str, int | list[int]] = {}
@@ -408,7 +409,7 @@ class Ledger:
 
         todo = [_completed(e) for e in events]
         try:
-            with self._mutex, file_lock(self.path):
+            with self._mutex, file_lock(self.path, self.lock_timeout):
                 self.refresh()
                 results = self._decide(todo)
                 written = [r.event for r in results if r.outcome is Outcome.RECORDED]
