@@ -37,7 +37,7 @@ from .config import (
 )
 from .errors import NewsletterError, TransportError
 from .mailauth import DNS_LIFETIME, NoNetwork, Resolver, dmarc_policy, domain_of, org_domain, spf_lookups, spf_records
-from .sendgrid import SendGridTransport, api_key_from_env
+from .sendgrid import SendGridTransport, transport_from_env
 
 CHECK_IDS = ("sender-domain", "dkim", "return-path", "dmarc", "spf", "reply-mx", "base-url", "webhook",
              "webhook-signed", "api-key", "secret", "list-private", "backup")
@@ -160,7 +160,7 @@ def run_doctor(root: Path, *, dns_timeout: float = DNS_LIFETIME) -> DoctorReport
         ctx.no_key = f"{API_KEY_ENV} is not set"
     else:
         try:
-            ctx.transport = SendGridTransport(api_key_from_env(), timeout=min(config.sendgrid.timeout, HTTP_TIMEOUT))
+            ctx.transport = transport_from_env(config.sendgrid.timeout, at_most=HTTP_TIMEOUT)
         except NewsletterError as exc:
             ctx.no_key = exc.message
     return DoctorReport(tuple(_run(ctx, check_id, CHECKS[check_id]) for check_id in CHECK_IDS))

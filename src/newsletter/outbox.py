@@ -188,11 +188,11 @@ class Attempt:
 def sendgrid_from_env(config: Config) -> Any:
     """SendGrid, when SENDGRID_API_KEY is set; None otherwise (what waits then waits for the key)."""
 
-    from .sendgrid import SendGridTransport, api_key_from_env
+    from .sendgrid import transport_from_env
 
     if not env_set(API_KEY_ENV):
         return None
-    return SendGridTransport(api_key_from_env(), timeout=min(config.sendgrid.timeout, 30.0))
+    return transport_from_env(config.sendgrid.timeout, at_most=30.0)
 
 
 def welcome_missing(root: Path, config: Config) -> str:

@@ -16,7 +16,7 @@ from .build import load
 from .config import Config
 from .errors import SendError, StorageError, TransportError
 from .journal import Journal, JournalState, ScheduleInfo, journal_path, load_state, send_lock
-from .sendgrid import SendGridTransport, api_key_from_env
+from .sendgrid import transport_from_env
 
 CANCEL_DEADLINE = dt.timedelta(minutes=10)  # SendGrid cancels only what is at least this far from going out
 WARN_WITHIN = dt.timedelta(minutes=15)
@@ -63,7 +63,7 @@ def _pending(state: JournalState, slug: str) -> ScheduleInfo:
 
 
 def _cancel(config: Config, path: Path, pending: ScheduleInfo) -> None:
-    transport = SendGridTransport(api_key_from_env(), timeout=config.sendgrid.timeout)
+    transport = transport_from_env(config.sendgrid.timeout)
     with Journal(path) as journal:
         unknown = pending.cancel_unknown  # asked before, answer never recorded: ask SendGrid what it holds
         journal.cancel_asked(pending.batch_id)  # StorageError here: SendGrid was not asked, nothing changed

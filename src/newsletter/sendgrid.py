@@ -291,6 +291,12 @@ def api_key_from_env() -> str:
     return key
 
 
+def transport_from_env(timeout: float, *, at_most: float | None = None) -> SendGridTransport:
+    """The client every command uses: SENDGRID_API_KEY checked, each request bounded by the newsletter's
+    `sendgrid.timeout`, or sooner (`at_most`) where an answer is wanted sooner (a push after a command, a page)."""
+    return SendGridTransport(api_key_from_env(), timeout=timeout if at_most is None else min(timeout, at_most))
+
+
 def check_key_shape(key: str) -> None:
     """Refuse a key that cannot go into an HTTP header, before any request: the error names the fault, never
     the key (http.client's own error would print it, header and all)."""

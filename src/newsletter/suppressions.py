@@ -106,11 +106,11 @@ def push(ledger: Ledger, transport: Any, group_id: int | None) -> int:
 
 def _transport(root: Path) -> tuple[Any, int | None]:
     from .config import load_config
-    from .sendgrid import SendGridTransport, api_key_from_env
+    from .sendgrid import transport_from_env
 
     config = load_config(root)
     # `sendgrid.timeout` bounds every request to SendGrid; a command's push is bounded shorter still.
-    return (SendGridTransport(api_key_from_env(), timeout=min(config.sendgrid.timeout, PUSH_TIMEOUT)),
+    return (transport_from_env(config.sendgrid.timeout, at_most=PUSH_TIMEOUT),
             config.sendgrid.asm_group_id)
 
 
