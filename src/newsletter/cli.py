@@ -14,6 +14,9 @@ import click
 from .errors import NewsletterError, printable
 
 if TYPE_CHECKING:
+    import datetime as dt
+
+    from .preflight import Prepared
     from .subscribers import ImportReport
 
 
@@ -506,7 +509,7 @@ def send(root: Path, slug: str | None, yes: bool, dry_run: bool, to: tuple[str, 
         sys.exit(1)
 
 
-def _print_summary(p, to: tuple[str, ...], at) -> None:  # type: ignore[no-untyped-def]
+def _print_summary(p: Prepared, to: tuple[str, ...], at: dt.datetime | None) -> None:
     """What a send is about to do: the issue, who gets it, who does not and why."""
     t = p.tally
     click.echo(f"issue:      {p.issue.slug}")
